@@ -1,0 +1,94 @@
+"""Atomic file and folder writes: nothing half-written is ever left at the target path."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import OutputPathError
+
+__all__ = ["atomic_file", "atomic_dir", "check_writable_parent"]
+
+
+def check_writable_parent(path: str | os.PathLike) -> Path:
+    """Return ``path`` as a Path after checking that its parent folder can be written.
+
+    Raises:
+        OutputPathError: the parent is missing and cannot be created, is not a folder,
+            or is not writable.
+    """
+    path = Path(path).expanduser()
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot create the folder {str(parent)!r} for {str(path)!r}: {exc}. "
+            "Choose an output path in a writable location."
+        ) from exc
+    if not parent.is_dir():
+        raise OutputPathError(f"{str(parent)!r} is not a folder; choose another output path.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(
+            f"the folder {str(parent)!r} is not writable; choose an output path you can write to."
+        )
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
+
+    Example:
+        >>> with atomic_file("out.json", "w") as f:
+        ...     f.write("{}")
+    """
+    path = check_writable_parent(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; move it to ``path`` only on success.
+
+    Args:
+        path: the final folder. It must not exist unless ``overwrite`` is true
+            (an existing empty folder is accepted).
+        overwrite: replace an existing folder.
+
+    Raises:
+        OutputPathError: ``path`` exists (and is not empty) without ``overwrite``, or its
+            parent cannot be written.
+    """
+    path = check_writable_parent(path)
+    if path.exists():
+        if not path.is_dir():
+            raise OutputPathError(f"{str(path)!r} exists and is not a folder; choose another path.")
+        if any(path.iterdir()) and not overwrite:
+            raise OutputPathError(
+                f"{str(path)!r} already exists and is not empty; remove it or pass overwrite=True "
+                "(--overwrite on the command line)."
+            )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
