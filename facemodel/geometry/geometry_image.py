@@ -80,7 +80,7 @@ class GeometryImage(nn.Module):
         keep = vals != 0
         matrix = torch.sparse_coo_tensor(
             torch.from_numpy(np.vstack([rows[keep], cols[keep]])),
-            torch.from_numpy(vals[keep]).float(),
+            torch.from_numpy(vals[keep]),  # float64 master copy
             (n2, self.num_vertices),
             check_invariants=True,
         ).coalesce()
@@ -90,7 +90,9 @@ class GeometryImage(nn.Module):
         self.register_buffer("vertex_index", torch.from_numpy(vertex_index), persistent=False)
         self.register_buffer("weights", torch.from_numpy(weights).float(), persistent=False)
         self.register_buffer("mask", torch.from_numpy(mask), persistent=False)
-        self.register_buffer("matrix", matrix, persistent=False)
+        # float32 for training, float64 for exact checks (gradcheck, tests)
+        self.register_buffer("matrix", matrix.to(torch.float32), persistent=False)
+        self.register_buffer("matrix64", matrix, persistent=False)
 
     @property
     def coverage(self) -> float:
@@ -105,7 +107,9 @@ class GeometryImage(nn.Module):
             )
         B, V, _ = vertices.shape
         n = self.resolution
-        matrix = self.matrix if self.matrix.dtype == vertices.dtype else self.matrix.to(vertices.dtype)
+        matrix = self.matrix64 if vertices.dtype == torch.float64 else self.matrix
+        if matrix.dtype != vertices.dtype:  # e.g. bfloat16 under autocast-free mixed precision
+            matrix = matrix.to(vertices.dtype)
         x = vertices.permute(1, 0, 2).reshape(V, B * 3)  # (V, B*3)
         img = matrix @ x  # (n*n, B*3)
         return img.reshape(n, n, B, 3).permute(2, 3, 0, 1)  # (B, 3, n, n)

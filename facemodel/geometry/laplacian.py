@@ -67,4 +67,4 @@ def scipy_to_torch_sparse(matrix: sp.spmatrix, *, dtype: torch.dtype = torch.flo
     coo = matrix.tocoo()
     indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     values = torch.from_numpy(coo.data).to(dtype)
-    return torch.sparse_coo_tensor(indices, values, coo.shape).coalesce()
+    return torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=True).coalesce()

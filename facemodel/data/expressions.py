@@ -1,0 +1,200 @@
+"""Facial expressions as FACS action units (AUs) mapped onto the 53 ICT blendshapes.
+
+The seven expression labels of the paper's data (neutral and six basic emotions) are
+defined by their EMFACS prototype AU combinations (Ekman & Friesen; Matsumoto & Ekman),
+and every AU by the ICT/ARKit blendshapes that produce it. A sample of a label draws a
+random intensity, per-AU jitter, left/right asymmetry and a few weak extra AUs, so no two
+samples of a label are identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "ICT_BLENDSHAPES",
+    "EXPRESSION_LABELS",
+    "AU_TO_BLENDSHAPES",
+    "EMOTION_PROTOTYPES",
+    "NOVEL_COMBINATIONS",
+    "ExpressionSampler",
+    "au_to_weights",
+]
+
+#: The 53 ICT blendshapes in the order of ``vertex_indices.json["expressions"]``.
+ICT_BLENDSHAPES: tuple[str, ...] = (
+    "browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
+    "cheekPuff_L", "cheekPuff_R", "cheekSquint_L", "cheekSquint_R", "eyeBlink_L", "eyeBlink_R",
+    "eyeLookDown_L", "eyeLookDown_R", "eyeLookIn_L", "eyeLookIn_R", "eyeLookOut_L", "eyeLookOut_R",
+    "eyeLookUp_L", "eyeLookUp_R", "eyeSquint_L", "eyeSquint_R", "eyeWide_L", "eyeWide_R",
+    "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose", "mouthDimple_L", "mouthDimple_R",
+    "mouthFrown_L", "mouthFrown_R", "mouthFunnel", "mouthLeft", "mouthLowerDown_L", "mouthLowerDown_R",
+    "mouthPress_L", "mouthPress_R", "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper",
+    "mouthShrugLower", "mouthShrugUpper", "mouthSmile_L", "mouthSmile_R", "mouthStretch_L",
+    "mouthStretch_R", "mouthUpperUp_L", "mouthUpperUp_R", "noseSneer_L", "noseSneer_R",
+)  # fmt: skip
+
+#: Expression labels, index = class id. Order follows the paper's "seven basic" labels.
+EXPRESSION_LABELS: tuple[str, ...] = (
+    "neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise",
+)  # fmt: skip
+
+_LR = ("_L", "_R")
+
+
+def _both(name: str, w: float = 1.0) -> dict[str, float]:
+    return {name + s: w for s in _LR}
+
+
+#: FACS action unit -> ICT blendshape weights at full (AU "E") intensity.
+AU_TO_BLENDSHAPES: dict[int, dict[str, float]] = {
+    1: _both("browInnerUp"),  # inner brow raiser
+    2: _both("browOuterUp"),  # outer brow raiser
+    4: _both("browDown"),  # brow lowerer
+    5: _both("eyeWide"),  # upper lid raiser
+    6: {**_both("cheekSquint"), **_both("eyeSquint", 0.3)},  # cheek raiser
+    7: _both("eyeSquint"),  # lid tightener
+    9: {**_both("noseSneer"), **_both("mouthUpperUp", 0.3)},  # nose wrinkler
+    10: _both("mouthUpperUp"),  # upper lip raiser
+    12: _both("mouthSmile"),  # lip corner puller
+    14: _both("mouthDimple"),  # dimpler
+    15: _both("mouthFrown"),  # lip corner depressor
+    16: _both("mouthLowerDown"),  # lower lip depressor
+    17: {"mouthShrugLower": 1.0, "mouthShrugUpper": 0.4},  # chin raiser
+    18: {"mouthPucker": 1.0},  # lip pucker
+    20: _both("mouthStretch"),  # lip stretcher
+    22: {"mouthFunnel": 1.0},  # lip funneler
+    23: {"mouthRollLower": 0.5, "mouthRollUpper": 0.5},  # lip tightener
+    24: _both("mouthPress"),  # lip pressor
+    25: {"jawOpen": 0.15, **_both("mouthLowerDown", 0.2)},  # lips part
+    26: {"jawOpen": 0.6},  # jaw drop
+    27: {"jawOpen": 1.0, **_both("mouthStretch", 0.3)},  # mouth stretch
+    28: {"mouthRollLower": 1.0, "mouthRollUpper": 1.0},  # lip suck
+    43: _both("eyeBlink"),  # eyes closed
+}
+
+#: EMFACS prototypes: label -> {AU: relative intensity at the label's apex}.
+EMOTION_PROTOTYPES: dict[str, dict[int, float]] = {
+    "neutral": {},
+    "anger": {4: 1.0, 5: 0.5, 7: 0.8, 23: 0.8, 24: 0.6},
+    "disgust": {9: 1.0, 10: 0.6, 15: 0.6, 16: 0.4, 17: 0.4},
+    "fear": {1: 0.9, 2: 0.7, 4: 0.5, 5: 1.0, 7: 0.3, 20: 0.9, 26: 0.5},
+    "happiness": {6: 0.9, 12: 1.0, 25: 0.5},
+    "sadness": {1: 1.0, 4: 0.6, 15: 1.0, 17: 0.5},
+    "surprise": {1: 1.0, 2: 1.0, 5: 0.8, 26: 1.0},
+}
+
+#: Expression combinations used only in the test split (sparse-reconstruction benchmark):
+#: asymmetric, extreme or otherwise never produced by the training-split generator.
+NOVEL_COMBINATIONS: dict[str, dict[str, float]] = {
+    "wink_smile_L": {"eyeBlink_L": 1.0, "mouthSmile_L": 1.0, "cheekSquint_L": 0.8},
+    "jaw_left_pucker": {"jawLeft": 1.0, "mouthPucker": 1.0, "mouthLeft": 0.6},
+    "scream": {"jawOpen": 1.0, "mouthStretch_L": 1.0, "mouthStretch_R": 1.0, "eyeSquint_L": 1.0,
+               "eyeSquint_R": 1.0, "browDown_L": 1.0, "browDown_R": 1.0, "noseSneer_L": 0.8,
+               "noseSneer_R": 0.8},
+    "cheek_puff_brow_up": {"cheekPuff_L": 1.0, "cheekPuff_R": 1.0, "browInnerUp_L": 1.0,
+                           "browInnerUp_R": 1.0, "browOuterUp_L": 1.0, "browOuterUp_R": 1.0},
+    "half_sneer_R": {"noseSneer_R": 1.0, "mouthUpperUp_R": 1.0, "browDown_R": 0.8, "jawRight": 0.6},
+    "funnel_roll_forward": {"mouthFunnel": 1.0, "jawForward": 1.0, "mouthRollUpper": 0.7},
+}  # fmt: skip
+
+_INDEX = {n: i for i, n in enumerate(ICT_BLENDSHAPES)}
+#: AUs used for extra jitter and for free-form motion.
+_ALL_AUS = tuple(sorted(AU_TO_BLENDSHAPES))
+#: blendshapes animated by speech-like motion
+_SPEECH = ("jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthRollLower", "mouthRollUpper",
+           "mouthStretch_L", "mouthStretch_R", "mouthLowerDown_L", "mouthLowerDown_R",
+           "mouthUpperUp_L", "mouthUpperUp_R", "mouthPress_L", "mouthPress_R")  # fmt: skip
+
+
+def _vec(weights: dict[str, float]) -> np.ndarray:
+    out = np.zeros(len(ICT_BLENDSHAPES))
+    for name, w in weights.items():
+        out[_INDEX[name]] += w
+    return out
+
+
+def au_to_weights(aus: dict[int, float], *, asymmetry: np.ndarray | None = None) -> np.ndarray:
+    """ICT blendshape weights (53,) for AU intensities in [0, 1].
+
+    Args:
+        aus: {AU number: intensity}.
+        asymmetry: optional (2,) multipliers for the left (_L) and right (_R) shapes.
+
+    Returns:
+        (53,) float64 weights clipped to [0, 1].
+    """
+    w = np.zeros(len(ICT_BLENDSHAPES))
+    for au, s in aus.items():
+        w += s * _vec(AU_TO_BLENDSHAPES[au])
+    if asymmetry is not None:
+        w *= _SIDE_SCALE @ np.asarray(asymmetry)
+    return np.clip(w, 0.0, 1.0)
+
+
+# (53, 3) one-hot of side: left, right, centre -> asymmetry multiplier via (53,2) @ (2,)
+_SIDE_SCALE = np.array(
+    [[1.0, 0.0] if n.endswith("_L") else [0.0, 1.0] if n.endswith("_R") else [0.5, 0.5] for n in ICT_BLENDSHAPES]
+)
+
+
+@dataclass
+class ExpressionSampler:
+    """Random blendshape weights for labelled expressions and free-form motion.
+
+    Args:
+        rng: numpy Generator (the builder passes one derived from its seed).
+        jitter: relative std of per-AU intensity jitter.
+        extra_aus: maximum number of weak extra AUs added to a labelled sample.
+        extra_max: maximum intensity of an extra AU.
+    """
+
+    rng: np.random.Generator
+    jitter: float = 0.15
+    extra_aus: int = 2
+    extra_max: float = 0.2
+
+    def emotion(self, label: str, intensity: float) -> np.ndarray:
+        """(53,) weights of one sample of ``label`` at apex intensity in (0, 1]."""
+        proto = EMOTION_PROTOTYPES[label]
+        aus = {au: s * intensity * float(np.clip(1 + self.jitter * self.rng.standard_normal(), 0.5, 1.5))
+               for au, s in proto.items()}  # fmt: skip
+        k = int(self.rng.integers(1, self.extra_aus + 1))
+        for au in self.rng.choice(_ALL_AUS, size=k, replace=False):
+            scale = 0.25 if label == "neutral" else 1.0  # neutral stays close to rest
+            aus[int(au)] = aus.get(int(au), 0.0) + float(self.rng.uniform(0.02, self.extra_max)) * scale
+        asym = 1 + 0.1 * self.rng.standard_normal(2)
+        return au_to_weights(aus, asymmetry=asym)
+
+    def smooth_curve(self, frames: int, *, rate: float = 0.15) -> np.ndarray:
+        """(frames,) smooth random curve in [0, 1] (sum of random sinusoids, rectified)."""
+        t = np.arange(frames)
+        y = np.zeros(frames)
+        for _ in range(3):
+            f = self.rng.uniform(0.3, 1.0) * rate
+            y += self.rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * f * t + self.rng.uniform(0, 2 * np.pi))
+        return np.clip(y / 2.0, 0.0, 1.0)
+
+    def free_sequence(self, frames: int, kind: str) -> np.ndarray:
+        """(frames, 53) unlabelled motion: ``"speech"``, ``"blinks"`` or ``"mixed"``."""
+        w = np.zeros((frames, len(ICT_BLENDSHAPES)))
+        if kind == "speech":
+            names = self.rng.choice(_SPEECH, size=4, replace=False)
+            for n in names:
+                w[:, _INDEX[str(n)]] = self.smooth_curve(frames, rate=0.25) * self.rng.uniform(0.3, 0.8)
+        elif kind == "mixed":
+            for au in self.rng.choice(_ALL_AUS, size=3, replace=False):
+                curve = self.smooth_curve(frames, rate=0.08) * self.rng.uniform(0.3, 0.9)
+                w += curve[:, None] * _vec(AU_TO_BLENDSHAPES[int(au)])[None]
+        elif kind != "blinks":
+            raise ValueError(f"unknown free-form sequence kind {kind!r}")
+        # blinks everywhere: ~ every 40 frames, 5 frames long
+        blink = np.zeros(frames)
+        for start in np.flatnonzero(self.rng.random(frames) < 1 / 40):
+            blink[start : start + 5] = np.maximum(blink[start : start + 5], np.sin(np.linspace(0.3, 2.8, 5))[: frames - start])
+        w[:, _INDEX["eyeBlink_L"]] = np.maximum(w[:, _INDEX["eyeBlink_L"]], blink)
+        w[:, _INDEX["eyeBlink_R"]] = np.maximum(w[:, _INDEX["eyeBlink_R"]], blink)
+        w += self.rng.uniform(0, 0.03, size=w.shape) * (self.rng.random(w.shape) < 0.05)  # faint noise
+        return np.clip(w, 0.0, 1.0)
