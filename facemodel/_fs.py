@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -11,7 +12,7 @@ from typing import Iterator
 
 from .errors import OutputPathError
 
-__all__ = ["atomic_file", "atomic_dir", "check_writable_parent"]
+__all__ = ["atomic_file", "atomic_dir", "check_writable_parent", "sha256_file"]
 
 
 def check_writable_parent(path: str | os.PathLike) -> Path:
@@ -92,3 +93,12 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

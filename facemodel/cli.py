@@ -26,7 +26,7 @@ def _cmd_build_ict(args: argparse.Namespace) -> int:
     if args.download:
         from .data.download import download_ict
 
-        source = ICTSource(download_ict(args.cache_dir, progress=not args.quiet))
+        source = ICTSource(download_ict(args.cache_dir, url=args.url, progress=not args.quiet))
     else:
         source = ICTSource(args.source)
     config = ICTDatasetConfig(
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--source", help="packed ICT-FaceKit folder (e.g. ../shared/data/ict-facekit)")
     src.add_argument("--download", action="store_true", help="download ICT-FaceKit at the pinned commit")
     b.add_argument("--cache-dir", default=None, help="download cache (default ~/.cache/facemodel)")
+    b.add_argument("--url", default=None, help="archive URL of a mirror (default: GitHub, pinned commit)")
     b.add_argument("--out", required=True, help="output dataset folder")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--size", type=int, default=30_000, help="number of meshes (default 30000)")

@@ -40,3 +40,13 @@ def ict(ict_dir):
 @pytest.fixture(scope="session")
 def template(ict):
     return ict.face_template()
+
+
+@pytest.fixture(scope="session")
+def small_dataset(ict, tmp_path_factory):
+    """A small ICT 4D dataset (1,000 meshes, 10 identities) built once per session."""
+    from facemodel.data.builder import ICTDatasetConfig, build_ict_dataset
+
+    out = tmp_path_factory.mktemp("ict4d") / "small"
+    build_ict_dataset(ict, out, ICTDatasetConfig(seed=7, size=1000), progress=False)
+    return out

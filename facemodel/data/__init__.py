@@ -2,6 +2,7 @@
 
 from .builder import ICTDatasetConfig, ICTFaceGenerator, build_ict_dataset, plan_ict_dataset
 from .dataset import FaceDataset
+from .generic import import_scans
 from .expressions import EXPRESSION_LABELS, ICT_BLENDSHAPES
 from .ict import ICTSource
 from .store import Manifest, read_manifest
@@ -12,6 +13,7 @@ __all__ = [
     "build_ict_dataset",
     "plan_ict_dataset",
     "FaceDataset",
+    "import_scans",
     "EXPRESSION_LABELS",
     "ICT_BLENDSHAPES",
     "ICTSource",

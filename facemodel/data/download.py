@@ -29,7 +29,7 @@ import numpy as np
 import requests
 from tqdm.auto import tqdm
 
-from .._fs import atomic_dir, atomic_file, check_writable_parent
+from .._fs import atomic_dir, atomic_file, check_writable_parent, sha256_file
 from ..errors import (
     ChecksumMismatchError,
     DataSourceError,
@@ -59,14 +59,6 @@ def upstream_table() -> dict:
     ``obj_sha256`` (``'FaceXModel/<name>.obj'`` -> sha256 hex digest) of the pinned commit."""
     with open(Path(__file__).with_name("ict_upstream.json"), encoding="utf-8") as f:
         return json.load(f)
-
-
-def _sha256(path: Path, chunk_size: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- generic download and extraction ------------------------------------------------
@@ -259,7 +251,7 @@ def convert_ict_checkout(
         path = root / rel
         if not path.is_file():
             raise DataSourceError(f"{str(path)!r} is missing from the ICT-FaceKit tree ({rel}).")
-        got = _sha256(path)
+        got = sha256_file(path)
         if got != expected.lower():
             raise ChecksumMismatchError(
                 f"{rel}: sha256 mismatch, expected {expected.lower()}, got {got}. The archive is "
@@ -333,7 +325,7 @@ def convert_ict_checkout(
                 "expression_shapes": list(expression.shape),
             },
             "sha256_of_upstream_obj_files": dict(sorted(table.items())),
-            "sha256_shapes_npz": _sha256(tmp / "shapes.npz"),
+            "sha256_shapes_npz": sha256_file(tmp / "shapes.npz"),
         }
         with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)

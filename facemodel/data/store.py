@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from .._fs import sha256_file
 from ..errors import DatasetFormatError
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SPLITS", "Manifest", "sha256_file", "write_dataset_files", "read_manifest"]
@@ -56,15 +57,6 @@ class Manifest(BaseModel):
     build: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
     checksum: str = ""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -1,0 +1,152 @@
+import json
+
+import numpy as np
+import pytest
+
+from facemodel.data.builder import ICTDatasetConfig, build_ict_dataset, plan_ict_dataset
+from facemodel.data.expressions import EXPRESSION_LABELS, ICT_BLENDSHAPES, NOVEL_COMBINATIONS
+from facemodel.data.store import read_manifest
+from facemodel.errors import DataSourceError, OutputPathError
+
+
+@pytest.fixture(scope="module")
+def full_plan():
+    """The default (paper-sized) plan: 30,000 meshes, 300 identities. No meshes are built."""
+    return plan_ict_dataset(ICTDatasetConfig())
+
+
+def test_paper_sized_composition(full_plan):
+    expr = np.asarray(full_plan.expression)
+    ident = np.asarray(full_plan.identity)
+    assert abs(len(expr) - 30_000) <= 30
+    assert len(full_plan.identity_split) == 300
+    assert abs((expr >= 0).mean() - 0.07) <= 0.01  # ~7% expression labels, like the paper
+    assert set(np.unique(expr)) == set(range(-1, 7))
+    # every identity appears; every mesh has an identity label
+    assert len(np.unique(ident)) == 300
+    split = full_plan.identity_split
+    assert np.bincount(split).tolist() == [240, 30, 30]
+    kinds = np.asarray(full_plan.kind)
+    assert (kinds == 3).sum() == 30 * len(NOVEL_COMBINATIONS) * 2
+    assert (split[ident[kinds == 3]] == 2).all()  # novel combinations only in test
+    # every split holds labelled examples of every label (for classifiers and evaluation)
+    for s in range(3):
+        labels = expr[(split[ident] == s) & (expr >= 0)]
+        assert set(labels) == set(range(7))
+
+
+def test_no_two_samples_of_a_label_are_identical(full_plan):
+    expr = np.asarray(full_plan.expression)
+    w = np.stack(full_plan.blendshapes)
+    key = np.concatenate([np.asarray(full_plan.identity)[:, None], w], 1)
+    for label in range(7):
+        rows = key[expr == label]
+        assert len(np.unique(rows, axis=0)) == len(rows), EXPRESSION_LABELS[label]
+
+
+def test_novel_combinations_never_in_training(full_plan):
+    w = np.stack(full_plan.blendshapes)
+    train = np.asarray(full_plan.identity_split)[np.asarray(full_plan.identity)] == 0
+    for name, combo in NOVEL_COMBINATIONS.items():
+        target = np.zeros(53)
+        for n, v in combo.items():
+            target[ICT_BLENDSHAPES.index(n)] = v
+        dist = np.abs(w[train] - 0.6 * target).max(1)
+        assert dist.min() > 0.3, name  # no training mesh is close to the combination
+
+
+def test_emotion_sequences_label_first_apex_last(full_plan):
+    kinds = np.asarray(full_plan.kind)
+    seq = np.asarray(full_plan.sequence)
+    frame = np.asarray(full_plan.frame)
+    expr = np.asarray(full_plan.expression)
+    s = seq[kinds == 1][0]
+    rows = np.flatnonzero(seq == s)
+    labelled = frame[rows][expr[rows] >= 0].tolist()
+    assert labelled == [0, 12, 24]
+    assert expr[rows][[0, -1]].tolist() == [0, 0]  # neutral at both ends
+    w = np.stack(full_plan.blendshapes)[rows]
+    assert w[12].sum() > 5 * w[0].sum()  # apex is the peak of the sequence
+
+
+def test_small_build_matches_its_manifest(small_dataset):
+    m = read_manifest(small_dataset)
+    assert m.num_meshes == 1000 and m.num_vertices == 9409 and m.units == "mm"
+    assert abs(m.counts["expression_label_fraction"] - 0.07) <= 0.01
+    assert m.expression_labels == list(EXPRESSION_LABELS)
+    assert m.source["commit"] == "da5f95a607f5e6b37755b38d3385d7f2853732e5"
+    assert m.build["max_offset_rounding_error_mm"] < 0.05
+    assert (small_dataset / "LICENSE-ICT-FaceKit").is_file()
+    assert sorted(p.name for p in small_dataset.iterdir()) == sorted(
+        ["manifest.json", "template.npz", "offsets.npy", "meshes.npz", "identities.npz", "LICENSE-ICT-FaceKit"]
+    )
+    z = np.load(small_dataset / "meshes.npz")
+    ids = np.load(small_dataset / "identities.npz")
+    # identity-disjoint splits
+    per_split = [set(z["identity"][z["split"] == s]) for s in range(3)]
+    assert not (per_split[0] & per_split[1] or per_split[0] & per_split[2] or per_split[1] & per_split[2])
+    assert (ids["split"][z["identity"]] == z["split"]).all()
+    assert ids["pca_weights"].shape == (10, 100) and z["blendshapes"].shape == (1000, 53)
+
+
+def test_build_is_deterministic(ict, small_dataset, tmp_path):
+    again = build_ict_dataset(ict, tmp_path / "again", ICTDatasetConfig(seed=7, size=1000), progress=False)
+    assert again.checksum == read_manifest(small_dataset).checksum
+    other = plan_ict_dataset(ICTDatasetConfig(seed=8, size=1000))
+    same = plan_ict_dataset(ICTDatasetConfig(seed=7, size=1000))
+    assert not np.array_equal(other.identity_weights, same.identity_weights)
+
+
+def test_meshes_are_regenerated_by_the_generator(ict, small_dataset):
+    from facemodel.data.builder import ICTFaceGenerator
+    from facemodel.data.dataset import FaceDataset
+
+    ds = FaceDataset(small_dataset, split=None)
+    gen = ICTFaceGenerator(ict)
+    rows = np.array([0, 500, 999])
+    ident = ds.meta("identity")[rows]
+    w = ds.identity_table("pca_weights")
+    for r, i in zip(rows, ident):
+        truth = gen.meshes(w[i], ds.meta("blendshapes")[r : r + 1])[0]
+        assert np.abs(ds.vertices(np.array([r]))[0] - truth).max() < 0.05  # float16 storage
+
+
+def test_existing_output_is_refused_and_untouched(ict, tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputPathError, match="not empty"):
+        build_ict_dataset(ict, out, ICTDatasetConfig(size=1000), progress=False)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary folder left
+
+
+def test_failure_midway_leaves_nothing(ict, tmp_path, monkeypatch):
+    from facemodel.data import builder
+
+    def boom(self, *a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(builder.ICTFaceGenerator, "meshes", boom)
+    with pytest.raises(RuntimeError):
+        build_ict_dataset(ict, tmp_path / "ds", ICTDatasetConfig(size=1000), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output(ict, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputPathError, match="folder"):
+        build_ict_dataset(ict, blocker / "ds", ICTDatasetConfig(size=1000), progress=False)
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(DataSourceError, match="shapes.npz"):
+        build_ict_dataset(tmp_path, tmp_path / "out", progress=False)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        ICTDatasetConfig(split_fractions=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError):
+        ICTDatasetConfig(size=10)
