@@ -15,6 +15,12 @@ from .errors import OutputPathError
 __all__ = ["atomic_file", "atomic_dir", "check_writable_parent", "sha256_file"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable_parent(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path after checking that its parent folder can be written.
 
@@ -51,6 +57,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     path = check_writable_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -86,6 +93,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
             )
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual folder mode
         yield tmp
         if path.exists():
             shutil.rmtree(path)

@@ -150,3 +150,24 @@ def test_config_validation():
         ICTDatasetConfig(split_fractions=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError):
         ICTDatasetConfig(size=10)
+
+
+def test_every_emotion_moves_the_face_clearly(ict):
+    """Each emotion's apex must differ visibly from neutral (at least 8 mm somewhere)."""
+    from facemodel.data.builder import ICTFaceGenerator
+    from facemodel.data.expressions import ExpressionSampler
+
+    gen = ICTFaceGenerator(ict)
+    sampler = ExpressionSampler(np.random.default_rng(0))
+    w = np.zeros(100)
+    neutral = gen.meshes(w, np.zeros((1, 53)))[0]
+    for label in EXPRESSION_LABELS[1:]:
+        apex = gen.meshes(w, sampler.emotion(label, 1.0)[None])[0]
+        assert np.linalg.norm(apex - neutral, axis=1).max() > 8.0, label
+
+
+def test_mouth_close_never_exceeds_jaw_open(full_plan):
+    w = np.stack(full_plan.blendshapes)
+    jaw, close = ICT_BLENDSHAPES.index("jawOpen"), ICT_BLENDSHAPES.index("mouthClose")
+    assert (w[:, close] <= w[:, jaw] + 1e-7).all()
+    assert w.min() >= 0 and w.max() <= 1

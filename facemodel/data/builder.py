@@ -37,7 +37,14 @@ from tqdm.auto import tqdm
 from .._fs import atomic_dir
 from ..errors import DatasetFormatError
 from ..geometry.deformation_transfer import DeformationTransfer
-from .expressions import EMOTION_PROTOTYPES, EXPRESSION_LABELS, NOVEL_COMBINATIONS, ExpressionSampler, ICT_BLENDSHAPES
+from .expressions import (
+    EMOTION_PROTOTYPES,
+    EXPRESSION_LABELS,
+    ICT_BLENDSHAPES,
+    NOVEL_COMBINATIONS,
+    ExpressionSampler,
+    constrain,
+)
 from .ict import ICTSource
 from .store import SPLITS, Manifest, write_dataset_files
 
@@ -179,7 +186,7 @@ def plan_ict_dataset(config: ICTDatasetConfig) -> _Plan:
                     if f in (0, F - 1):
                         w, lab = sampler.emotion("neutral", 1.0), neutral
                     else:
-                        w = np.clip(envelope[f] * apex + blinks[f] * (f != apex_frame), 0, 1)
+                        w = constrain(envelope[f] * apex + blinks[f] * (f != apex_frame))
                         lab = EXPRESSION_LABELS.index(label) if f == apex_frame else -1
                     plan.add(i, w, kind="emotion", label=lab, seq=seq, frame=f)
                 seq += 1

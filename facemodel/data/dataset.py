@@ -119,6 +119,10 @@ class FaceDataset(Dataset):
             raise KeyError(f"{key!r} not in this dataset's metadata: {sorted(self._meta)}")
         return self._meta[key][self.indices]
 
+    def identity_classes(self) -> np.ndarray:
+        """(M,) identity class of each selected row (see ``identity`` in items)."""
+        return self._identity_class[self.indices]
+
     def identity_table(self, key: str) -> np.ndarray:
         """Per-identity data (``names``, ``split``, ``pca_weights`` for ICT 4D)."""
         return self._identities[key]

@@ -21,6 +21,7 @@ __all__ = [
     "NOVEL_COMBINATIONS",
     "ExpressionSampler",
     "au_to_weights",
+    "constrain",
 ]
 
 #: The 53 ICT blendshapes in the order of ``vertex_indices.json["expressions"]``.
@@ -78,11 +79,12 @@ AU_TO_BLENDSHAPES: dict[int, dict[str, float]] = {
 #: EMFACS prototypes: label -> {AU: relative intensity at the label's apex}.
 EMOTION_PROTOTYPES: dict[str, dict[int, float]] = {
     "neutral": {},
-    "anger": {4: 1.0, 5: 0.5, 7: 0.8, 23: 0.8, 24: 0.6},
+    # AU5 kept weak: ICT's eyeWide and eyeSquint cancel each other when both are strong
+    "anger": {4: 1.0, 5: 0.2, 7: 0.8, 10: 0.3, 17: 0.6, 23: 0.8, 24: 0.8},
     "disgust": {9: 1.0, 10: 0.6, 15: 0.6, 16: 0.4, 17: 0.4},
     "fear": {1: 0.9, 2: 0.7, 4: 0.5, 5: 1.0, 7: 0.3, 20: 0.9, 26: 0.5},
     "happiness": {6: 0.9, 12: 1.0, 25: 0.5},
-    "sadness": {1: 1.0, 4: 0.6, 15: 1.0, 17: 0.5},
+    "sadness": {1: 1.0, 4: 0.7, 15: 1.0, 17: 0.7, 43: 0.25},  # lids droop a little
     "surprise": {1: 1.0, 2: 1.0, 5: 0.8, 26: 1.0},
 }
 
@@ -116,6 +118,17 @@ def _vec(weights: dict[str, float]) -> np.ndarray:
     return out
 
 
+_JAW, _CLOSE = ICT_BLENDSHAPES.index("jawOpen"), ICT_BLENDSHAPES.index("mouthClose")
+
+
+def constrain(weights: np.ndarray) -> np.ndarray:
+    """Clip weights to [0, 1] and keep ``mouthClose <= jawOpen`` (ARKit semantics: mouthClose
+    closes the lips of an open jaw; alone it pushes the lips through each other)."""
+    w = np.clip(weights, 0.0, 1.0)
+    w[..., _CLOSE] = np.minimum(w[..., _CLOSE], w[..., _JAW])
+    return w
+
+
 def au_to_weights(aus: dict[int, float], *, asymmetry: np.ndarray | None = None) -> np.ndarray:
     """ICT blendshape weights (53,) for AU intensities in [0, 1].
 
@@ -131,7 +144,7 @@ def au_to_weights(aus: dict[int, float], *, asymmetry: np.ndarray | None = None)
         w += s * _vec(AU_TO_BLENDSHAPES[au])
     if asymmetry is not None:
         w *= _SIDE_SCALE @ np.asarray(asymmetry)
-    return np.clip(w, 0.0, 1.0)
+    return constrain(w)
 
 
 # (53, 3) one-hot of side: left, right, centre -> asymmetry multiplier via (53,2) @ (2,)
@@ -197,4 +210,4 @@ class ExpressionSampler:
         w[:, _INDEX["eyeBlink_L"]] = np.maximum(w[:, _INDEX["eyeBlink_L"]], blink)
         w[:, _INDEX["eyeBlink_R"]] = np.maximum(w[:, _INDEX["eyeBlink_R"]], blink)
         w += self.rng.uniform(0, 0.03, size=w.shape) * (self.rng.random(w.shape) < 0.05)  # faint noise
-        return np.clip(w, 0.0, 1.0)
+        return constrain(w)

@@ -1,0 +1,73 @@
+"""Configuration of the generator: latent factors and sizes (pydantic, JSON round trip)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["Factor", "GeneratorConfig"]
+
+
+class Factor(BaseModel):
+    """One controllable factor of variation (identity, expression, viseme, ...).
+
+    Attributes:
+        name: factor name, also the key of its critic classifier branch.
+        code_dim: size of its latent code (paper: identity 65, expression 15).
+        num_labels: number of classes of its auxiliary classifier (training labels).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    code_dim: int = Field(gt=0)
+    num_labels: int = Field(gt=0)
+
+
+class GeneratorConfig(BaseModel):
+    """Generator architecture (supplement Fig. 11a): ``z -> Linear(hidden) -> LReLU -> Linear(3V)``.
+
+    Attributes:
+        num_vertices: V, vertices of the template.
+        factors: the labelled factors, in code order (default identity then expression).
+        noise_dim: size of the unlabelled noise code (paper: 5).
+        hidden: width of the hidden layer (paper: 512).
+        negative_slope: LeakyReLU slope (paper: 0.2).
+        displacement_scale_mm: the raw network output is multiplied by this to give
+            displacements in mm; keeps the network's numbers near unit scale.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    num_vertices: int = Field(gt=0)
+    factors: tuple[Factor, ...] = Field(min_length=1)
+    noise_dim: int = Field(5, ge=0)
+    hidden: int = Field(512, gt=0)
+    negative_slope: float = 0.2
+    displacement_scale_mm: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "GeneratorConfig":
+        names = [f.name for f in self.factors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"factor names must be unique, got {names}")
+        return self
+
+    @property
+    def code_dim(self) -> int:
+        """Total size of ``z = [z_factor_1, ..., z_factor_k, z_noise]``."""
+        return sum(f.code_dim for f in self.factors) + self.noise_dim
+
+    def factor(self, name: str) -> Factor:
+        for f in self.factors:
+            if f.name == name:
+                return f
+        raise KeyError(f"no factor {name!r}; factors are {[f.name for f in self.factors]}")
+
+    def code_slices(self) -> dict[str, slice]:
+        """Slices of each factor (and ``"noise"``) inside ``z``."""
+        out, start = {}, 0
+        for f in self.factors:
+            out[f.name] = slice(start, start + f.code_dim)
+            start += f.code_dim
+        out["noise"] = slice(start, start + self.noise_dim)
+        return out

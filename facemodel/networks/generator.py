@@ -1,0 +1,49 @@
+"""The MLP generator (paper §4.2, supplement Fig. 11a)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import FaceModelError
+from .config import GeneratorConfig
+
+__all__ = ["Generator"]
+
+
+class Generator(nn.Module):
+    """Codes ``z = [z_factors..., z_noise]`` to per-vertex displacements from the template.
+
+    Args:
+        config: :class:`GeneratorConfig`.
+
+    Shape:
+        - input: (B, D) codes, ``D = config.code_dim``
+        - output: (B, V, 3) displacements in mm (add the template to get vertices).
+
+    Example:
+        >>> g = Generator(GeneratorConfig(num_vertices=9409, factors=(Factor(name="identity",
+        ...     code_dim=65, num_labels=240), Factor(name="expression", code_dim=15, num_labels=7))))
+        >>> g(torch.randn(4, g.config.code_dim)).shape
+        torch.Size([4, 9409, 3])
+    """
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.fc1 = nn.Linear(config.code_dim, config.hidden)
+        self.act = nn.LeakyReLU(config.negative_slope)
+        self.fc2 = nn.Linear(config.hidden, 3 * config.num_vertices)
+        self.scale = config.displacement_scale_mm
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.ndim != 2 or z.shape[1] != self.config.code_dim:
+            raise FaceModelError(f"codes must have shape (B, {self.config.code_dim}), got {tuple(z.shape)}")
+        h = self.act(self.fc1(z))
+        return (self.fc2(h) * self.scale).view(z.shape[0], self.config.num_vertices, 3)
+
+    def last_layer_rows(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights (3K, hidden) and biases (3K,) of the output rows of K vertices (for fast
+        landmark fitting: only those rows need evaluating)."""
+        rows = (vertices[:, None] * 3 + torch.arange(3, device=vertices.device)).reshape(-1)
+        return self.fc2.weight[rows] * self.scale, self.fc2.bias[rows] * self.scale

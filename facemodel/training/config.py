@@ -1,0 +1,128 @@
+"""Training configuration: a pydantic model read from YAML/JSON with ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import FaceModelError
+
+__all__ = ["FactorSpec", "TrainConfig", "load_config", "ConfigError"]
+
+
+class ConfigError(FaceModelError, ValueError):
+    """A training config file or override is invalid."""
+
+
+class FactorSpec(BaseModel):
+    """A factor of the model and where its training labels come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    code_dim: int = Field(gt=0)
+    labels: Literal["identity", "expression", "viseme"] = Field(
+        description="label source: dataset identity classes, expression labels, or visemes derived from ICT mouth shapes"
+    )
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a training run (paper values as defaults, paper §5.1 and supplement)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # data
+    data: str = Field(description="dataset folder (facemodel data build-ict / import)")
+    seed: int = 0
+    # model (supplement Fig. 11)
+    factors: list[FactorSpec] = Field(
+        default_factory=lambda: [
+            FactorSpec(name="identity", code_dim=65, labels="identity"),
+            FactorSpec(name="expression", code_dim=15, labels="expression"),
+        ]
+    )
+    noise_dim: int = 5
+    hidden: int = 512
+    resolution: int = 64
+    displacement_scale_mm: float = 10.0
+    # losses (Eq. 6 and 8)
+    lambda_c: float = 0.1  # critic classification weight
+    lambda_gan: float = 1.0  # lambda_1
+    lambda_cls: float = 1.0  # lambda_2
+    lambda_feat: float = 0.5  # lambda_3
+    lambda_reg: float = 100.0  # lambda_4
+    gp_weight: float = 10.0  # Gulrajani et al.
+    instance_noise: float = 0.1  # sigma on the critic input
+    # ablations (paper Table 1)
+    use_reg: bool = True
+    use_feature_loss: bool = True
+    classify: Literal["all", "identity"] = "all"
+    # optimisation
+    critic_steps: int = 3
+    batch_size: int = 64
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: float = 200.0  # one epoch = the critic has seen every training mesh once
+    max_steps: int | None = None  # generator steps; overrides epochs when set
+    ema_decay: float = 0.999
+    # infrastructure
+    device: str = "auto"
+    bf16: bool = False
+    compile: bool = False
+    checkpoint_every: int = 200  # generator steps
+    log_every: int = 20
+    sample_every: int = 1000
+    eval_every: int = 1000
+    eval_samples: int = 256
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "TrainConfig":
+        return load_config(path, overrides)
+
+    def to_file(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2))
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string, e.g. data=/path
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML or JSON config and apply ``key=value`` overrides (values parsed as JSON).
+
+    Raises:
+        ConfigError: missing file, bad YAML/JSON, unknown key, invalid value.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist (see configs/ for examples)")
+        text = p.read_text()
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                import yaml
+
+                raw = yaml.safe_load(text) or {}
+            else:
+                raw = json.loads(text)
+        except Exception as exc:
+            raise ConfigError(f"cannot parse {str(p)!r}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{str(p)!r} must hold a mapping of config keys")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=1e-4)")
+        key, value = item.split("=", 1)
+        raw[key.strip()] = _parse_value(value.strip())
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid training config: {exc}") from exc

@@ -1,0 +1,53 @@
+"""Training labels per factor: identity classes, expression labels, visemes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.dataset import FaceDataset
+from ..data.expressions import ICT_BLENDSHAPES
+from ..errors import DatasetFormatError
+
+__all__ = ["VISEMES", "viseme_labels", "factor_labels"]
+
+#: Mouth-shape classes derived from ICT blendshape weights (a simple viseme set).
+VISEMES: tuple[str, ...] = ("closed", "open", "round", "wide")
+_VISEME_SHAPES = {
+    "closed": ("mouthClose", "mouthPress_L", "mouthPress_R", "mouthRollLower", "mouthRollUpper"),
+    "open": ("jawOpen", "mouthLowerDown_L", "mouthLowerDown_R"),
+    "round": ("mouthFunnel", "mouthPucker"),
+    "wide": ("mouthStretch_L", "mouthStretch_R", "mouthSmile_L", "mouthSmile_R"),
+}
+
+
+def viseme_labels(blendshapes: np.ndarray, *, threshold: float = 0.3) -> np.ndarray:
+    """Viseme class per mesh from its ICT weights: the mouth group with the largest weight,
+    or -1 when no group reaches ``threshold``.
+
+    Args:
+        blendshapes: (N, 53) weights in [0, 1].
+
+    Returns:
+        (N,) int64 labels in ``0 .. len(VISEMES) - 1`` or -1.
+    """
+    idx = {n: i for i, n in enumerate(ICT_BLENDSHAPES)}
+    score = np.stack([blendshapes[:, [idx[n] for n in _VISEME_SHAPES[v]]].max(1) for v in VISEMES], 1)
+    out = score.argmax(1).astype(np.int64)
+    out[score.max(1) < threshold] = -1
+    return out
+
+
+def factor_labels(dataset: FaceDataset, source: str) -> tuple[np.ndarray, list[str]]:
+    """(N,) labels of the dataset's rows for a factor's label source, and the label names."""
+    if source == "identity":
+        names = [str(n) for n in dataset.identity_table("names")[dataset.identity_ids]]
+        return dataset.identity_classes().astype(np.int64), names
+    if source == "expression":
+        return dataset.meta("expression").astype(np.int64), dataset.expression_labels
+    if source == "viseme":
+        try:
+            w = dataset.meta("blendshapes")
+        except KeyError as exc:
+            raise DatasetFormatError("viseme labels need ICT blendshape weights (an ICT 4D dataset)") from exc
+        return viseme_labels(w), list(VISEMES)
+    raise DatasetFormatError(f"unknown label source {source!r}")
