@@ -3,6 +3,7 @@
     facemodel data build-ict --source PATH | --download --out DIR [--seed N] [--size N]
     facemodel data import --template MESH --meshes DIR --labels CSV --out DIR
     facemodel data info DIR [--json]
+    facemodel train --config configs/paper.yaml --out RUN [--resume] [key=value ...]
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facemodel", description="A decoupled 3D face model.")
     parser.add_argument("--version", action="version", version=f"facemodel {__version__}")
@@ -112,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--overwrite", action="store_true")
     im.add_argument("--quiet", action="store_true")
     im.set_defaults(func=_cmd_import)
+
+    from .training.cli import add_arguments as add_train_arguments  # argparse only, no torch work
+
+    train = sub.add_parser("train", help="train the decoupled GAN (same as python -m facemodel.training)")
+    add_train_arguments(train).set_defaults(func=_cmd_train)
 
     info = data.add_parser("info", help="summarise a dataset folder")
     info.add_argument("dir")

@@ -35,6 +35,9 @@ class Generator(nn.Module):
         self.act = nn.LeakyReLU(config.negative_slope)
         self.fc2 = nn.Linear(config.hidden, 3 * config.num_vertices)
         self.scale = config.displacement_scale_mm
+        with torch.no_grad():  # start near the template: small output layer (stable early critic)
+            self.fc2.weight.mul_(0.1)
+            self.fc2.bias.zero_()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.config.code_dim:

@@ -71,6 +71,7 @@ class TrainConfig(BaseModel):
     ema_decay: float = 0.999
     # infrastructure
     device: str = "auto"
+    threads: int | None = None  # CPU threads for torch (None = torch's default, all cores)
     bf16: bool = False
     compile: bool = False
     checkpoint_every: int = 200  # generator steps

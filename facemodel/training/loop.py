@@ -1,0 +1,348 @@
+"""The training loop: WGAN-GP with auxiliary classifiers, feature loss and Laplacian
+regulariser (paper §4.3, §5.1), resumable, on CPU or CUDA, optionally under torchrun."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from ..data.dataset import FaceDataset
+from ..evaluation.metrics import diversity, specificity
+from ..model import FaceModel, FaceModelConfig
+from ..networks.config import Factor, GeneratorConfig
+from ..networks.generator import Generator
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .codes import LabelCodes, sample_codes
+from .config import TrainConfig
+from .discriminator import Critic
+from .labels import factor_labels
+from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
+from .sampler import EpochSampler
+
+__all__ = ["Trainer"]
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Owns models, optimisers, data and the run folder of one training run.
+
+    Args:
+        config: :class:`TrainConfig`.
+        out: run folder (created); holds ``config.json``, ``checkpoint.pt``,
+            ``metrics.jsonl``, ``samples/`` and, after :meth:`export`, ``model/``.
+        resume: continue from ``out/checkpoint.pt`` (models, optimisers, EMA, sampler, RNG).
+        progress: show a progress bar.
+    """
+
+    def __init__(self, config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> None:
+        self.config = config
+        self.out = Path(out).expanduser()
+        self.progress = progress
+        # ---- distributed (torchrun) ---------------------------------------------------
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = _device(config.device)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        if self.world > 1:
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+        self.is_main = self.rank == 0
+        if config.batch_size % (2 * self.world):
+            raise ValueError(f"batch_size {config.batch_size} must be a multiple of 2 x world size {self.world}")
+        self.batch = config.batch_size // self.world  # per rank: the global batch stays config.batch_size
+        torch.manual_seed(config.seed + self.rank)
+        np.random.seed(config.seed + self.rank)
+        # ---- data ---------------------------------------------------------------------
+        self.data = FaceDataset(config.data, split="train")
+        self.template = self.data.template
+        self.template_t = torch.from_numpy(self.template.vertices).to(self.device)
+        labels, names = {}, {}
+        for spec in config.factors:
+            labels[spec.name], names[spec.name] = factor_labels(self.data, spec.labels)
+        self.label_names = names
+        self.real_labels = {k: torch.from_numpy(v) for k, v in labels.items()}
+        self.gen_config = GeneratorConfig(
+            num_vertices=self.template.num_vertices,
+            factors=tuple(Factor(name=s.name, code_dim=s.code_dim, num_labels=len(names[s.name])) for s in config.factors),
+            noise_dim=config.noise_dim,
+            hidden=config.hidden,
+            displacement_scale_mm=config.displacement_scale_mm,
+        )
+        self.classified = tuple(s.name for s in config.factors) if config.classify == "all" else ("identity",)
+        self.weights = {k: class_weights(self.real_labels[k], len(names[k])).to(self.device) for k in self.classified}
+        self.laplacian = self.template.laplacian().to(self.device)
+        # ---- models -------------------------------------------------------------------
+        self.G = Generator(self.gen_config).to(self.device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.D = Critic(
+            self.template.uv,
+            self.template.faces,
+            {f.name: f.num_labels for f in self.gen_config.factors},
+            resolution=config.resolution,
+            displacement_scale_mm=config.displacement_scale_mm,
+        ).to(self.device)
+        self.codes = LabelCodes(self.gen_config, seed=config.seed).to(self.device)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=tuple(config.betas))
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=tuple(config.betas))
+        self._G_fwd = torch.compile(self.G) if config.compile else self.G
+        self._D_img = torch.compile(self.D.from_image) if config.compile else self.D.from_image
+        self.sampler = EpochSampler(len(self.data), self.batch, config.seed, rank=self.rank, world_size=self.world)
+        self.step = 0
+        steps_per_epoch = len(self.data) / (config.batch_size * config.critic_steps)
+        self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "samples").mkdir(exist_ok=True)
+        if resume:
+            self.load(self.out / CHECKPOINT)
+        elif self.is_main:
+            config.to_file(self.out / "config.json")
+        self._eval_reference: torch.Tensor | None = None
+        # fixed codes for sample renders: their own generator, so resuming does not shift the run's RNG
+        g = torch.Generator().manual_seed(config.seed + 1)
+        self._fixed_z = torch.randn(16, self.gen_config.code_dim, generator=g).to(self.device)
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _autocast(self):
+        if self.config.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _real_batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rows = self.sampler.next()
+        v = torch.from_numpy(self.data.vertices(rows)).to(self.device, non_blocking=True)
+        labels = {k: self.real_labels[k][rows].to(self.device) for k in self.classified}
+        return v - self.template_t, labels
+
+    def _critic(self, d: torch.Tensor, noise: float):
+        img = self.D.image(d.float())  # the mapping layer runs in float32
+        if noise > 0:
+            img = img + noise * torch.randn_like(img)
+        with self._autocast():
+            return self._D_img(img)
+
+    def _sync_grads(self, module: torch.nn.Module) -> None:
+        if self.world > 1:  # average gradients by hand: works with the penalty's double backward
+            for p in module.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+
+    # ---- steps --------------------------------------------------------------------------
+    def critic_step(self) -> dict[str, float]:
+        c = self.config
+        real, labels = self._real_batch()
+        with torch.no_grad(), self._autocast():
+            fake = self._G_fwd(sample_codes(self.step, self.batch, self.gen_config, self.codes,
+                                            classified=self.classified, device=self.device).z).float()  # fmt: skip
+        out_r = self._critic(real, c.instance_noise)
+        out_f = self._critic(fake, c.instance_noise)
+        wdist = out_r.score.float().mean() - out_f.score.float().mean()
+        gp = gradient_penalty(lambda x: self.D.from_image(x).score, self.D.image(real), self.D.image(fake))
+        cls = sum(classification_loss(out_r.logits[k].float(), labels[k], self.weights[k]) for k in self.classified)
+        loss = -wdist + c.gp_weight * gp + c.lambda_c * cls
+        self.opt_D.zero_grad(set_to_none=True)
+        loss.backward()
+        self._sync_grads(self.D)
+        self.opt_D.step()
+        return {"d_loss": loss.item(), "wdist": wdist.item(), "gp": gp.item(), "d_cls": float(cls.detach())}
+
+    def generator_step(self) -> dict[str, float]:
+        c = self.config
+        batch = sample_codes(self.step, self.batch, self.gen_config, self.codes, classified=self.classified, device=self.device)
+        with self._autocast():
+            d = self._G_fwd(batch.z).float()
+        out = self._critic(d, c.instance_noise)
+        gan = -out.score.float().mean()
+        cls = (classification_loss(out.logits[batch.labelled].float(), batch.labels[batch.labelled])
+               if batch.labelled else d.sum() * 0)  # fmt: skip
+        feat = d.sum() * 0
+        if c.use_feature_loss:
+            a, b = batch.pairs[:, 0], batch.pairs[:, 1]
+            for f in self.gen_config.factors:
+                if f.name != batch.labelled:
+                    feat = feat + feature_loss(out.features[f.name][a].float(), out.features[f.name][b].float())
+        reg = laplacian_loss(self.laplacian, d, scale=c.displacement_scale_mm) if c.use_reg else d.sum() * 0
+        loss = c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
+        self.opt_G.zero_grad(set_to_none=True)
+        loss.backward()
+        self._sync_grads(self.G)
+        self.opt_G.step()
+        self._update_ema()
+        return {"g_loss": loss.item(), "g_gan": gan.item(), "g_cls": float(cls.detach()), "g_feat": float(feat.detach()), "g_reg": float(reg.detach())}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))  # warm-up for short runs
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.lerp_(p, 1 - decay)
+
+    def train_step(self) -> dict[str, float]:
+        """One generator step preceded by ``critic_steps`` critic steps."""
+        self.G.train()
+        self.D.train()
+        logs: dict[str, float] = {}
+        for _ in range(self.config.critic_steps):
+            for k, v in self.critic_step().items():
+                logs[k] = logs.get(k, 0.0) + v / self.config.critic_steps
+        logs.update(self.generator_step())
+        self.step += 1
+        return logs
+
+    # ---- evaluation, samples ------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Specificity and diversity (mm) of raw and EMA generators vs. the training data."""
+        n = self.config.eval_samples
+        if self._eval_reference is None:
+            rng = np.random.default_rng(self.config.seed)
+            rows = np.sort(rng.choice(len(self.data), size=min(len(self.data), 2000), replace=False))
+            self._eval_reference = torch.from_numpy(self.data.vertices(rows))
+        ref = self._eval_reference
+        g = torch.Generator().manual_seed(1234)
+        result: dict[str, Any] = {"data": {"diversity_mm": diversity(ref, 4000, generator=g),
+                                           "offset_mm": float((ref - self.template_t.cpu()).norm(dim=-1).mean())}}
+        for name, G in (("raw", self.G), ("ema", self.G_ema)):
+            z = torch.randn(n, self.gen_config.code_dim, generator=g).to(self.device)
+            v = (G(z).float() + self.template_t).cpu()
+            result[name] = {
+                "offset_mm": float((v - self.template_t.cpu()).norm(dim=-1).mean()),  # distance from template
+                "specificity_mm": float(specificity(v, ref).mean()),
+                "diversity_mm": diversity(v, 4000, generator=g),
+            }
+        return result
+
+    @torch.no_grad()
+    def render_samples(self, path: Path) -> None:
+        from ..geometry.render import render_grid, save_png
+
+        v = (self.G_ema(self._fixed_z[:8]) + self.template_t).cpu().numpy()
+        save_png(render_grid(v, self.template.faces, size=160, ncols=4), path)
+
+    # ---- checkpoints, export ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "G": self.G.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "codes": self.codes.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+            "config": self.config.model_dump(mode="json"),
+            "dataset_checksum": self.data.manifest.checksum,
+        }
+
+    def save(self) -> Path | None:
+        if not self.is_main:
+            return None
+        return save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state["dataset_checksum"] != self.data.manifest.checksum:
+            raise CheckpointError(f"checkpoint {str(path)!r} was trained on another dataset (checksum differs)")
+        self.G.load_state_dict(state["G"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.D.load_state_dict(state["D"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.codes.load_state_dict(state["codes"])
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def export(self, directory: str | os.PathLike | None = None, *, ema: bool = True) -> Path:
+        """Save the (EMA) generator as a :class:`FaceModel` folder (config.json + safetensors)."""
+        directory = Path(directory) if directory is not None else self.out / "model"
+        config = FaceModelConfig(
+            generator=self.gen_config,
+            label_names=self.label_names,
+            template_name=self.template.name,
+            training={
+                "step": self.step,
+                "epoch": round(self.sampler.epoch_float, 3),
+                "ema": ema,
+                "dataset_checksum": self.data.manifest.checksum,
+                "config": self.config.model_dump(mode="json"),
+            },
+        )
+        model = FaceModel(
+            config,
+            template=self.template.vertices,
+            faces=self.template.faces,
+            uv=self.template.uv,
+            landmarks=self.template.landmarks,
+            label_codes={f.name: self.codes.codes(f.name).cpu() for f in self.gen_config.factors},
+        )
+        model.generator.load_state_dict((self.G_ema if ema else self.G).state_dict())
+        return model.save_pretrained(directory)
+
+    # ---- the loop -----------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def train(self, *, max_steps: int | None = None, time_limit_s: float | None = None) -> int:
+        """Run until ``total_steps`` (or ``max_steps`` more steps, or the time limit).
+
+        Checkpoints every ``checkpoint_every`` steps and when stopping (also on Ctrl-C).
+
+        Returns:
+            the step reached.
+        """
+        c = self.config
+        stop = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
+        t0 = time.perf_counter()
+        bar = tqdm(total=stop, initial=self.step, disable=not (self.progress and self.is_main), unit="step", dynamic_ncols=True)
+        try:
+            while self.step < stop:
+                logs = self.train_step()
+                bar.update(1)
+                if self.step % c.log_every == 0 or self.step == stop:
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("wdist", "gp", "g_cls", "g_feat", "g_reg")})
+                    self._log({"step": self.step, "epoch": round(self.sampler.epoch_float, 4),
+                               "seconds": round(time.perf_counter() - t0, 2), **logs})  # fmt: skip
+                if self.is_main and c.eval_every and self.step % c.eval_every == 0:
+                    self._log({"step": self.step, "eval": self.evaluate()})
+                if self.is_main and c.sample_every and self.step % c.sample_every == 0:
+                    self.render_samples(self.out / "samples" / f"step{self.step:07d}.png")
+                if self.step % c.checkpoint_every == 0:
+                    self.save()
+                if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+                    break
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d: saving a checkpoint", self.step)
+            self.save()
+            raise
+        finally:
+            bar.close()
+        self.save()
+        return self.step

@@ -1,0 +1,170 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from facemodel.cli import main as cli_main
+from facemodel.model import FaceModel, WeightsFormatError, WeightsNotFoundError
+from facemodel.training import Trainer, load_config
+from facemodel.training.config import ConfigError, TrainConfig
+from facemodel.training.labels import VISEMES, viseme_labels
+
+REPO_CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+
+
+def tiny(small_dataset, **overrides):
+    base = {"data": str(small_dataset), "threads": 1, "eval_every": 0, "sample_every": 0}
+    base.update(overrides)
+    return load_config(REPO_CONFIGS / "tiny.yaml", [f"{k}={json.dumps(v)}" for k, v in base.items()])
+
+
+def test_config_files_round_trip(tmp_path):
+    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml"):
+        cfg = load_config(REPO_CONFIGS / name)
+        cfg.to_file(tmp_path / f"{name}.json")
+        assert load_config(tmp_path / f"{name}.json") == cfg
+    paper = load_config(REPO_CONFIGS / "paper.yaml")
+    assert (paper.lambda_c, paper.lambda_gan, paper.lambda_cls, paper.lambda_feat, paper.lambda_reg) == (0.1, 1, 1, 0.5, 100)
+    assert [(f.name, f.code_dim) for f in paper.factors] == [("identity", 65), ("expression", 15)]
+    assert (paper.noise_dim, paper.batch_size, paper.critic_steps, paper.lr, paper.epochs) == (5, 64, 3, 2e-4, 200)
+    assert tuple(paper.betas) == (0.9, 0.999) and paper.instance_noise == 0.1
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config(REPO_CONFIGS / "paper.yaml", ["lr=1e-4", "use_reg=false", "data=/x/y"])
+    assert cfg.lr == 1e-4 and cfg.use_reg is False and cfg.data == "/x/y"
+    with pytest.raises(ConfigError, match="lr_typo"):
+        load_config(REPO_CONFIGS / "paper.yaml", ["lr_typo=1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(REPO_CONFIGS / "paper.yaml", ["lr"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def _params(trainer):
+    return {k: v.clone() for k, v in {**{"G." + k: v for k, v in trainer.G.state_dict().items()},
+                                      **{"D." + k: v for k, v in trainer.D.state_dict().items()},
+                                      **{"E." + k: v for k, v in trainer.G_ema.state_dict().items()}}.items()}  # fmt: skip
+
+
+def test_kill_and_resume_matches_uninterrupted_run(small_dataset, tmp_path):
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cfg = tiny(small_dataset, max_steps=6, checkpoint_every=3)
+    straight = Trainer(cfg, tmp_path / "a", progress=False)
+    straight.train(max_steps=3)
+    state_after_3 = straight.sampler.state_dict()
+    straight.train(max_steps=3)
+    expected = _params(straight)
+
+    first = Trainer(cfg, tmp_path / "b", progress=False)
+    first.train(max_steps=3)  # checkpoint at step 3, then "killed"
+    del first
+    probe = Trainer(cfg, tmp_path / "c", progress=False)  # built first: a new Trainer reseeds torch
+    probe.sampler.load_state_dict(state_after_3)
+    resumed = Trainer(cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed.step == 3 and resumed.sampler.state_dict() == state_after_3
+    assert np.array_equal(resumed.sampler.next(), probe.sampler.next())  # same next batch
+    resumed.sampler.load_state_dict(state_after_3)
+    resumed.train(max_steps=3)
+    got = _params(resumed)
+    assert got.keys() == expected.keys()
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0, msg=k)
+
+
+def test_resume_refuses_other_dataset(small_dataset, tmp_path, ict):
+    from facemodel.data.builder import ICTDatasetConfig, build_ict_dataset
+    from facemodel.training.checkpoint import CheckpointError
+
+    t = Trainer(tiny(small_dataset, max_steps=1), tmp_path / "run", progress=False)
+    t.train()
+    other = build_ict_dataset(ict, tmp_path / "other", ICTDatasetConfig(seed=99, size=600, identities=10), progress=False)
+    assert other.checksum
+    with pytest.raises(CheckpointError, match="another dataset"):
+        Trainer(tiny(tmp_path / "other", max_steps=1), tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        Trainer(tiny(small_dataset), tmp_path / "fresh", resume=True, progress=False)
+
+
+def test_tiny_run_learns_and_exports(small_dataset, tmp_path):
+    cfg = tiny(small_dataset, max_steps=60, log_every=5, eval_every=20, sample_every=30)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in records if "wdist" in r]
+    evals = [r["eval"] for r in records if "eval" in r]
+    assert [r["step"] for r in logs][:3] == [5, 10, 15]
+    first, last = logs[:2], logs[-4:]
+    # the critic learns to tell real from generated meshes, and to classify real labels
+    assert np.mean([r["wdist"] for r in last]) > 5 + np.mean([r["wdist"] for r in first])
+    assert np.mean([r["d_cls"] for r in last]) < np.mean([r["d_cls"] for r in first])
+    # the generator leaves the template towards the data (whose meshes lie far from it)
+    assert evals[-1]["raw"]["offset_mm"] > evals[0]["raw"]["offset_mm"]
+    assert evals[0]["data"]["offset_mm"] > evals[-1]["raw"]["offset_mm"]
+    assert all(np.isfinite(r["g_loss"]) for r in logs)
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step0000030.png", "step0000060.png"]
+    # export of the EMA generator loads back with identical outputs
+    path = trainer.export()
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    model = FaceModel.from_pretrained(path)
+    z = torch.randn(3, trainer.gen_config.code_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(model(z), trainer.G_ema(z) + trainer.template_t, rtol=0, atol=0)
+    assert model.config.label_names["expression"][4] == "happiness"
+    torch.testing.assert_close(model.label_codes("expression"), trainer.codes.codes("expression"))
+    assert model.faces.shape == (18460, 3) and model.landmarks.shape == (68,) and model.uv.shape == (9409, 2)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="save_pretrained"):
+        FaceModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(WeightsFormatError, match="not a valid"):
+        FaceModel.from_pretrained(tmp_path)
+
+
+def test_three_factor_model_trains(small_dataset, tmp_path):
+    factors = [{"name": "identity", "code_dim": 6, "labels": "identity"},
+               {"name": "expression", "code_dim": 4, "labels": "expression"},
+               {"name": "viseme", "code_dim": 4, "labels": "viseme"}]  # fmt: skip
+    trainer = Trainer(tiny(small_dataset, factors=factors, max_steps=6), tmp_path / "run", progress=False)
+    assert set(trainer.D.heads) == {"real", "identity", "expression", "viseme"}
+    assert trainer.gen_config.code_dim == 6 + 4 + 4 + 2
+    trainer.train()
+    assert trainer.step == 6
+    model = FaceModel.from_pretrained(trainer.export())
+    assert model.config.label_names["viseme"] == list(VISEMES)
+
+
+def test_viseme_labels():
+    w = np.zeros((4, 53))
+    w[0, 26] = 0.8  # jawOpen
+    w[1, 39] = 0.5  # mouthPucker
+    w[2, 45] = 0.1  # weak smile: unlabelled
+    w[3, 47] = 0.9  # mouthStretch_L
+    assert viseme_labels(w).tolist() == [1, 2, -1, 3]
+
+
+def test_ablation_flags_change_the_losses(small_dataset, tmp_path):
+    t = Trainer(tiny(small_dataset, use_reg=False, use_feature_loss=False, classify="identity", max_steps=2),
+                tmp_path / "run", progress=False)  # fmt: skip
+    logs = t.train_step()
+    assert logs["g_reg"] == 0 and logs["g_feat"] == 0
+    assert t.classified == ("identity",)
+
+
+def test_cli_train_dry_run_and_run(small_dataset, tmp_path, capsys):
+    args = ["train", "--config", str(REPO_CONFIGS / "tiny.yaml"), "--out", str(tmp_path / "run"),
+            f"data={json.dumps(str(small_dataset))}", "threads=1", "eval_every=0", "sample_every=0"]  # fmt: skip
+    assert cli_main(args + ["--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_size"] == 16
+    assert cli_main(args + ["--max-steps", "2", "--quiet"]) == 0
+    assert "step 2/40" in capsys.readouterr().out
+    assert cli_main(["train", "--out", str(tmp_path / "run"), "--resume", "--max-steps", "1", "--quiet"]) == 0
+    assert "step 3/40" in capsys.readouterr().out
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
