@@ -74,8 +74,8 @@ class Trainer:
         if config.batch_size % (2 * self.world):
             raise ValueError(f"batch_size {config.batch_size} must be a multiple of 2 x world size {self.world}")
         self.batch = config.batch_size // self.world  # per rank: the global batch stays config.batch_size
-        torch.manual_seed(config.seed + self.rank)
-        np.random.seed(config.seed + self.rank)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        np.random.seed(config.seed)
         # ---- data ---------------------------------------------------------------------
         self.data = FaceDataset(config.data, split="train")
         self.template = self.data.template
@@ -106,6 +106,11 @@ class Trainer:
             displacement_scale_mm=config.displacement_scale_mm,
         ).to(self.device)
         self.codes = LabelCodes(self.gen_config, seed=config.seed).to(self.device)
+        if self.world > 1:  # identical start everywhere; then per-rank noise for codes and instance noise
+            for module in (self.G, self.G_ema, self.D):
+                for t in list(module.parameters()) + [b for b in module.buffers() if not b.is_sparse and b.layout == torch.strided]:
+                    dist.broadcast(t.data, src=0)
+            torch.manual_seed(config.seed + 1000 * self.rank)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=tuple(config.betas))
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=tuple(config.betas))
         self._G_fwd = torch.compile(self.G) if config.compile else self.G

@@ -1,0 +1,74 @@
+"""Render a trained model like the paper's Fig. 3, 8 and 9.
+
+    python examples/model_figures.py --model RUN/model --out docs/images [--prefix cpu_v1]
+
+Writes ``<prefix>_samples.png`` (random samples), ``<prefix>_same_identity.png`` (each row
+one identity code, random expression codes), ``<prefix>_same_expression.png`` (each row
+one expression code, random identities) and ``<prefix>_expression_labels.png`` (the learned
+label code of each expression on a few random identities).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from facemodel.geometry.render import render_grid, save_png
+from facemodel.model import FaceModel
+
+
+def codes_with(model: FaceModel, n: int, fixed: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
+    """(n, D) random codes with some factors replaced by given (code_dim,) or (n, code_dim) codes."""
+    cfg = model.config.generator
+    z = torch.randn(n, cfg.code_dim, generator=g)
+    for name, code in fixed.items():
+        z[:, cfg.code_slices()[name]] = code
+    return z
+
+
+@torch.no_grad()
+def figures(model: FaceModel, out: Path, prefix: str, *, rows: int = 4, cols: int = 6, size: int = 128, seed: int = 0) -> list[Path]:
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config.generator
+    faces = model.faces.numpy()
+    paths = []
+
+    def save(name: str, v: torch.Tensor, ncols: int, labels=None) -> None:
+        path = out / f"{prefix}_{name}.png"
+        save_png(render_grid(v.numpy(), faces, size=size, ncols=ncols, labels=labels), path)
+        paths.append(path)
+
+    save("samples", model(torch.randn(rows * cols, cfg.code_dim, generator=g)), cols)
+    for factor, name in (("identity", "same_identity"), ("expression", "same_expression")):
+        if factor not in cfg.code_slices():
+            continue
+        dim = cfg.factor(factor).code_dim
+        z = torch.cat([codes_with(model, cols, {factor: torch.randn(dim, generator=g)}, g) for _ in range(rows)])
+        save(name, model(z), cols)
+    if "expression" in model.config.label_names:
+        names = model.config.label_names["expression"]
+        codes = model.label_codes("expression")
+        z = torch.cat([codes_with(model, len(names), {"expression": codes, "identity": torch.randn(cfg.factor("identity").code_dim, generator=g)}, g)
+                       for _ in range(3)])  # fmt: skip
+        save("expression_labels", model(z), len(names), labels=names * 3)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="folder written by save_pretrained / training export")
+    p.add_argument("--out", default="docs/images")
+    p.add_argument("--prefix", default="model")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    model = FaceModel.from_pretrained(a.model)
+    for path in figures(model, Path(a.out), a.prefix, size=a.size, seed=a.seed):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
