@@ -105,6 +105,7 @@ def test_tiny_run_learns_and_exports(small_dataset, tmp_path):
     # the generator leaves the template towards the data (whose meshes lie far from it)
     assert evals[-1]["raw"]["offset_mm"] > evals[0]["raw"]["offset_mm"]
     assert evals[0]["data"]["offset_mm"] > evals[-1]["raw"]["offset_mm"]
+    assert evals[-1]["ema"]["val_specificity_mm"] > 0 and evals[-1]["data"]["val_specificity_mm"] > 0
     assert all(np.isfinite(r["g_loss"]) for r in logs)
     assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step0000030.png", "step0000060.png"]
     # export of the EMA generator loads back with identical outputs

@@ -126,7 +126,7 @@ class Trainer:
             self.load(self.out / CHECKPOINT)
         elif self.is_main:
             config.to_file(self.out / "config.json")
-        self._eval_reference: torch.Tensor | None = None
+        self._eval_reference: dict[str, torch.Tensor | None] | None = None
         # fixed codes for sample renders: their own generator, so resuming does not shift the run's RNG
         g = torch.Generator().manual_seed(config.seed + 1)
         self._fixed_z = torch.randn(16, self.gen_config.code_dim, generator=g).to(self.device)
@@ -219,26 +219,42 @@ class Trainer:
         return logs
 
     # ---- evaluation, samples ------------------------------------------------------------
+    def _reference(self, split: str, n: int) -> torch.Tensor | None:
+        """Up to ``n`` meshes (mm, CPU) of a split, a fixed random subset."""
+        ds = self.data if split == "train" else FaceDataset(self.config.data, split=split)
+        if len(ds) == 0:
+            return None
+        rows = np.sort(np.random.default_rng(self.config.seed).choice(len(ds), size=min(len(ds), n), replace=False))
+        return torch.from_numpy(ds.vertices(rows))
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Specificity and diversity (mm) of raw and EMA generators vs. the training data."""
+        """Specificity and diversity (mm) of the raw and EMA generators.
+
+        ``specificity_mm`` is measured against training meshes, ``val_specificity_mm``
+        against the validation split (identities never trained on): the convergence
+        curve to watch. ``data`` gives the same figures for the training meshes.
+        """
         n = self.config.eval_samples
         if self._eval_reference is None:
-            rng = np.random.default_rng(self.config.seed)
-            rows = np.sort(rng.choice(len(self.data), size=min(len(self.data), 2000), replace=False))
-            self._eval_reference = torch.from_numpy(self.data.vertices(rows))
-        ref = self._eval_reference
+            self._eval_reference = {"train": self._reference("train", 2000), "val": self._reference("val", 1000)}
+        ref, val = self._eval_reference["train"], self._eval_reference["val"]
+        tpl = self.template_t.cpu()
         g = torch.Generator().manual_seed(1234)
         result: dict[str, Any] = {"data": {"diversity_mm": diversity(ref, 4000, generator=g),
-                                           "offset_mm": float((ref - self.template_t.cpu()).norm(dim=-1).mean())}}
+                                           "offset_mm": float((ref - tpl).norm(dim=-1).mean())}}  # fmt: skip
+        if val is not None:
+            result["data"]["val_specificity_mm"] = float(specificity(val[:n], ref).mean())
         for name, G in (("raw", self.G), ("ema", self.G_ema)):
             z = torch.randn(n, self.gen_config.code_dim, generator=g).to(self.device)
             v = (G(z).float() + self.template_t).cpu()
             result[name] = {
-                "offset_mm": float((v - self.template_t.cpu()).norm(dim=-1).mean()),  # distance from template
+                "offset_mm": float((v - tpl).norm(dim=-1).mean()),  # distance from the template
                 "specificity_mm": float(specificity(v, ref).mean()),
                 "diversity_mm": diversity(v, 4000, generator=g),
             }
+            if val is not None:
+                result[name]["val_specificity_mm"] = float(specificity(v, val).mean())
         return result
 
     @torch.no_grad()
