@@ -63,10 +63,13 @@ def test_kill_and_resume_matches_uninterrupted_run(small_dataset, tmp_path):
     first = Trainer(cfg, tmp_path / "b", progress=False)
     first.train(max_steps=3)  # checkpoint at step 3, then "killed"
     del first
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # a line logged after the checkpoint, then killed
+        f.write(json.dumps({"step": 4, "wdist": 0.0}) + "\n")
     probe = Trainer(cfg, tmp_path / "c", progress=False)  # built first: a new Trainer reseeds torch
     probe.sampler.load_state_dict(state_after_3)
     resumed = Trainer(cfg, tmp_path / "b", resume=True, progress=False)
     assert resumed.step == 3 and resumed.sampler.state_dict() == state_after_3
+    assert all(json.loads(x)["step"] <= 3 for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines())
     assert np.array_equal(resumed.sampler.next(), probe.sampler.next())  # same next batch
     resumed.sampler.load_state_dict(state_after_3)
     resumed.train(max_steps=3)
@@ -193,3 +196,27 @@ def test_bf16_autocast_step_is_finite(small_dataset, tmp_path):
     logs = t.train_step()
     assert all(np.isfinite(v) for v in logs.values())
     assert t.G.fc2.weight.dtype == torch.float32  # weights stay float32 under autocast
+
+
+def test_sigterm_checkpoints_and_stops(small_dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "facemodel.training", "--config", str(REPO_CONFIGS / "tiny.yaml"),
+           "--out", str(tmp_path / "run"), "--quiet", f"data={json.dumps(str(small_dataset))}",
+           "max_steps=100000", "checkpoint_every=100000", "threads=1", "eval_every=0", "sample_every=0",
+           "log_every=1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    step = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"]
+    assert step >= 3 and f"step {step}/100000" in out  # stopped early, with a checkpoint of its last step

@@ -9,6 +9,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .._fs import atomic_file
 from ..data.dataset import FaceDataset
 from ..evaluation.metrics import diversity, specificity
 from ..model import FaceModel, FaceModelConfig
@@ -298,6 +301,18 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop metric lines written after the checkpoint (by a run that was then killed)."""
+        path = self.out / "metrics.jsonl"
+        if not self.is_main or not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        keep = [line for line in lines if json.loads(line).get("step", 0) <= self.step]
+        if len(keep) != len(lines):
+            with atomic_file(path, "w") as f:
+                f.write("".join(line + "\n" for line in keep))
 
     def export(self, directory: str | os.PathLike | None = None, *, ema: bool = True) -> Path:
         """Save the (EMA) generator as a :class:`FaceModel` folder (config.json + safetensors)."""
@@ -334,7 +349,8 @@ class Trainer:
     def train(self, *, max_steps: int | None = None, time_limit_s: float | None = None) -> int:
         """Run until ``total_steps`` (or ``max_steps`` more steps, or the time limit).
 
-        Checkpoints every ``checkpoint_every`` steps and when stopping (also on Ctrl-C).
+        Checkpoints every ``checkpoint_every`` steps and when stopping, including on Ctrl-C
+        and on SIGTERM (the step in progress finishes first).
 
         Returns:
             the step reached.
@@ -342,6 +358,11 @@ class Trainer:
         c = self.config
         stop = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
         t0 = time.perf_counter()
+        stop_requested = []
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM (kill, cluster pre-emption): finish the current step, checkpoint, return
+            previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
         bar = tqdm(total=stop, initial=self.step, disable=not (self.progress and self.is_main), unit="step", dynamic_ncols=True)
         try:
             while self.step < stop:
@@ -359,11 +380,16 @@ class Trainer:
                     self.save()
                 if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
                     break
+                if stop_requested:
+                    log.warning("SIGTERM at step %d: checkpointing and stopping", self.step)
+                    break
         except KeyboardInterrupt:
             log.warning("interrupted at step %d: saving a checkpoint", self.step)
             self.save()
             raise
         finally:
             bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         self.save()
         return self.step
