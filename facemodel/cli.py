@@ -4,6 +4,7 @@
     facemodel data import --template MESH --meshes DIR --labels CSV --out DIR
     facemodel data info DIR [--json]
     facemodel train --config configs/paper.yaml --out RUN [--resume] [key=value ...]
+    facemodel info | sample | transfer | add | encode | fit | render  [--model DIR|REPO] ...
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+def _cmd_data_info(args: argparse.Namespace) -> int:
     from .data.store import read_manifest
 
     m = read_manifest(args.dir)
@@ -77,6 +78,133 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if m.source:
         print("  source       " + ", ".join(f"{k}: {v}" for k, v in m.source.items()))
     print(f"  checksum     {m.checksum}")
+    return 0
+
+
+# ---- model commands ------------------------------------------------------------------
+def _load_model(args: argparse.Namespace):
+    from .model import FaceModel
+
+    return FaceModel.from_pretrained(args.model, device=args.device)
+
+
+def _write_outputs(faces, args: argparse.Namespace) -> None:
+    from .geometry.render import render_grid, save_png
+
+    if args.out:
+        for path in faces.export(args.out):
+            print(path)
+    if args.png:
+        views = ("front", "side") if args.side else ("front",)
+        save_png(render_grid(faces.numpy(), faces.faces.cpu().numpy(), views=views, size=args.size), args.png)
+        print(args.png)
+    if not args.out and not args.png:
+        print(f"{len(faces)} faces generated; pass --out FILE.obj|.ply|.glb and/or --png FILE.png to save them")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    model = _load_model(args)
+    cfg = model.config
+    g = cfg.generator
+    print(f"facemodel weights (format v{cfg.format_version}), template {cfg.template_name!r}, units {cfg.units}")
+    print(f"  vertices {g.num_vertices}, triangles {model.faces.shape[0]}, landmarks {model.landmarks.shape[0]}")
+    for f in g.factors:
+        names = cfg.label_names.get(f.name, [])
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        print(f"  {f.name:<11} code {f.code_dim:>3}, {f.num_labels} labels: {shown}")
+    print(f"  noise       code {g.noise_dim:>3}")
+    if cfg.training:
+        print(f"  trained     step {cfg.training.get('step')}, epoch {cfg.training.get('epoch')}, ema {cfg.training.get('ema')}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    model = _load_model(args)
+    faces = model.sample(args.n, seed=args.seed, identity=args.identity, expression=args.expression,
+                         truncation=args.truncation)  # fmt: skip
+    _write_outputs(faces, args)
+    return 0
+
+
+def _source(model, value: str):
+    """A mesh path, or ``seed:N`` for a random face."""
+    if value.startswith("seed:"):
+        return model.sample(1, seed=int(value[5:]))
+    return model.encode(value)
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    model = _load_model(args)
+    targets = _cat([_source(model, t) for t in args.target])
+    faces = model.transfer_expression(_source(model, args.source), targets)
+    _write_outputs(faces, args)
+    return 0
+
+
+def _cat(faces_list):
+    import torch
+
+    from .outputs import Faces
+
+    first = faces_list[0]
+    return Faces(torch.cat([f.vertices for f in faces_list]), torch.cat([f.codes for f in faces_list]), first.faces, first.code_slices)
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    model = _load_model(args)
+    expressions = [_source(model, e) if e.startswith("seed:") or "." in e else e for e in args.expression]
+    faces = model.add_expressions(_source(model, args.target), *expressions, weights=args.weights)
+    _write_outputs(faces, args)
+    return 0
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ._fs import atomic_file
+
+    model = _load_model(args)
+    faces = model.encode(args.mesh)
+    if args.codes:
+        with atomic_file(args.codes, "wb") as f:
+            np.save(f, faces.codes.cpu().numpy())
+        print(args.codes)
+    _write_outputs(faces, args)
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .io_points import load_points
+
+    model = _load_model(args)
+    points = load_points(args.points)
+    kwargs = {"reg": args.reg}
+    if points.shape[1] == 2:
+        result = model.fit_landmarks_2d(points, **kwargs)
+    else:
+        result = model.fit_landmarks(points, align=args.align, **kwargs)
+    print(f"rmse {float(result.rmse.mean()):.3f} (input units), converged {bool(result.converged.all())}, "
+          f"iterations {result.iterations}")  # fmt: skip
+    _write_outputs(model.decode(result.codes), args)
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .geometry.mesh_io import load_mesh
+    from .geometry.render import render_grid, save_png
+
+    meshes = [load_mesh(p) for p in args.meshes]
+    if len({m.vertices.shape[0] for m in meshes}) != 1:
+        from .errors import TopologyMismatchError
+
+        raise TopologyMismatchError("render draws meshes of one topology per grid; the inputs differ in vertex count")
+    views = ("front", "side") if args.side else ("front",)
+    image = render_grid(np.stack([m.vertices for m in meshes]), meshes[0].faces, views=views, size=args.size,
+                        labels=[__import__("os").path.basename(p) for p in args.meshes] if args.labels else None)  # fmt: skip
+    save_png(image, args.png)
+    print(args.png)
     return 0
 
 
@@ -125,10 +253,55 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train the decoupled GAN (same as python -m facemodel.training)")
     add_train_arguments(train).set_defaults(func=_cmd_train)
 
+    def model_args(p: argparse.ArgumentParser, outputs: bool = True) -> argparse.ArgumentParser:
+        p.add_argument("--model", default=None, help="model folder or Hub repo id (default: the released weights)")
+        p.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
+        if outputs:
+            p.add_argument("--out", default=None, help="mesh output: .obj, .ply or .glb (several faces: name_000.obj, ...)")
+            p.add_argument("--png", default=None, help="render the result to this PNG")
+            p.add_argument("--side", action="store_true", help="add a side view to the PNG")
+            p.add_argument("--size", type=int, default=256, help="PNG tile size in pixels")
+        return p
+
+    p = model_args(sub.add_parser("info", help="describe a model (factors, labels, provenance)"), outputs=False)
+    p.set_defaults(func=_cmd_info)
+    p = model_args(sub.add_parser("sample", help="generate random faces"))
+    p.add_argument("-n", type=int, default=1, help="number of faces")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--expression", default=None, help="expression label name or index (default random)")
+    p.add_argument("--identity", default=None, help="identity label name (default random)")
+    p.add_argument("--truncation", type=float, default=None, help="scale random codes by this (0..1)")
+    p.set_defaults(func=_cmd_sample)
+    p = model_args(sub.add_parser("transfer", help="give target faces the source's expression"))
+    p.add_argument("--source", required=True, help="mesh file (template topology) or seed:N")
+    p.add_argument("--target", required=True, nargs="+", help="mesh files or seed:N")
+    p.set_defaults(func=_cmd_transfer)
+    p = model_args(sub.add_parser("add", help="add expressions (labels or meshes) to a face"))
+    p.add_argument("--target", required=True, help="mesh file or seed:N")
+    p.add_argument("--expression", required=True, nargs="+", help="label names, mesh files or seed:N")
+    p.add_argument("--weights", type=float, nargs="+", default=None)
+    p.set_defaults(func=_cmd_add)
+    p = model_args(sub.add_parser("encode", help="codes of a registered mesh (dense fit)"))
+    p.add_argument("mesh", help="mesh in the template's topology (mm)")
+    p.add_argument("--codes", default=None, help="write the codes (1, D) to this .npy")
+    p.set_defaults(func=_cmd_encode)
+    p = model_args(sub.add_parser("fit", help="fit the model to 3D or 2D landmarks (iBUG-68)"))
+    p.add_argument("points", help="landmarks: .npy, .csv, .json or .pts; K x 3 (3D) or K x 2 (2D)")
+    p.add_argument("--reg", type=float, default=0.01, help="code regularisation (paper Eq. 13 lambda)")
+    p.add_argument("--align", choices=("similarity", "rigid", "none"), default="similarity")
+    p.set_defaults(func=_cmd_fit)
+    p = sub.add_parser("render", help="render meshes of one topology to a PNG grid")
+    p.add_argument("meshes", nargs="+")
+    p.add_argument("--png", required=True)
+    p.add_argument("--side", action="store_true")
+    p.add_argument("--labels", action="store_true", help="label tiles with file names")
+    p.add_argument("--size", type=int, default=256)
+    p.set_defaults(func=_cmd_render)
+
     info = data.add_parser("info", help="summarise a dataset folder")
     info.add_argument("dir")
     info.add_argument("--json", action="store_true", help="print the whole manifest")
-    info.set_defaults(func=_cmd_info)
+    info.set_defaults(func=_cmd_data_info)
     return parser
 
 

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -17,8 +19,9 @@ from ._fs import atomic_file, check_writable_parent
 from .errors import FaceModelError
 from .networks.config import GeneratorConfig
 from .networks.generator import Generator
+from .outputs import Faces
 
-__all__ = ["FaceModel", "FaceModelConfig", "WeightsNotFoundError", "WeightsFormatError"]
+__all__ = ["FaceModel", "FaceModelConfig", "WeightsNotFoundError", "WeightsFormatError", "UnknownLabelError", "CodeSpec"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -31,6 +34,17 @@ class WeightsNotFoundError(FaceModelError, FileNotFoundError):
 
 class WeightsFormatError(FaceModelError, ValueError):
     """Weights or config do not match the model (missing/unexpected tensors, bad config)."""
+
+
+class UnknownLabelError(FaceModelError, KeyError):
+    """A label name or index that the model's label codes do not have."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
+
+
+#: A factor code given as a tensor ((d,) or (n, d)), a label name, a label index, or a list of those.
+CodeSpec = Union[torch.Tensor, np.ndarray, str, int, Sequence[Union[str, int]], None]
 
 
 class FaceModelConfig(BaseModel):
@@ -102,6 +116,224 @@ class FaceModel(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Codes (B, D) -> vertices (B, V, 3) in mm."""
         return self.template + self.generator(z)
+
+    # ---- codes ------------------------------------------------------------------------
+    @property
+    def code_slices(self) -> dict[str, slice]:
+        """Factor name (and ``"noise"``) -> slice of the full code."""
+        return self.config.generator.code_slices()
+
+    @property
+    def label_names(self) -> dict[str, list[str]]:
+        """Factor -> names of its label codes (e.g. ``{"expression": ["neutral", ...]}``)."""
+        return self.config.label_names
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        p = self.generator.fc1.weight
+        return p.device, p.dtype
+
+    def label_index(self, factor: str, label: str | int) -> int:
+        """Index of a label (name or index) of a factor.
+
+        Raises:
+            UnknownLabelError: unknown name (close matches are listed) or index out of range.
+        """
+        names = self.config.label_names.get(factor, [])
+        n = self.label_codes(factor).shape[0]
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+            if not 0 <= int(label) < n:
+                raise UnknownLabelError(f"{factor} label index {label} out of range 0..{n - 1}")
+            return int(label)
+        if isinstance(label, str):
+            lowered = {x.lower(): i for i, x in enumerate(names)}
+            if label.lower() in lowered:
+                return lowered[label.lower()]
+            close = difflib.get_close_matches(label, names, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            shown = names if len(names) <= 12 else names[:12] + ["..."]
+            raise UnknownLabelError(f"unknown {factor} label {label!r}{hint} Known labels: {shown}")
+        raise UnknownLabelError(f"{factor} label must be a name or an index, got {type(label).__name__}")
+
+    def factor_codes(self, factor: str, spec: CodeSpec, n: int, *, generator: torch.Generator | None = None,
+                     truncation: float | None = None) -> torch.Tensor:  # fmt: skip
+        """(n, d) codes of one factor (or ``"noise"``) from a :data:`CodeSpec`.
+
+        ``None`` draws N(0, I) codes (times ``truncation`` when given) with ``generator``
+        on the CPU, so a seed gives the same faces on every device.
+        """
+        device, dtype = self._device_dtype()
+        if factor not in self.code_slices:
+            raise FaceModelError(f"no factor {factor!r}; this model has {sorted(self.code_slices)}")
+        sl = self.code_slices[factor]
+        d = sl.stop - sl.start
+        if spec is None:
+            z = torch.randn(n, d, generator=generator)
+            if truncation is not None:
+                if not 0 <= truncation <= 1:
+                    raise FaceModelError(f"truncation must be in [0, 1], got {truncation}")
+                z = z * truncation
+            return z.to(device=device, dtype=dtype)
+        if isinstance(spec, (str, int, np.integer)) and not isinstance(spec, bool):
+            spec = [spec] * n
+        if isinstance(spec, (list, tuple)) and all(isinstance(x, (str, int, np.integer)) for x in spec):
+            if factor == "noise":
+                raise FaceModelError("noise has no labels; pass a (d,) or (n, d) tensor")
+            idx = torch.tensor([self.label_index(factor, x) for x in spec])
+            z = self.label_codes(factor)[idx.to(self.label_codes(factor).device)]
+        else:
+            z = torch.as_tensor(np.asarray(spec) if isinstance(spec, (list, tuple)) else spec)
+        z = z.to(device=device, dtype=dtype)
+        if z.ndim == 1:
+            z = z[None].expand(n, -1)
+        if z.ndim != 2 or z.shape[1] != d:
+            raise FaceModelError(f"{factor} codes must have shape ({d},) or (n, {d}), got {tuple(z.shape)}")
+        if z.shape[0] != n:
+            raise FaceModelError(f"{factor} codes hold {z.shape[0]} rows but {n} faces were asked for")
+        if not torch.isfinite(z).all():
+            raise FaceModelError(f"{factor} codes contain NaN or inf")
+        return z
+
+    # ---- operations -------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> Faces:
+        """Faces of full codes (n, D)."""
+        device, dtype = self._device_dtype()
+        codes = torch.as_tensor(codes).to(device=device, dtype=dtype)
+        D = self.config.generator.code_dim
+        if codes.ndim == 1:
+            codes = codes[None]
+        if codes.ndim != 2 or codes.shape[1] != D:
+            raise FaceModelError(f"codes must have shape (n, {D}), got {tuple(codes.shape)}")
+        if codes.shape[0] == 0:
+            raise FaceModelError("empty batch: pass at least one code")
+        return Faces(self(codes), codes, self.faces, self.code_slices)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int = 1,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        identity: CodeSpec = None,
+        expression: CodeSpec = None,
+        noise: CodeSpec = None,
+        truncation: float | None = None,
+        **factors: CodeSpec,
+    ) -> Faces:
+        """Generate ``n`` faces.
+
+        Args:
+            n: number of faces.
+            seed: seed of the random codes (or pass a ``torch.Generator``); the same seed
+                gives the same faces on CPU and CUDA.
+            identity, expression, noise: codes per factor: ``None`` (random), a tensor
+                ``(d,)`` / ``(n, d)``, a label name (``"happiness"``), a label index, or a
+                list of names/indices (one per face). Other factors by keyword.
+            truncation: scale random codes by this factor in [0, 1] (less variety, more
+                typical faces).
+
+        Returns:
+            :class:`Faces` with vertices (n, V, 3) in mm.
+
+        Example:
+            >>> faces = model.sample(4, seed=0, expression="happiness")
+            >>> faces.export("happy.obj")
+        """
+        if not isinstance(n, int) or n < 1:
+            raise FaceModelError(f"n must be a positive integer, got {n!r}")
+        if generator is None:
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        specs = {"identity": identity, "expression": expression, **factors}
+        unknown = set(specs) - set(self.code_slices)
+        unknown = {k for k in unknown if specs[k] is not None}
+        if unknown:
+            raise FaceModelError(f"unknown factors {sorted(unknown)}; this model has {sorted(self.code_slices)}")
+        parts = [self.factor_codes(f.name, specs.get(f.name), n, generator=generator, truncation=truncation)
+                 for f in self.config.generator.factors]  # fmt: skip
+        parts.append(self.factor_codes("noise", noise, n, generator=generator, truncation=truncation))
+        return self.decode(torch.cat(parts, 1))
+
+    def _as_vertices(self, mesh, *, name: str = "mesh") -> torch.Tensor:
+        """(n, V, 3) vertices (mm) from arrays, tensors, trimesh objects, paths or lists of them."""
+        from .geometry.mesh_io import load_mesh
+        from .geometry.template import check_vertices
+
+        if isinstance(mesh, (list, tuple)) and mesh and not isinstance(mesh[0], (float, int)):
+            return torch.cat([self._as_vertices(m, name=name) for m in mesh])
+        if isinstance(mesh, (str, os.PathLike)):
+            mesh = load_mesh(mesh).vertices
+        elif hasattr(mesh, "vertices") and hasattr(mesh, "faces") and not isinstance(mesh, Faces):
+            mesh = np.asarray(mesh.vertices)
+        v = torch.as_tensor(np.asarray(mesh) if not isinstance(mesh, torch.Tensor) else mesh)
+        if v.ndim == 2:
+            v = v[None]
+        check_vertices(v, self.num_vertices, name=name)
+        if v.shape[0] == 0:
+            raise FaceModelError(f"{name}: empty batch")
+        device, dtype = self._device_dtype()
+        return v.to(device=device, dtype=dtype)
+
+    def _as_codes(self, x, *, name: str) -> torch.Tensor:
+        """Full codes (n, D) of Faces, codes, or meshes (encoded)."""
+        D = self.config.generator.code_dim
+        if isinstance(x, Faces):
+            return x.codes.to(self.generator.fc1.weight)
+        if isinstance(x, torch.Tensor) and x.ndim in (1, 2) and x.shape[-1] == D:
+            return x.reshape(-1, D).to(self.generator.fc1.weight)
+        return self.encode(x).codes
+
+    def _with_factor(self, target: torch.Tensor, factor: str, codes: torch.Tensor) -> Faces:
+        sl = self.code_slices[factor]
+        if codes.shape[0] not in (1, target.shape[0]) and target.shape[0] != 1:
+            raise FaceModelError(f"cannot pair {codes.shape[0]} sources with {target.shape[0]} targets; use 1 or equal counts")
+        n = max(codes.shape[0], target.shape[0])
+        out = target.expand(n, -1).clone()
+        out[:, sl] = codes.expand(n, -1)
+        return self.decode(out)
+
+    def transfer_expression(self, source, target) -> Faces:
+        """``target``'s identity and noise with ``source``'s expression (the paper's code swap).
+
+        Args:
+            source, target: :class:`Faces`, full codes (n, D), or meshes in the template's
+                topology (arrays (V, 3) / (n, V, 3) in mm, trimesh objects, file paths),
+                which are encoded first. 1-to-n and n-to-1 pairings broadcast.
+        """
+        s = self._as_codes(source, name="source")
+        t = self._as_codes(target, name="target")
+        return self._with_factor(t, "expression", s[:, self.code_slices["expression"]])
+
+    def add_expressions(self, target, *expressions, weights: Sequence[float] | None = None) -> Faces:
+        """Add expression codes to ``target``'s (supplement, "added" codes).
+
+        Args:
+            target: Faces, codes or meshes.
+            expressions: each a Faces / codes / mesh (its expression code is used), a label
+                name or a label index.
+            weights: one weight per expression (default 1).
+        """
+        if not expressions:
+            raise FaceModelError("add_expressions needs at least one expression to add")
+        weights = [1.0] * len(expressions) if weights is None else list(weights)
+        if len(weights) != len(expressions):
+            raise FaceModelError(f"got {len(weights)} weights for {len(expressions)} expressions")
+        t = self._as_codes(target, name="target")
+        sl = self.code_slices["expression"]
+        total = t[:, sl].clone()
+        for w, e in zip(weights, expressions):
+            if isinstance(e, (str, int, np.integer)) and not isinstance(e, bool):
+                code = self.label_codes("expression")[self.label_index("expression", e)][None]
+            else:
+                code = self._as_codes(e, name="expression")[:, sl]
+            total = total + w * code.to(total)
+        return self._with_factor(t, "expression", total)
+
+    def neutralize(self, faces) -> Faces:
+        """The same faces (identity and noise) with the neutral expression's label code."""
+        t = self._as_codes(faces, name="faces")
+        code = self.label_codes("expression")[self.label_index("expression", "neutral")][None]
+        return self._with_factor(t, "expression", code.to(t))
 
     # ---- serialisation ---------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

@@ -1,0 +1,139 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from facemodel.errors import FaceModelError, InvalidGeometryError, TopologyMismatchError
+from facemodel.model import FaceModel, FaceModelConfig, UnknownLabelError
+from facemodel.networks import Factor, GeneratorConfig
+from facemodel.outputs import Faces
+
+EXPRESSIONS = ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+
+
+@pytest.fixture(scope="module")
+def model(template):
+    torch.manual_seed(0)
+    cfg = FaceModelConfig(
+        generator=GeneratorConfig(num_vertices=template.num_vertices,
+                                  factors=(Factor(name="identity", code_dim=65, num_labels=5),
+                                           Factor(name="expression", code_dim=15, num_labels=7))),  # fmt: skip
+        label_names={"identity": [f"id{i}" for i in range(5)], "expression": EXPRESSIONS},
+    )
+    g = torch.Generator().manual_seed(1)
+    m = FaceModel(cfg, template.vertices, template.faces, template.uv, template.landmarks,
+                  {"identity": torch.randn(5, 65, generator=g), "expression": torch.randn(7, 15, generator=g)})  # fmt: skip
+    with torch.no_grad():
+        m.generator.fc2.weight.mul_(20)  # move vertices by millimetres, like a trained model
+    return m.eval()
+
+
+def test_sample_shapes_and_reproducibility(model):
+    a = model.sample(3, seed=7)
+    assert isinstance(a, Faces) and len(a) == 3
+    assert a.vertices.shape == (3, 9409, 3) and a.codes.shape == (3, 85) and a.faces.shape == (18460, 3)
+    b = model.sample(3, seed=7)
+    assert torch.equal(a.vertices, b.vertices)
+    assert not torch.equal(a.vertices, model.sample(3, seed=8).vertices)
+    g = torch.Generator().manual_seed(7)
+    assert torch.equal(model.sample(3, generator=g).codes, a.codes)
+
+
+def test_labels_names_indices_and_codes(model):
+    happy = model.sample(2, seed=0, expression="happiness")
+    code = model.label_codes("expression")[4]
+    assert torch.equal(happy.expression, code.expand(2, -1))
+    assert torch.equal(model.sample(2, seed=0, expression=4).codes, happy.codes)
+    assert torch.equal(model.sample(1, seed=0, expression="Happiness").expression[0], code)
+    mixed = model.sample(2, seed=0, expression=["neutral", "surprise"])
+    assert torch.equal(mixed.expression[1], model.label_codes("expression")[6])
+    ident = torch.randn(65)
+    assert torch.equal(model.sample(2, identity=ident).identity, ident.expand(2, -1))
+    with pytest.raises(UnknownLabelError, match="did you mean 'happiness'"):
+        model.sample(1, expression="hapiness")
+    with pytest.raises(UnknownLabelError, match="out of range"):
+        model.sample(1, expression=9)
+    with pytest.raises(FaceModelError, match=r"\(15,\) or \(n, 15\)"):
+        model.sample(1, expression=torch.randn(14))
+    with pytest.raises(FaceModelError, match="NaN"):
+        model.sample(1, identity=torch.full((65,), float("nan")))
+    with pytest.raises(FaceModelError, match="unknown factors"):
+        model.sample(1, viseme="aa")
+    with pytest.raises(FaceModelError, match="positive integer"):
+        model.sample(0)
+
+
+def test_truncation_shrinks_codes(model):
+    full = model.sample(64, seed=1)
+    trunc = model.sample(64, seed=1, truncation=0.5)
+    torch.testing.assert_close(trunc.identity, 0.5 * full.identity)
+    with pytest.raises(FaceModelError, match="truncation"):
+        model.sample(1, truncation=2.0)
+
+
+def test_faces_container(model, tmp_path):
+    f = model.sample(4, seed=3)
+    assert len(f[1:3]) == 2 and len(f[0]) == 1 and len(list(f)) == 4
+    assert f.numpy().shape == (4, 9409, 3) and f.numpy().dtype == np.float32
+    mesh = f[0].to_trimesh()
+    assert mesh.vertices.shape == (9409, 3)  # not merged or reordered
+    paths = f.export(tmp_path / "face.obj")
+    assert [p.name for p in paths] == [f"face_{i:03d}.obj" for i in range(4)]
+    assert f[0].export(tmp_path / "one.ply")[0].is_file()
+    assert f.export(tmp_path / "all.glb")[0].stat().st_size > 1000
+    with pytest.raises(IndexError):
+        f[4]
+
+
+def test_transfer_add_neutralize(model):
+    src = model.sample(1, seed=1, expression="surprise")
+    tgt = model.sample(3, seed=2)
+    out = model.transfer_expression(src, tgt)
+    assert len(out) == 3
+    torch.testing.assert_close(out.identity, tgt.identity)
+    torch.testing.assert_close(out.noise, tgt.noise)
+    torch.testing.assert_close(out.expression, src.expression.expand(3, -1))
+    added = model.add_expressions(tgt, "happiness", src, weights=[0.5, 1.0])
+    expected = tgt.expression + 0.5 * model.label_codes("expression")[4] + src.expression
+    torch.testing.assert_close(added.expression, expected)
+    neutral = model.neutralize(tgt)
+    torch.testing.assert_close(neutral.expression, model.label_codes("expression")[0].expand(3, -1))
+    with pytest.raises(FaceModelError, match="at least one"):
+        model.add_expressions(tgt)
+    with pytest.raises(FaceModelError, match="weights"):
+        model.add_expressions(tgt, "anger", weights=[1, 2])
+
+
+def test_two_threads_with_own_generators_match_one_thread(model):
+    expected = [model.sample(8, seed=s).vertices for s in (11, 12)]
+    results = {}
+
+    def work(s):
+        results[s] = model.sample(8, generator=torch.Generator().manual_seed(s)).vertices
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in (11, 12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.equal(results[11], expected[0]) and torch.equal(results[12], expected[1])
+
+
+def test_mesh_inputs_are_validated(model, template):
+    with pytest.raises(TopologyMismatchError, match="9409"):
+        model._as_vertices(np.zeros((100, 3)))
+    bad = template.vertices.copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(InvalidGeometryError, match="NaN or infinite"):
+        model._as_vertices(bad)
+    assert model._as_vertices([template.vertices, template.vertices]).shape == (2, 9409, 3)
+
+
+def test_save_and_load_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    again = FaceModel.from_pretrained(tmp_path / "m")
+    a = model.sample(2, seed=5, expression="fear")
+    b = again.sample(2, seed=5, expression="fear")
+    torch.testing.assert_close(a.vertices, b.vertices, rtol=0, atol=0)
+    assert again.label_names["expression"] == EXPRESSIONS
