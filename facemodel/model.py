@@ -354,18 +354,39 @@ class FaceModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        path: str | os.PathLike,
+        name_or_path: str | os.PathLike | None = None,
         *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> "FaceModel":
-        """Load a model saved by :meth:`save_pretrained` from a local folder (strict).
+        """Load a model: the released weights, a local folder, or a Hugging Face Hub repo.
+
+        Args:
+            name_or_path: ``None`` for the weights installed with the package (no network),
+                a folder written by :meth:`save_pretrained`, or a Hub repo id ``"org/name"``.
+            revision, cache_dir, local_files_only, token: passed to ``huggingface_hub``
+                for repo ids (ignored for local folders).
+            device, dtype: where to put the model (default CPU, float32).
+
+        Loading is strict (every tensor must match the config) and safetensors only.
 
         Raises:
-            WeightsNotFoundError: the folder lacks config.json or model.safetensors.
+            WeightsNotFoundError: nothing to load there (with the fix in the message).
             WeightsFormatError: invalid config, or tensors missing / unexpected / misshaped.
+
+        Example:
+            >>> model = FaceModel.from_pretrained()                 # released weights, offline
+            >>> model = FaceModel.from_pretrained("runs/x/model")   # a training export
         """
-        path = Path(path).expanduser()
+        from .hub import resolve_pretrained  # lazy: facemodel.hub imports this module
+
+        path = resolve_pretrained(
+            name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+        )
         cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
         if not cfg_path.is_file() or not w_path.is_file():
             raise WeightsNotFoundError(
@@ -392,4 +413,31 @@ class FaceModel(nn.Module):
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         return model
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | bool | None = None,
+        private: bool | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload facemodel",
+        create_repo: bool = True,
+        model_card: str | None = None,
+    ) -> str:
+        """Upload ``config.json`` + ``model.safetensors`` (+ ``model_card`` as README.md).
+
+        Returns:
+            the commit URL.
+        """
+        import tempfile
+
+        from .hub import README_NAME, push_to_hub
+
+        with tempfile.TemporaryDirectory(prefix="facemodel-push-") as tmp:
+            self.save_pretrained(tmp)
+            if model_card is not None:
+                (Path(tmp) / README_NAME).write_text(model_card, encoding="utf-8")
+            return push_to_hub(tmp, repo_id, token=token, private=private, revision=revision,
+                               commit_message=commit_message, create_repo=create_repo)  # fmt: skip
 
