@@ -69,10 +69,11 @@ def test_kill_and_resume_matches_uninterrupted_run(small_dataset, tmp_path):
     probe.sampler.load_state_dict(state_after_3)
     resumed = Trainer(cfg, tmp_path / "b", resume=True, progress=False)
     assert resumed.step == 3 and resumed.sampler.state_dict() == state_after_3
-    assert all(json.loads(x)["step"] <= 3 for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines())
     assert np.array_equal(resumed.sampler.next(), probe.sampler.next())  # same next batch
     resumed.sampler.load_state_dict(state_after_3)
     resumed.train(max_steps=3)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and 4 not in steps  # the killed run's line (step 4) was dropped
     got = _params(resumed)
     assert got.keys() == expected.keys()
     for k in expected:
@@ -171,6 +172,8 @@ def test_cli_train_dry_run_and_run(small_dataset, tmp_path, capsys):
     assert "step 2/40" in capsys.readouterr().out
     assert cli_main(["train", "--out", str(tmp_path / "run"), "--resume", "--max-steps", "1", "--quiet"]) == 0
     assert "step 3/40" in capsys.readouterr().out
+    assert cli_main(["train", "--out", str(tmp_path / "run"), "--export-only", "--export", str(tmp_path / "m")]) == 0
+    assert "exported step 3" in capsys.readouterr().out and (tmp_path / "m" / "config.json").is_file()
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
 
 

@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many more generator steps")
     p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
     p.add_argument("--export", default=None, help="model folder to export the EMA generator to (default OUT/model)")
+    p.add_argument("--export-only", action="store_true", help="export the last checkpoint's EMA generator and exit")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (JSON values), e.g. lr=1e-4 max_steps=500")
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out).expanduser()
     config_path = args.config
+    if args.export_only:
+        args.resume = True
     if args.resume and config_path is None:
         config_path = out / "config.json"
     config = load_config(config_path, args.overrides)
@@ -40,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
     trainer = Trainer(config, out, resume=args.resume, progress=not args.quiet)
+    if args.export_only:
+        path = trainer.export(args.export)
+        print(f"exported step {trainer.step} to {path}")
+        return 0
     if args.resume and trainer.is_main:
         config.to_file(out / "config.json")  # record overrides given on resume
     step = trainer.train(max_steps=args.max_steps, time_limit_s=None if args.time_limit is None else 60 * args.time_limit)

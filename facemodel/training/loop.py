@@ -120,6 +120,7 @@ class Trainer:
         self._D_img = torch.compile(self.D.from_image) if config.compile else self.D.from_image
         self.sampler = EpochSampler(len(self.data), self.batch, config.seed, rank=self.rank, world_size=self.world)
         self.step = 0
+        self._resumed = False
         steps_per_epoch = len(self.data) / (config.batch_size * config.critic_steps)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
         if self.is_main:
@@ -301,7 +302,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
-        self._truncate_log()
+        self._resumed = True  # train() drops log lines written after this checkpoint
 
     def _truncate_log(self) -> None:
         """Drop metric lines written after the checkpoint (by a run that was then killed)."""
@@ -356,6 +357,9 @@ class Trainer:
             the step reached.
         """
         c = self.config
+        if self._resumed:
+            self._truncate_log()
+            self._resumed = False
         stop = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
         t0 = time.perf_counter()
         stop_requested = []
