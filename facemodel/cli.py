@@ -184,8 +184,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     else:
         result = model.fit_landmarks(points, align=args.align, **kwargs)
     print(f"rmse {float(result.rmse.mean()):.3f} (input units), converged {bool(result.converged.all())}, "
-          f"iterations {result.iterations}")  # fmt: skip
-    _write_outputs(model.decode(result.codes), args)
+          f"iterations {int(result.iterations.max())}")  # fmt: skip
+    from .outputs import Faces
+
+    _write_outputs(Faces(result.vertices, result.codes, model.faces, model.code_slices), args)
     return 0
 
 

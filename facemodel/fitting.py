@@ -4,32 +4,41 @@ The paper fits a code ``z`` to ``p`` 3D key points by
 
     argmin_z  sum_i ||v~_i(z) - v_i||^2 + lambda ||z||^2                      (13)
 
-with Adam from a random code. Here the points may come in any scale and pose, so a
-similarity (or rigid) transform is estimated with ``z``; the objective minimised is Eq. 13
-in **model space**::
+with Adam from a random code. Here the points may come in any units and pose, so a
+similarity (or rigid) transform ``S`` is estimated with ``z``, and Eq. 13 is minimised in
+**model space**::
 
     E(z, S) = sum_i w_i ||v~_i(z) - S(p_i)||^2 + reg * ||z||^2
 
-where ``S`` maps the input points into the model's frame, so the data term is in **mm^2**
-(whatever the input units) and ``reg`` is the paper's lambda on the raw code (codes are
-~N(0, I) under the generator's prior). Residuals and RMSE in :class:`FitResult` are
-reported in the **input's units**.
+``S`` maps the input points into the model's frame, so the data term is in **mm^2**
+whatever the input units, and ``reg`` is the paper's lambda on the raw code (codes are
+~N(0, I) under the generator's prior; the paper uses 0, 0.01 and 10). Residuals and RMSE
+in :class:`FitResult` are reported in the **input's units**.
 
 Solvers:
 
-- ``"gauss-newton"`` (default, fast): Levenberg-Marquardt on ``z`` and the pose together,
-  with the analytic Jacobian ``J = W2[rows] diag(lrelu'(h)) W1`` of the landmark rows
-  only (the full 3V output is never evaluated in the loop; the Jacobian is updated
-  incrementally for hidden units whose LeakyReLU branch changed), the pose re-solved in
-  closed form (weighted Umeyama) at every trial point (variable projection). Batched over
-  faces with per-face damping and stopping: a batch gives the per-face results.
+- ``"gauss-newton"`` (default, fast): from a linear-regression guess of the code,
+  Levenberg-Marquardt on the code and the pose together. Only the landmark rows of the
+  generator's last layer are evaluated (``m(z) = A lrelu(W1 z + b1) + c``, 3K numbers;
+  the full 3V output is decoded once, when ``FitResult.vertices`` is read). The Jacobian
+  ``J = A diag(lrelu'(h)) W1`` is exact, updated for the hidden units whose LeakyReLU
+  branch changed. The landmarks are piecewise linear in ``z``, so each step is followed by
+  an exact line search over the pieces of the ray; the pose is then re-solved in closed
+  form (weighted Umeyama) at the new code (variable projection). Faces are batched with
+  per-face damping and stopping: a batch returns the per-face results (up to rounding).
+  This solver runs on the CPU in NumPy (a few hundred numbers per face); results come
+  back on ``device``.
 - ``"lbfgs"``: :class:`torch.optim.LBFGS` on ``z``, alternated with the closed-form pose.
 - ``"adam"``: the paper's protocol, Adam from a random code (default 1000 steps,
-  lr 0.01), pose re-solved every 10 steps. Kept as the comparison baseline.
+  lr 0.01), pose re-solved every 10 steps. A baseline, ~70x slower than Gauss-Newton.
+
+Near a LeakyReLU kink the objective of a noisy fit keeps decreasing by ~1e-4 per
+iteration for a while with no visible effect on the fit; such fits stop at ``max_iters``
+with ``converged`` False. Exact data converge in ~5 iterations.
 
 :func:`fit_landmarks_2d` fits 2D landmarks under a scaled-orthographic camera
-``x = s R[:2] v + t`` solved jointly with ``z`` (data term divided by ``s^2``, i.e. again
-in model-space mm^2).
+``x = s R[:2] v + t`` solved jointly with ``z`` (image residuals divided by ``s``: model-space
+mm^2 again).
 """
 
 from __future__ import annotations
@@ -38,53 +47,71 @@ import math
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy.linalg import lapack as _lapack
 
 from .errors import FaceModelError
 from .landmarks import LandmarkSet, landmark_set
 
-__all__ = ["FitResult", "FittingError", "fit_landmarks", "fit_landmarks_2d", "SOLVERS", "ALIGNMENTS"]
+__all__ = ["FitResult", "Transform", "FittingError", "fit_landmarks", "fit_landmarks_2d", "SOLVERS", "ALIGNMENTS", "CAMERAS"]
 
 SOLVERS = ("gauss-newton", "lbfgs", "adam")
 ALIGNMENTS = ("similarity", "rigid", "none")
 CAMERAS = ("scaled_orthographic",)
-DEFAULT_MAX_ITERS = {"gauss-newton": 50, "lbfgs": 20, "adam": 1000}
-_CHUNK = 256  # faces per batched Gauss-Newton chunk (bounds memory: ~40 MB of Jacobians)
-_MAX_REJECTS = 6  # consecutive rejected LM steps before stopping
+DEFAULT_MAX_ITERS = {"gauss-newton": 10, "lbfgs": 20, "adam": 1000}
+_CHUNK = 256  # faces per Gauss-Newton chunk (bounds memory: ~20 MB of Jacobians)
+_DECODE_CHUNK = 256
+_MAX_REJECTS = 6  # consecutive rejected steps before stopping
+_GRID = (1.0, 0.8, 0.6, 0.45, 0.3, 0.2, 0.1, 0.04)
+_EXACT_MAX_BREAKS = 64  # rays crossing more kinks are searched on _GRID (early, long steps)
+_REGRESSION_SAMPLES = 4096
+_TRI = np.tril(np.ones((_EXACT_MAX_BREAKS, _EXACT_MAX_BREAKS), np.float32))
 
 
 class FittingError(FaceModelError, ValueError):
     """Invalid input to a fit: shapes, non-finite values, missing landmarks, devices,
-    dtypes, or an unknown solver / alignment / init."""
+    dtypes, or an unknown solver / alignment / camera / init."""
 
 
 # ---- result ---------------------------------------------------------------------------------
+class Transform(NamedTuple):
+    """Model space -> the points' space: ``p ~ scale * rotation @ v + translation`` (3D), or
+    the camera ``x ~ scale * rotation[:2] @ v + translation`` (2D fits)."""
+
+    scale: torch.Tensor  # (B,)
+    rotation: torch.Tensor  # (B, 3, 3)
+    translation: torch.Tensor  # (B, 3), (B, 2) for cameras
+
+
 @dataclass(eq=False)
 class FitResult:
-    """Result of :func:`fit_landmarks` / :func:`fit_landmarks_2d` (batched, B faces).
+    """Result of :func:`fit_landmarks` / :func:`fit_landmarks_2d` (batched: B faces, also
+    for a single (K, 3) input).
 
     Attributes:
-        vertices: (B, V, 3) fitted meshes in model space (mm); ``None`` with ``decode=False``.
+        vertices: (B, V, 3) fitted meshes in model space (mm), decoded from ``codes`` on
+            first access (once; a full decode streams the whole output layer, ~58 MB for the
+            paper's sizes); ``None`` for fits with ``decode=False``.
         codes: (B, D) fitted codes.
-        scale, rotation, translation: (B,), (B, 3, 3), (B, 3) similarity mapping model
-            space to the points' space, ``p ~ scale * rotation @ v + translation``. For 2D
-            fits the camera: ``x ~ scale * rotation[:2] @ v + translation`` with
+        scale, rotation, translation: (B,), (B, 3, 3), (B, 3): the similarity mapping
+            model space to the points' space, ``p ~ scale * rotation @ v + translation``.
+            For 2D fits, the camera: ``x ~ scale * rotation[:2] @ v + translation`` with
             translation (B, 2).
-        residuals: (B, K) distance of each fitted landmark to its point, in the input's
-            units (NaN for missing points).
+        residuals: (B, K) distance of each fitted landmark to its point in the input's
+            units (NaN where the point is missing).
         rmse: (B,) root mean square of the residuals over the points with weight > 0.
-        iterations: (B,) int64 iterations each face took (outer iterations of the solver).
-        converged: (B,) bool, the relative change of the objective fell below ``tol``.
+        iterations: (B,) int64 (outer) iterations each face took.
+        converged: (B,) bool: the relative decrease of the objective fell below ``tol``
+            (False: stopped at ``max_iters``).
         landmarks: (B, K, 3) fitted landmark positions in model space (mm).
-        objective: (B,) final value of the objective (model-space mm^2, Eq. 13 with weights).
-        solver, align: what was used (``align`` is the camera name for 2D fits).
+        objective: (B,) final objective, model-space mm^2 (Eq. 13 with weights).
+        solver, align: what was used (``align`` holds the camera name for 2D fits).
+        landmark_set: the :class:`~facemodel.landmarks.LandmarkSet` fitted.
     """
 
-    vertices: torch.Tensor | None
     codes: torch.Tensor
     scale: torch.Tensor
     rotation: torch.Tensor
@@ -97,106 +124,152 @@ class FitResult:
     objective: torch.Tensor
     solver: str = "gauss-newton"
     align: str = "similarity"
-    extras: dict = field(default_factory=dict, repr=False)
+    landmark_set: LandmarkSet | None = field(default=None, repr=False)
+    _decoder: Any = field(default=None, repr=False)
+    _vertices: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def vertices(self) -> torch.Tensor | None:
+        if self._vertices is None and self._decoder is not None:
+            self._vertices = self._decoder()
+            self._decoder = None
+        return self._vertices
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
 
     @property
-    def transform(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(scale, rotation, translation)``."""
-        return self.scale, self.rotation, self.translation
+    def transform(self) -> "Transform":
+        """``(scale, rotation, translation)`` as a named tuple (``.scale`` etc.)."""
+        return Transform(self.scale, self.rotation, self.translation)
 
-    def transform_points(self, x: torch.Tensor | None = None) -> torch.Tensor:
+    def transform_points(self, x: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
         """Map model-space points (B, N, 3) (default: the fitted vertices) into the input's
-        space: ``scale R x + t`` (3D) or the camera projection (B, N, 2) (2D fits)."""
+        space: ``scale R x + t``, or the camera projection (B, N, 2) for 2D fits."""
         if x is None:
             if self.vertices is None:
-                raise FittingError("this result holds no vertices (fit with decode=True) ; pass points to map")
+                raise FittingError("this result holds no vertices (it was fitted with decode=False); pass points")
             x = self.vertices
         x = torch.as_tensor(x, dtype=self.rotation.dtype, device=self.rotation.device)
-        y = torch.einsum("bij,bnj->bni", self.rotation, x)
+        y = x @ self.rotation.transpose(-1, -2)
         if self.translation.shape[-1] == 2:
             y = y[..., :2]
         return self.scale[:, None, None] * y + self.translation[:, None, :]
 
 
-# ---- the landmark head: z -> landmark positions with only the landmark rows ------------------
+# ---- the landmark head: z -> landmark positions from the landmark rows only ------------------
 class _Head:
-    """Landmark rows of the generator: ``m(z) = A lrelu(W1 z + b1) + c`` (3K outputs, mm)."""
+    """``m(z) = A lrelu(W1 z + b1) + c``: the 3K landmark coordinates (mm), NumPy, CPU."""
 
-    def __init__(self, model: torch.nn.Module, lmk: LandmarkSet, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, model: torch.nn.Module, lmk: LandmarkSet, dtype: np.dtype) -> None:
         g = model.generator
         with torch.no_grad():
             idx = lmk.vertex_indices.to(g.fc2.weight.device)
-            bary = lmk.barycentrics.to(g.fc2.weight.device, torch.float64)
             flat = idx.reshape(-1)
-            W, b = g.last_layer_rows(flat)  # (3*3K, H), (3*3K,) scaled to mm
+            W, b = g.last_layer_rows(flat)  # (3 * 3K, H), scaled to mm
             K, H = idx.shape[0], W.shape[1]
-            tmpl = model.template[flat].reshape(-1)  # (3K*3,) corner positions
-            W = W.double().view(K, 3, 3, H)  # (landmark, corner, xyz, H)
-            b = (b.double() + tmpl.double()).view(K, 3, 3)
-            if lmk.is_vertex_set:  # bit-exact rows of the vertex
+            W = W.detach().double().view(K, 3, 3, H)  # (landmark, corner, xyz, H)
+            b = (b.detach().double() + model.template[flat].double().reshape(-1)).view(K, 3, 3)
+            if lmk.is_vertex_set:  # the vertex rows themselves
                 A, c = W[:, 0], b[:, 0]
             else:
-                A = (W * bary[:, :, None, None]).sum(1)
-                c = (b * bary[:, :, None]).sum(1)
-            self.A = A.reshape(3 * K, H).to(device, dtype).contiguous()
-            self.At = self.A.t().contiguous()  # (H, 3K)
-            self.c = c.reshape(3 * K).to(device, dtype).contiguous()
-            self.W1 = g.fc1.weight.detach().to(device, dtype).contiguous()  # (H, D)
-            self.W1t = self.W1.t().contiguous()
-            self.b1 = g.fc1.bias.detach().to(device, dtype).contiguous()
+                bary = lmk.barycentrics.to(W.device, torch.float64)
+                A, c = (W * bary[:, :, None, None]).sum(1), (b * bary[:, :, None]).sum(1)
+            self.A = np.ascontiguousarray(A.reshape(3 * K, H).cpu().numpy().astype(dtype))
+            self.c = c.reshape(3 * K).cpu().numpy().astype(dtype)
+            self.W1 = np.ascontiguousarray(g.fc1.weight.detach().cpu().numpy().astype(dtype))  # (H, D)
+            self.b1 = g.fc1.bias.detach().cpu().numpy().astype(dtype)
+        self.At = np.ascontiguousarray(self.A.T)
+        self.W1t = np.ascontiguousarray(self.W1.T)
         self.slope = float(g.act.negative_slope)
         self.K, self.H, self.D = K, H, self.W1.shape[1]
-        self.device, self.dtype = device, dtype
-        self._J0: torch.Tensor | None = None
+        self.dtype = np.dtype(dtype)
+        self._J0: np.ndarray | None = None
+        self._reg: tuple[np.ndarray, np.ndarray] | None = None
 
-    def pre(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.b1, z, self.W1t)
+    def pre(self, z: np.ndarray) -> np.ndarray:
+        return z @ self.W1t + self.b1
 
-    def landmarks_from_pre(self, pre: torch.Tensor) -> torch.Tensor:
+    def from_pre(self, pre: np.ndarray) -> np.ndarray:
         """(n, H) pre-activations -> (n, 3K) landmark coordinates (mm)."""
-        return torch.addmm(self.c, F.leaky_relu(pre, self.slope), self.At)
+        return np.maximum(pre, self.slope * pre) @ self.At + self.c
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.landmarks_from_pre(self.pre(z))
+    def forward(self, z: np.ndarray) -> np.ndarray:
+        return self.from_pre(self.pre(z))
 
-    def jacobian(self, mask: torch.Tensor) -> torch.Tensor:
-        """(n, H) bool active units -> (n, 3K, D) Jacobian ``A diag(lrelu') W1``."""
-        a = torch.where(mask, 1.0, self.slope).to(self.dtype)
-        return torch.matmul(self.A, a[:, :, None] * self.W1)
+    def jacobian(self, mask: np.ndarray) -> np.ndarray:
+        """(n, H) bool positive units -> (n, 3K, D) Jacobian ``A diag(lrelu') W1``."""
+        a = np.where(mask, 1.0, self.slope).astype(self.dtype)
+        return self.A @ (a[:, :, None] * self.W1)
 
-    def jacobian_at_zero(self, n: int) -> torch.Tensor:
+    def regressor(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean (3K,), W (3K, D)): ridge regression of codes on landmark coordinates over
+        codes drawn from the prior N(0, I), a one-shot approximate inverse used to start
+        the 3D fits (computed once per head, deterministic)."""
+        if self._reg is None:
+            z = np.random.default_rng(0).standard_normal((_REGRESSION_SAMPLES, self.D)).astype(self.dtype)
+            X = self.forward(z).astype(np.float64)
+            mean = X.mean(0)
+            X -= mean
+            XtX = X.T @ X
+            XtX[np.diag_indices_from(XtX)] += 1e-2 * np.trace(XtX) / len(XtX)
+            self._reg = (mean.astype(self.dtype), np.linalg.solve(XtX, X.T @ z.astype(np.float64)).astype(self.dtype))
+        return self._reg
+
+    def jacobian_at_zero(self, n: int) -> np.ndarray:
         if self._J0 is None:
-            self._J0 = self.jacobian(self.b1[None] > 0)[0]
-        return self._J0.expand(n, -1, -1).clone()
+            self._J0 = self.jacobian((self.b1 > 0)[None])[0]
+        return np.repeat(self._J0[None], n, 0)
 
-    def update_jacobian(self, J: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        """Jacobian at mask ``new`` from the one at ``old``: only flipped units are added."""
+    def update_jacobian(self, J, old, new, rows=None):
+        """The Jacobian at mask ``new`` from the one at ``old`` (rows scaled by ``rows``
+        (n, 3K)), in place: only the units that flipped are added, one rank-1 term
+        ``(a_new - a_old) A[:, j] W1[j]`` each (a full rebuild when most flipped)."""
         flips = old != new
-        nf = int(flips.sum(1).max()) if flips.numel() else 0
+        counts = flips.sum(1)
+        nf = int(counts.max())
         if nf == 0:
             return J
-        if nf * 3 > self.H:
-            return self.jacobian(new)
-        _, idx = torch.topk(flips.to(self.dtype), nf, dim=1)  # flipped units first, padding after
-        sign = (new.gather(1, idx).to(self.dtype) - old.gather(1, idx).to(self.dtype)) * (1.0 - self.slope)
-        Ag = self.At[idx] * sign[..., None]  # (n, nf, 3K); padded units have sign 0
-        return torch.baddbmm(J, Ag.transpose(1, 2), self.W1[idx])
+        if 5 * nf > 4 * self.H:
+            J = self.jacobian(new)
+            return J if rows is None else J * rows[..., None]
+        n = J.shape[0]
+        if n == 1:  # one face: no padding
+            idx = np.flatnonzero(flips[0])
+            sign = (new[0, idx].astype(self.dtype) - old[0, idx]) * (1.0 - self.slope)
+            Ag = self.At[idx] * sign[:, None]
+            if rows is not None:
+                Ag *= rows[0]
+            J[0] += Ag.T @ self.W1[idx]
+            return J
+        order = np.argsort(~flips, axis=1, kind="stable")  # flipped units first
+        # faces in groups of similar flip counts, each padded to its own maximum
+        groups = [np.arange(n)] if n < 64 else np.array_split(np.argsort(counts, kind="stable"), max(1, n // 64))
+        for grp in groups:
+            k = int(counts[grp].max())
+            if k == 0:
+                continue
+            idx = order[grp, :k]
+            rr = grp[:, None]
+            sign = new[rr, idx].astype(self.dtype) - old[rr, idx]
+            Ag = self.At[idx] * (sign * (1.0 - self.slope))[..., None]  # padding has sign 0
+            if rows is not None:
+                Ag *= rows[grp][:, None]
+            J[grp] += Ag.transpose(0, 2, 1) @ self.W1[idx]
+        return J
 
 
 _HEADS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def _head(model: torch.nn.Module, lmk: LandmarkSet, device: torch.device, dtype: torch.dtype) -> _Head:
+def _head(model: torch.nn.Module, lmk: LandmarkSet, dtype: np.dtype) -> _Head:
+    """The cached head of (model weights, landmark set); rebuilt when a weight changes."""
     g = model.generator
     tensors = (g.fc1.weight, g.fc1.bias, g.fc2.weight, g.fc2.bias, model.template)
     key = (
         lmk.vertex_indices.numpy().tobytes(),
         lmk.barycentrics.numpy().tobytes(),
-        str(device),
-        dtype,
+        np.dtype(dtype).str,
         float(g.scale),
         float(g.act.negative_slope),
         tuple((t.data_ptr(), t._version, t.dtype, str(t.device)) for t in tensors),
@@ -204,451 +277,616 @@ def _head(model: torch.nn.Module, lmk: LandmarkSet, device: torch.device, dtype:
     try:
         cache = _HEADS.setdefault(model, {})
     except TypeError:  # not weak-referenceable
-        return _Head(model, lmk, device, dtype)
+        return _Head(model, lmk, dtype)
     head = cache.get(key)
     if head is None:
         if len(cache) >= 8:
             cache.clear()
-        head = cache[key] = _Head(model, lmk, device, dtype)
+        head = cache[key] = _Head(model, lmk, dtype)
     return head
 
 
 # ---- input checks ---------------------------------------------------------------------------
 def _model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
-    if not hasattr(model, "generator") or not hasattr(model.generator, "last_layer_rows"):
-        raise FittingError(f"expected a FaceModel (with a generator), got {type(model).__name__}")
-    w = model.generator.fc1.weight
-    dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
-    return dtype, w.device
+    g = getattr(model, "generator", None)
+    if g is None or not hasattr(g, "last_layer_rows") or not hasattr(model, "template"):
+        raise FittingError(f"expected a FaceModel (generator + template), got {type(model).__name__}")
+    w = g.fc1.weight
+    return (torch.float64 if w.dtype == torch.float64 else torch.float32), w.device
 
 
-def _to_tensor(x: Any, what: str, dtype: torch.dtype, device: torch.device, explicit_device: bool) -> torch.Tensor:
+def _to_numpy(x: Any, what: str, dtype: torch.dtype, device: torch.device, explicit_device: bool, *, strict: bool):
+    """A float array of ``x``; tensors must be on ``device`` (unless one was given) and, with
+    ``strict``, of the model's dtype (numpy arrays and lists are converted)."""
+    npdt = np.float64 if dtype == torch.float64 else np.float32
     if isinstance(x, torch.Tensor):
         if x.device != device and not explicit_device:
             raise FittingError(
                 f"{what} are on {x.device} but the model is on {device}: move them with .to({str(device)!r}) "
                 "or pass device=..."
             )
-        if x.is_complex() or not (x.is_floating_point() or x.dtype in (torch.bool, torch.int32, torch.int64)):
+        if x.is_complex():
             raise FittingError(f"{what} must be real numbers, got dtype {x.dtype}")
-        if x.is_floating_point() and x.dtype != dtype and what in ("points", "init codes"):
+        if strict and x.dtype != dtype:
+            kind = "floating point " if not x.is_floating_point() else ""
             raise FittingError(
-                f"{what} are {x.dtype} but the model computes in {dtype}: pass {what.split()[0]}.to({dtype}) "
+                f"{what} are {x.dtype} but the model computes in {dtype}: pass {kind}{what.split()[0]}.to({dtype}) "
                 "(numpy arrays and lists are converted automatically)"
             )
-        if not x.is_floating_point() and what in ("points", "init codes"):
-            raise FittingError(f"{what} must be floating point, got {x.dtype}; pass {what.split()[0]}.to({dtype})")
-        return x.detach().to(device=device, dtype=dtype)
+        return x.detach().cpu().numpy().astype(npdt, copy=False)
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise FittingError(f"{what} must be an array of numbers, got {type(x).__name__}: {exc}") from exc
-    return torch.as_tensor(arr).to(device=device, dtype=dtype)
+    return arr.astype(npdt, copy=False)
 
 
 def _check_points(points, weights, lmk, dim, dtype, device, explicit_device):
     """-> P (B, K, dim) with missing rows zeroed, w (B, K), present (B, K) bool, squeeze."""
-    what = "2D points" if dim == 2 else "points"
-    P = _to_tensor(points, "points", dtype, device, explicit_device)
+    P = _to_numpy(points, "points", dtype, device, explicit_device, strict=True)
     squeeze = P.ndim == 2
     if squeeze:
         P = P[None]
     K = len(lmk)
     if P.ndim != 3 or P.shape[-1] != dim:
         other = "fit_landmarks_2d for (K, 2) image points" if dim == 3 else "fit_landmarks for (K, 3) points"
-        raise FittingError(f"{what} must have shape (K, {dim}) or (B, K, {dim}), got {tuple(points.shape if hasattr(points, 'shape') else P.shape)}; use {other}")
+        shape = tuple(getattr(points, "shape", P.shape))
+        raise FittingError(f"points must have shape (K, {dim}) or (B, K, {dim}), got {shape}; use {other}")
     if P.shape[0] == 0:
-        raise FittingError("empty batch: points have shape (0, K, %d); pass at least one face" % dim)
+        raise FittingError(f"empty batch: points have shape {tuple(P.shape)}; pass at least one face")
     if P.shape[1] != K:
         raise FittingError(
-            f"got {P.shape[1]} points per face but landmark set {lmk.name!r} has {K} landmarks; "
-            "pass landmarks= matching your points (names, vertex indices or (triangles, barycentrics)), "
-            "with missing points as NaN rows"
+            f"got {P.shape[1]} points per face but landmark set {lmk.name!r} has {K} landmarks; pass landmarks= "
+            "matching your points (a name, vertex indices or (triangles, barycentrics)); "
+            "mark missing points as NaN rows"
         )
-    if bool(torch.isinf(P).any()):
-        b, k = (int(i) for i in torch.isinf(P).any(-1).nonzero()[0])
-        raise FittingError(f"points contain inf (face {b}, landmark {k}); mark missing landmarks with NaN rows or weight 0")
-    present = ~torch.isnan(P).any(-1)
+    inf = np.isinf(P)
+    if inf.any():
+        b, k = np.argwhere(inf.any(-1))[0]
+        raise FittingError(
+            f"points contain inf (face {b}, landmark {k}); mark missing landmarks with NaN rows or weight 0"
+        )
+    present = ~np.isnan(P).any(-1)
     B = P.shape[0]
     if weights is None:
-        w = torch.ones(B, K, dtype=dtype, device=device)
+        w = np.ones((B, K), P.dtype)
     else:
-        w = _to_tensor(weights, "weights", dtype, device, explicit_device)
+        w = _to_numpy(weights, "weights", dtype, device, explicit_device, strict=False)
         if w.ndim == 1 and w.shape[0] == K:
-            w = w[None].expand(B, K)
-        if tuple(w.shape) != (B, K):
+            w = np.broadcast_to(w[None], (B, K))
+        if w.shape != (B, K):
             raise FittingError(f"weights must have shape ({K},) or ({B}, {K}), got {tuple(w.shape)}")
-        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        if not np.isfinite(w).all() or (w < 0).any():
             raise FittingError("weights must be finite and >= 0 (use 0, or NaN points, for missing landmarks)")
-    w = torch.where(present, w, torch.zeros((), dtype=dtype, device=device))
-    P = torch.where(present[..., None], P, torch.zeros((), dtype=dtype, device=device))
-    return P, w, present, squeeze
+    if not present.all():
+        w = np.where(present, w, 0).astype(P.dtype)
+        P = np.where(present[..., None], P, 0).astype(P.dtype)
+    return np.ascontiguousarray(P), np.ascontiguousarray(w), present, squeeze
 
 
-def _check_common(model, reg, tol, max_iters, solver, init, generator):
+def _check_common(reg, tol, max_iters, solver, generator):
     if solver not in SOLVERS:
         raise FittingError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not math.isfinite(reg) or reg < 0:
         raise FittingError(f"reg must be a finite number >= 0 (the lambda of Eq. 13), got {reg!r}")
-    if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
         raise FittingError(f"tol must be a finite number >= 0, got {tol!r}")
     if max_iters is None:
         max_iters = DEFAULT_MAX_ITERS[solver]
     if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or max_iters < 1:
         raise FittingError(f"max_iters must be a positive integer, got {max_iters!r}")
-    if generator is not None and not isinstance(generator, (torch.Generator, int)):
+    if generator is not None and (isinstance(generator, bool) or not isinstance(generator, (torch.Generator, int))):
         raise FittingError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
     return int(max_iters)
 
 
-def _initial_codes(init, solver, B, D, dtype, device, explicit_device, generator) -> torch.Tensor:
+def _initial_codes(init, solver, dim, B, D, dtype, device, explicit_device, generator) -> np.ndarray | str:
+    """Initial codes (B, D), or ``"linear"`` (resolved against the points by the caller)."""
+    npdt = np.float64 if dtype == torch.float64 else np.float32
     if init is None:
-        init = "random" if solver == "adam" else "mean"
+        init = {"adam": "random", "lbfgs": "mean"}.get(solver, "linear" if dim == 3 else "mean")
     if isinstance(init, str):
         if init == "mean":
-            return torch.zeros(B, D, dtype=dtype, device=device)
+            return np.zeros((B, D), npdt)
+        if init == "linear":
+            if dim != 3:
+                raise FittingError("init='linear' needs 3D points; 2D fits start from 'mean' (or give codes)")
+            return init
         if init == "random":
-            if isinstance(generator, int):
-                generator = torch.Generator().manual_seed(generator)
-            if generator is None:
-                generator = torch.Generator().manual_seed(0)
-            return torch.randn(B, D, generator=generator, dtype=torch.float64).to(device, dtype)
-        raise FittingError(f"unknown init {init!r}; use 'mean', 'random' or a tensor of codes ({D},) / (B, {D})")
-    z = _to_tensor(init, "init codes", dtype, device, explicit_device)
+            if generator is None or isinstance(generator, int):
+                generator = torch.Generator().manual_seed(0 if generator is None else generator)
+            return torch.randn(B, D, generator=generator, dtype=torch.float64).numpy().astype(npdt)
+        raise FittingError(f"unknown init {init!r}; use 'linear', 'mean', 'random' or codes of shape ({D},) / (B, {D})")
+    z = _to_numpy(init, "init codes", dtype, device, explicit_device, strict=True)
     if z.ndim == 1:
         z = z[None]
     if z.ndim != 2 or z.shape[1] != D or z.shape[0] not in (1, B):
         raise FittingError(f"init codes must have shape ({D},) or ({B}, {D}), got {tuple(z.shape)}")
-    if not bool(torch.isfinite(z).all()):
+    if not np.isfinite(z).all():
         raise FittingError("init codes contain NaN or inf")
-    return z.expand(B, D).clone()
+    return np.ascontiguousarray(np.broadcast_to(z, (B, D)), dtype=npdt)
 
 
-def _options(solver_options: Mapping | None, allowed: dict) -> dict:
+def _linear_init(head: _Head, pm: "_Pose3D", P, w, rounds: int = 2) -> np.ndarray:
+    """Codes from the landmark regression of :meth:`_Head.regressor`, alternated with the
+    closed-form pose (from the mean face first); missing points take the current fit's place."""
+    mean, W = head.regressor()
+    ctx = pm.prepare(P, w)
+    B = P.shape[0]
+    z = np.zeros((B, head.D), head.dtype)
+    m = np.repeat(head.forward(z[:1]), B, 0)
+    miss = np.repeat(w <= 0, 3, 1)
+    for _ in range(rounds):
+        q = pm.mapped(P, pm.solve(ctx, P, w, m)).reshape(B, -1)
+        if miss.any():
+            q = np.where(miss, m, q)
+        z = (q - mean) @ W
+        m = head.forward(z)
+    return z
+
+
+def _options(solver_options: Mapping | None, allowed: dict, solver: str) -> dict:
+    if solver_options is not None and not isinstance(solver_options, Mapping):
+        raise FittingError(f"solver_options must be a dict, got {type(solver_options).__name__}")
     opts = dict(allowed)
     for k, v in (solver_options or {}).items():
         if k not in allowed:
-            raise FittingError(f"unknown solver option {k!r} for this solver; known: {sorted(allowed)}")
+            raise FittingError(f"unknown option {k!r} for solver {solver!r}; known: {sorted(allowed)}")
         opts[k] = v
     return opts
 
 
-# ---- closed-form alignment --------------------------------------------------------------------
-def _umeyama(src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor, with_scale: bool):
-    """Weighted similarity ``s R src + t ~ dst`` (least squares). (n,K,3) x2, (n,K) -> s, R, t."""
-    wn = w / w.sum(1, keepdim=True)
-    ms = torch.einsum("nk,nki->ni", wn, src)
-    md = torch.einsum("nk,nki->ni", wn, dst)
-    sc, dc = src - ms[:, None], dst - md[:, None]
-    C = torch.einsum("nk,nki,nkj->nij", wn, dc, sc).double()
-    U, S, Vh = torch.linalg.svd(C)
-    d = torch.sign(torch.linalg.det(U) * torch.linalg.det(Vh))
-    d = torch.where(d == 0, torch.ones_like(d), d)
-    sg = torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1)
-    R = (U * sg[:, None, :]) @ Vh
-    if with_scale:
-        var = torch.einsum("nk,nk->n", wn, sc.pow(2).sum(-1)).double()
-        s = (S * sg).sum(-1) / var.clamp_min(torch.finfo(torch.float64).tiny)
-    else:
-        s = torch.ones_like(d)
-    R = R.to(src.dtype)
-    s = s.to(src.dtype)
-    t = md - s[:, None] * torch.einsum("nij,nj->ni", R, ms)
-    return s, R, t
+# ---- rotations ---------------------------------------------------------------------------------
+def _skew(q):
+    """(..., 3) -> (..., 3, 3) cross-product matrices [q]x (NumPy or torch)."""
+    if isinstance(q, torch.Tensor):
+        z = torch.zeros_like(q[..., 0])
+        x, y, w = q.unbind(-1)
+        return torch.stack([z, -w, y, w, z, -x, -y, x, z], -1).view(*q.shape, 3)
+    out = np.zeros(q.shape + (3,), q.dtype)
+    x, y, w = q[..., 0], q[..., 1], q[..., 2]
+    out[..., 0, 1], out[..., 0, 2], out[..., 1, 0] = -w, y, w
+    out[..., 1, 2], out[..., 2, 0], out[..., 2, 1] = -x, -y, x
+    return out
 
 
-def _skew_cols(q: torch.Tensor) -> torch.Tensor:
-    """(n,K,3) -> (n,K,3,3) cross-product matrices [q]x."""
-    z = torch.zeros_like(q[..., 0])
-    x, y, w = q.unbind(-1)
-    return torch.stack([torch.stack([z, -w, y], -1), torch.stack([w, z, -x], -1), torch.stack([-y, x, z], -1)], -2)
-
-
-def _so3_exp(omega: torch.Tensor) -> torch.Tensor:
-    """Rodrigues: (n, 3) axis-angle -> (n, 3, 3) rotations."""
+def _so3_exp(omega):
+    """Rodrigues: (n, 3) axis-angle -> (n, 3, 3) rotations (NumPy or torch, differentiable)."""
+    xp = torch if isinstance(omega, torch.Tensor) else np
     theta2 = (omega * omega).sum(-1)
-    theta = theta2.sqrt()
     small = theta2 < 1e-12
-    ts = torch.where(small, torch.ones_like(theta), theta)
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(ts) / ts)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(ts)) / (ts * ts))
-    Kx = _skew_cols(omega[:, None])[:, 0]
-    eye = torch.eye(3, dtype=omega.dtype, device=omega.device)
-    return eye + a[:, None, None] * Kx + b[:, None, None] * (Kx @ Kx)
+    ts = xp.sqrt(xp.where(small, xp.ones_like(theta2), theta2))
+    a = xp.where(small, 1 - theta2 / 6, xp.sin(ts) / ts)
+    b = xp.where(small, 0.5 - theta2 / 24, (1 - xp.cos(ts)) / (ts * ts))
+    Kx = _skew(omega)
+    return xp.eye(3, dtype=omega.dtype)[None] + a[:, None, None] * Kx + b[:, None, None] * (Kx @ Kx)
 
 
-# ---- pose models (3D similarity / rigid / none; 2D scaled orthographic) ------------------------
+def _pose_basis(align: str, dtype) -> np.ndarray:
+    """(4, 3 * n_params): [q, 1] @ basis = d r / d (log s, omega, t) rows of one landmark,
+    for r = m - q and the update q <- e^ds Exp(omega) q + dt."""
+    cols = (["s"] if align == "similarity" else []) + ["w0", "w1", "w2", "t0", "t1", "t2"]
+    j = {c: i for i, c in enumerate(cols)}
+    B = np.zeros((4, 3, len(cols)), dtype)
+    for i in range(3):
+        if "s" in j:
+            B[i, i, j["s"]] = -1.0  # -q
+        B[3, i, j[f"t{i}"]] = -1.0  # -I
+    # [q]x rows: (0, -q2, q1), (q2, 0, -q0), (-q1, q0, 0)
+    B[2, 0, j["w1"]], B[1, 0, j["w2"]] = -1.0, 1.0
+    B[2, 1, j["w0"]], B[0, 1, j["w2"]] = 1.0, -1.0
+    B[1, 2, j["w0"]], B[0, 2, j["w1"]] = -1.0, 1.0
+    return B.reshape(4, -1)
+
+
+# ---- pose models (NumPy). A pose is packed in one (n, size) array X ---------------------------
 class _Pose3D:
-    """Points -> model space: q = s R p + t; residual r = m - q (model-space mm)."""
+    """Points -> model space ``q = s R p + t``, X = [s, R (9), t (3)]; residual r = m - q (mm)."""
 
     dim = 3
+    size = 13
 
     def __init__(self, align: str) -> None:
         self.align = align
         self.n_params = {"similarity": 7, "rigid": 6, "none": 0}[align]
+        self._basis: dict = {}
 
-    def init(self, P, w, m):
-        return self.solve(P, w, m)
+    def prepare(self, P, w):
+        """Per-face constants of the weighted Umeyama fit (the points do not change)."""
+        wn = w / w.sum(1, keepdims=True)
+        ms = wn[:, None] @ P  # (n, 1, 3)
+        sc = P - ms
+        scw = sc * wn[..., None]
+        return (wn, ms, scw, (scw * sc).sum((1, 2)))
 
-    def solve(self, P, w, m):
+    def solve(self, ctx, P, w, m):
+        """Weighted least-squares similarity (rigid) taking the points onto m (Umeyama)."""
         n = P.shape[0]
         if self.align == "none":
-            eye = torch.eye(3, dtype=P.dtype, device=P.device).expand(n, 3, 3).contiguous()
-            return {"s": P.new_ones(n), "R": eye, "t": P.new_zeros(n, 3)}
-        s, R, t = _umeyama(P, m.view(n, -1, 3), w, self.align == "similarity")
-        return {"s": s, "R": R, "t": t}
+            X = np.zeros((n, 13), P.dtype)
+            X[:, 0], X[:, 1:10] = 1.0, np.eye(3, dtype=P.dtype).reshape(9)
+            return X
+        wn, ms, scw, var = ctx
+        m3 = m.reshape(n, -1, 3)
+        md = wn[:, None] @ m3
+        C = (m3 - md).transpose(0, 2, 1) @ scw  # sum_k w_k (m_k - md)(p_k - ms)^T
+        U, S, Vh = np.linalg.svd(C)
+        sg = np.ones((n, 3), C.dtype)
+        sg[:, 2] = np.where(np.linalg.det(C) < 0, -1.0, 1.0)  # no reflections
+        R = U @ (Vh * sg[:, :, None])
+        s = (S * sg).sum(1) / np.maximum(var, 1e-300) if self.align == "similarity" else np.ones(n, C.dtype)
+        t = md[:, 0] - s[:, None] * (ms @ R.transpose(0, 2, 1))[:, 0]
+        return np.concatenate([s[:, None], R.reshape(n, 9), t], 1).astype(P.dtype, copy=False)
 
-    def mapped(self, P, pose):
-        return pose["s"][:, None, None] * torch.einsum("nij,nkj->nki", pose["R"], P) + pose["t"][:, None]
+    init = solve
 
-    def residual(self, P, m, pose):
-        return m - self.mapped(P, pose).reshape(m.shape)
+    def mapped(self, P, X):
+        n = X.shape[0]
+        return X[:, 0, None, None] * (P @ X[:, 1:10].reshape(n, 3, 3).transpose(0, 2, 1)) + X[:, None, 10:13]
 
-    def jacobian(self, P, m, pose, Jz):
-        if self.n_params == 0:
-            return Jz
-        n, M, _ = Jz.shape
-        q = self.mapped(P, pose)  # (n, K, 3)
-        K = q.shape[1]
-        cols = [_skew_cols(q)]  # d r / d omega = [q]x
-        if self.align == "similarity":
-            cols.insert(0, -q[..., None])  # d r / d log s
-        eye = -torch.eye(3, dtype=q.dtype, device=q.device).expand(n, K, 3, 3)
-        cols.append(eye)
-        Jp = torch.cat(cols, -1).reshape(n, M, self.n_params)
-        return torch.cat([Jz, Jp], -1)
+    def residual(self, P, m, X):
+        return m - self.mapped(P, X).reshape(m.shape)
 
-    def trial(self, P, w, m_new, pose, dp):
-        return self.solve(P, w, m_new)  # variable projection: the optimal pose for the new z
+    def pose_jac(self, P, m, X):
+        q = self.mapped(P, X)
+        B = self._basis.get(q.dtype)
+        if B is None:
+            B = self._basis[q.dtype] = _pose_basis(self.align, q.dtype)
+        return (q @ B[:3] + B[3]).reshape(q.shape[0], -1, self.n_params)
 
-    def to_input(self, pose):
-        """Model -> input: (scale, rotation, translation) and the per-landmark distance factor."""
-        s, R, t = pose["s"], pose["R"], pose["t"]
-        Rt = R.transpose(1, 2)
-        return 1.0 / s, Rt, -torch.einsum("nij,nj->ni", Rt, t) / s[:, None], 1.0 / s
+    def z_jac(self, Jz, X):
+        return Jz
+
+    def z_apply(self, v, X):
+        return v
+
+    def ray_vectors(self, V, X):
+        return V
+
+    def trial(self, ctx, P, w, m_new, X, dp):
+        return self.solve(ctx, P, w, m_new)  # variable projection: the optimal pose of the new code
+
+    def to_input(self, X):
+        """Model -> input: scale, rotation, translation, and input units per model mm."""
+        n = X.shape[0]
+        s, Rt = X[:, 0], X[:, 1:10].reshape(n, 3, 3).transpose(0, 2, 1)
+        return 1.0 / s, Rt, -(Rt @ X[:, 10:13, None])[..., 0] / s[:, None], 1.0 / s
 
 
 class _Camera2D:
-    """Scaled orthographic camera x = s R[:2] m + t; residual r = R[:2] m - (p - t) / s (mm)."""
+    """Scaled orthographic camera ``x = s R[:2] v + t``, X = [s, R (9), t (2)];
+    residual r = R[:2] m - (p - t) / s (model-space mm)."""
 
     dim = 2
-    n_params = 6  # log s, omega (3, right-multiplied: model frame), t (2, in units of s)
+    size = 12
+    n_params = 6  # log s, omega (3, R <- R Exp(omega)), t (2, in units of s)
     align = "scaled_orthographic"
 
-    def init(self, P, w, m):
-        """Weighted affine fit p ~ A m + t, then A's nearest scaled 2x3 row-orthonormal."""
+    def prepare(self, P, w):
+        return (w / w.sum(1, keepdims=True),)
+
+    def init(self, ctx, P, w, m):
+        """Weighted affine fit p ~ A m + t, then A's nearest scaled row-orthonormal 2x3."""
+        (wn,) = ctx
         n = P.shape[0]
-        m3 = m.view(n, -1, 3)
-        wn = w / w.sum(1, keepdim=True)
-        mm_ = torch.einsum("nk,nki->ni", wn, m3)
-        mp = torch.einsum("nk,nki->ni", wn, P)
-        mc, pc = (m3 - mm_[:, None]).double(), (P - mp[:, None]).double()
-        wd = wn.double()
-        Cmm = torch.einsum("nk,nki,nkj->nij", wd, mc, mc)
-        Cpm = torch.einsum("nk,nki,nkj->nij", wd, pc, mc)  # (n, 2, 3)
-        eye = torch.eye(3, dtype=torch.float64, device=P.device)
-        A = torch.linalg.solve(Cmm + 1e-9 * Cmm.diagonal(0, 1, 2).sum(-1)[:, None, None] * eye, Cpm.transpose(1, 2)).transpose(1, 2)
-        U, S, Vh = torch.linalg.svd(A, full_matrices=False)  # (n,2,2), (n,2), (n,2,3)
+        m3 = m.reshape(n, -1, 3).astype(np.float64)
+        wd = wn.astype(np.float64)[..., None]
+        mm_ = (wd * m3).sum(1, keepdims=True)
+        mp = (wd * P).sum(1, keepdims=True)
+        mc, pc = m3 - mm_, P - mp
+        Cmm = mc.transpose(0, 2, 1) @ (mc * wd)
+        Cmp = mc.transpose(0, 2, 1) @ (pc * wd)  # (n, 3, 2)
+        Cmm += 1e-9 * np.trace(Cmm, axis1=1, axis2=2)[:, None, None] * np.eye(3)
+        A = np.linalg.solve(Cmm, Cmp).transpose(0, 2, 1)
+        U, S, Vh = np.linalg.svd(A, full_matrices=False)  # (n,2,2), (n,2), (n,2,3)
         R2 = U @ Vh
-        r3 = torch.linalg.cross(R2[:, 0], R2[:, 1])
-        R = torch.cat([R2, r3[:, None]], 1).to(P.dtype)
-        s = S.mean(-1).to(P.dtype)
-        t = mp - s[:, None] * torch.einsum("nij,nj->ni", R[:, :2], mm_)
-        return {"s": s, "R": R, "t": t}
+        R = np.concatenate([R2, np.cross(R2[:, 0], R2[:, 1])[:, None]], 1)
+        s = S.mean(-1)
+        t = mp[:, 0] - s[:, None] * (mm_ @ R2.transpose(0, 2, 1))[:, 0]
+        return np.concatenate([s[:, None], R.reshape(n, 9), t], 1).astype(P.dtype)
 
-    def solve(self, P, w, m):
-        return self.init(P, w, m)
+    solve = init
 
-    def residual(self, P, m, pose):
-        n = P.shape[0]
-        proj = torch.einsum("nij,nkj->nki", pose["R"][:, :2], m.view(n, -1, 3))
-        u = (P - pose["t"][:, None]) / pose["s"][:, None, None]
-        return (proj - u).reshape(n, -1)
+    def residual(self, P, m, X):
+        n = X.shape[0]
+        proj = m.reshape(n, -1, 3) @ X[:, 1:7].reshape(n, 2, 3).transpose(0, 2, 1)
+        return (proj - (P - X[:, None, 10:12]) / X[:, 0, None, None]).reshape(n, -1)
 
-    def jacobian(self, P, m, pose, Jz):
-        n = P.shape[0]
-        D = Jz.shape[-1]
-        K = P.shape[1]
-        R2 = pose["R"][:, :2]
-        Jzp = torch.einsum("nij,nkjd->nkid", R2, Jz.view(n, K, 3, D))  # (n, K, 2, D)
-        m3 = m.view(n, K, 3)
-        u = (P - pose["t"][:, None]) / pose["s"][:, None, None]
-        # d r / d omega (R <- R Exp(omega)): row i = (m x r_i)^T
-        Jw = torch.stack([torch.linalg.cross(m3, R2[:, i, None].expand_as(m3)) for i in range(2)], 2)  # (n,K,2,3)
-        eye = torch.eye(2, dtype=P.dtype, device=P.device).expand(n, K, 2, 2)
-        Jp = torch.cat([u[..., None], Jw, eye], -1)  # d log s, omega, t/s
-        return torch.cat([Jzp, Jp], -1).reshape(n, 2 * K, D + 6)
+    def pose_jac(self, P, m, X):
+        n, K = P.shape[:2]
+        R2 = X[:, 1:7].reshape(n, 2, 3)
+        u = (P - X[:, None, 10:12]) / X[:, 0, None, None]
+        # d r_i / d omega = (m x R_i)^T = m^T [R_i]x
+        Jw = (m.reshape(n, K, 3) @ _skew(R2).transpose(0, 2, 1, 3).reshape(n, 3, 6)).reshape(n, K, 2, 3)
+        eye = np.broadcast_to(np.eye(2, dtype=P.dtype), (n, K, 2, 2))
+        return np.concatenate([u[..., None], Jw, eye], -1).reshape(n, 2 * K, 6)
 
-    def trial(self, P, w, m_new, pose, dp):
-        ds, om, dt = dp[:, 0], dp[:, 1:4], dp[:, 4:6]
-        s = pose["s"]
-        return {"s": s * torch.exp(ds), "R": pose["R"] @ _so3_exp(om), "t": pose["t"] + s[:, None] * dt}
+    def z_jac(self, Jz, X):
+        n, M3, D = Jz.shape
+        return (X[:, None, 1:7].reshape(n, 1, 2, 3) @ Jz.reshape(n, M3 // 3, 3, D)).reshape(n, -1, D)
 
-    def to_input(self, pose):
-        return pose["s"], pose["R"], pose["t"], pose["s"]
+    def z_apply(self, v, X):
+        n = v.shape[0]
+        return (v.reshape(n, -1, 3) @ X[:, 1:7].reshape(n, 2, 3).transpose(0, 2, 1)).reshape(n, -1)
+
+    def ray_vectors(self, V, X):
+        n, F, M3 = V.shape
+        R2t = X[:, 1:7].reshape(n, 1, 2, 3).transpose(0, 1, 3, 2)
+        return (V.reshape(n, F, M3 // 3, 3) @ R2t).reshape(n, F, -1)
+
+    def trial(self, ctx, P, w, m_new, X, dp):
+        n = X.shape[0]
+        s = X[:, 0]
+        R = X[:, 1:10].reshape(n, 3, 3) @ _so3_exp(dp[:, 1:4])
+        t = X[:, 10:12] + s[:, None] * dp[:, 4:6]
+        return np.concatenate([(s * np.exp(dp[:, 0]))[:, None], R.reshape(n, 9), t], 1)
+
+    def to_input(self, X):
+        n = X.shape[0]
+        return X[:, 0], X[:, 1:10].reshape(n, 3, 3), X[:, 10:12], X[:, 0]
 
 
-# ---- Gauss-Newton / Levenberg-Marquardt ---------------------------------------------------------
-def _energy(r: torch.Tensor, w_rows: torch.Tensor, z: torch.Tensor, reg: float) -> torch.Tensor:
-    rd = r.double()
-    return (w_rows * rd * rd).sum(1) + reg * (z.double() ** 2).sum(1)
+# ---- Gauss-Newton / Levenberg-Marquardt (NumPy) --------------------------------------------------
+def _ray_search(head: _Head, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, dz, reg):
+    """Step t in [0, 1] minimising the objective along ``z + t dz`` with the pose linearised
+    (``up``: slope of the residual from the pose step). The landmarks are piecewise linear in
+    t with a kink where a hidden unit changes sign: exact minimisation over the pieces when
+    the ray crosses few kinks, else the best step of a grid (one batched forward).
+
+    rw: weighted residual at t = 0; uz: its slope from z at t = 0+."""
+    n, D = z.shape
+    # units moving towards their kink (positive ones with d < 0, negative ones with d > 0)
+    # reach it at tj = -pre / d; 2 marks the others
+    moving = (mask ^ (d > 0)) & (d != 0)
+    tj = np.divide(-pre, d, out=np.full(pre.shape, 2.0, pre.dtype), where=moving)
+    nf = int((tj < 1.0).sum(1).max())
+    lam = reg * np.stack([(z * dz).sum(1), (dz * dz).sum(1)], 1)  # reg [z.dz, dz.dz]
+    u = uz + up
+    if nf == 0:  # one quadratic on [0, 1]
+        a2 = np.einsum("nm,nm->n", u, u) + lam[:, 1]
+        return np.clip(-(np.einsum("nm,nm->n", rw, u) + lam[:, 0]) / np.maximum(a2, 1e-30), 0.0, 1.0)
+    if nf > _EXACT_MAX_BREAKS:
+        steps = np.asarray(_GRID, z.dtype)
+        T = steps.size
+        zc = (z[:, None] + steps[:, None] * dz[:, None]).reshape(n * T, D)
+        rc = pm.residual(np.repeat(P, T, 0), head.forward(zc), np.repeat(X, T, 0)).reshape(n, T, -1)
+        rc = rc * sw_m[:, None] + steps[:, None] * up[:, None]
+        Ec = (rc * rc).sum(-1) + reg * (zc * zc).sum(1).reshape(n, T)
+        return steps[Ec.argmin(1)]
+    if n == 1:
+        cand = np.flatnonzero(tj[0] < 1.0)
+        idx = cand[np.argsort(tj[0, cand])][None]
+    else:
+        idx = np.argsort(tj, axis=1)[:, :nf]  # (n, nf) kinks along the ray, ascending
+    rr = np.arange(n)[:, None]
+    tv = tj[rr, idx]
+    valid = tv < 1.0
+    tv = np.where(valid, tv, 1.0).astype(z.dtype)
+    # change of the slope of h_j at its kink: (a_after - a_before) d_j
+    kappa = (np.where(mask[rr, idx], head.slope - 1.0, 1.0 - head.slope) * d[rr, idx] * valid).astype(z.dtype)
+    V = head.At[idx] * kappa[..., None]  # (n, nf, 3K)
+    if sw3 is not None:
+        V *= sw3[:, None]
+    V = pm.ray_vectors(V, X)
+    # On piece k (after the first k kinks) r(t) = a_k + t b_k with b_k = u + C1_k,
+    # a_k = rw - C2_k, C1_k = sum_{i<=k} V_i, C2_k = sum_{i<=k} t_i V_i. The dot products
+    # come from the Gram matrix of the V_i and prefix sums (no (n, nf, M) cumsums).
+    G = V @ V.transpose(0, 2, 1)  # (n, nf, nf)
+    tri = _TRI[:nf, :nf].astype(z.dtype, copy=False)  # tri[k, i] = [i <= k]
+    trit = tri * tv[:, None, :]
+    lin = V @ np.stack([u, rw], -1)  # (n, nf, 2): V.u, V.rw
+    c = tri @ np.concatenate([lin, lin * tv[..., None]], -1)  # C1.u, C1.rw, C2.u, C2.rw
+    TG = tri @ G
+    q11 = (TG * tri).sum(-1)  # |C1_k|^2
+    q12 = (TG * trit).sum(-1)  # C1_k . C2_k
+    q22 = ((trit @ G) * trit).sum(-1)  # |C2_k|^2
+    pad = np.zeros((n, 1), z.dtype)
+    a2 = (u * u).sum(1)[:, None] + lam[:, 1:] + np.concatenate([pad, 2 * c[..., 0] + q11], 1)
+    a1 = (rw * u).sum(1)[:, None] + lam[:, :1] + np.concatenate([pad, c[..., 1] - c[..., 2] - q12], 1)
+    a0 = np.concatenate([pad, q22 - 2 * c[..., 3]], 1)  # + a constant
+    lo, hi = np.concatenate([pad, tv], 1), np.concatenate([tv, pad + 1], 1)  # the pieces' ends
+    t = np.minimum(np.maximum(-a1 / np.maximum(a2, 1e-30), lo), hi)
+    Es = (a2 * t + 2 * a1) * t + a0
+    return t[np.arange(n), Es.argmin(1)]
+
+
+def _energy(rw, z, reg):
+    """Objective in float64: sum of squared weighted residuals + reg ||z||^2."""
+    r64, z64 = rw.astype(np.float64), z.astype(np.float64)
+    return np.einsum("nm,nm->n", r64, r64) + reg * np.einsum("nd,nd->n", z64, z64)
+
+
+def _damped_solve(N, g, mu):
+    """Solve (N + mu diag(N)) delta = -g in float64 (N symmetric positive semi-definite; a
+    little more damping where a system is singular)."""
+    ar = np.arange(N.shape[1])
+    diag = N[:, ar, ar]
+    for extra in (1e-12, 1e-8, 1e-4, 1e-1):
+        Nd = N.copy()
+        Nd[:, ar, ar] += mu[:, None] * diag + extra * diag.max(1, keepdims=True) + 1e-300
+        if Nd.shape[0] == 1:  # one face: LAPACK's Cholesky solve without the batch wrappers
+            _, x, info = _lapack.dposv(Nd[0], -g[0], lower=True)
+            if info == 0:
+                return x[None]
+            continue
+        try:
+            return np.linalg.solve(Nd, -g[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            continue
+    return np.zeros_like(g)
 
 
 def _gn_chunk(head: _Head, pm, P, w, z0, reg, max_iters, tol, damping):
+    """Levenberg-Marquardt + exact ray search on (z, pose) for a chunk of faces."""
     n, K, _ = P.shape
-    D = head.D
-    dr = pm.dim
-    w_rows = w.double().repeat_interleave(dr, 1)  # (n, K*dr) weights per residual coordinate
-    sw = w_rows.sqrt().to(P.dtype)
-    wsum = w.double().sum(1)
-    eps = torch.finfo(P.dtype).eps
+    D, H = head.D, head.H
+    dr, npar = pm.dim, pm.n_params
+    dt = P.dtype
+    uniform = bool((w == 1).all())
+    swk = np.sqrt(w)
+    sw_m = np.repeat(swk, dr, 1)  # per residual row
+    sw3 = None if uniform else np.repeat(swk, 3, 1)  # per landmark-coordinate row (3K)
+    ctx = pm.prepare(P, w)
+    regvec = np.zeros(D + npar)
+    regvec[:D] = reg
 
-    z = z0.clone()
+    z = z0
     pre = head.pre(z)
+    m = head.from_pre(pre)
+    X = pm.init(ctx, P, w, m)
+    rw = pm.residual(P, m, X) * sw_m
+    E = _energy(rw, z, reg)
     mask = pre > 0
-    m = head.landmarks_from_pre(pre)
-    Jz = head.jacobian_at_zero(n) if not bool(z.any()) else head.jacobian(mask)
-    pose = pm.init(P, w, m)
-    r = pm.residual(P, m, pose)
-    E = _energy(r, w_rows, z, reg)
-    # a floor under which the fit is exact to float precision (noise-free data)
-    floor = wsum * (16 * eps * m.abs().amax(1).double()).pow(2)
+    Jz = head.jacobian_at_zero(n) if not z.any() else head.jacobian(mask)
+    if sw3 is not None:
+        Jz *= sw3[..., None]
+    maskJ = mask
+    # the state, packed so that one where() accepts the steps: [z | pre | m | rw | X]
+    cuts = np.cumsum([0, D, H, 3 * K, K * dr, pm.size]).tolist()
+    S = np.concatenate([z, pre, m, rw, X], 1)
+    # below this the fit is exact to float precision (noise-free data)
+    floor = w.sum(1, dtype=np.float64) * (16 * np.finfo(dt).eps * np.abs(m).max(1)) ** 2
+    mu = np.full(n, damping)
+    iters = np.zeros(n, np.int64)
+    rejects = np.zeros(n, np.int64)
+    ids = np.arange(n)
+    out_S, out_E, out_it, out_conv = S.copy(), E.copy(), iters.copy(), np.zeros(n, bool)
 
-    mu = torch.full((n,), float(damping), dtype=torch.float64, device=P.device)
-    iters = torch.zeros(n, dtype=torch.long, device=P.device)
-    rejects = torch.zeros(n, dtype=torch.long, device=P.device)
-    converged = E <= floor
-    ids = torch.arange(n, device=P.device)
-    out = {"z": z.clone(), "m": m.clone(), "E": E.clone(), "iters": iters.clone(), "conv": converged.clone(),
-           "pose": {k: v.clone() for k, v in pose.items()}}  # fmt: skip
-    active = ~converged
-    if not bool(active.all()):
-        sel = active.nonzero()[:, 0]
-        ids, P, w, w_rows, sw, z, pre, mask, m, Jz, E, mu, iters, rejects, floor = (
-            t[sel] for t in (ids, P, w, w_rows, sw, z, pre, mask, m, Jz, E, mu, iters, rejects, floor)
-        )
-        pose = {k: v[sel] for k, v in pose.items()}
-        r = r[sel]
-    P_total = D + pm.n_params
-    reg_diag = torch.zeros(P_total, dtype=torch.float64, device=P.device)
-    reg_diag[:D] = reg
-
-    while ids.numel():
-        J = pm.jacobian(P, m, pose, Jz)
-        Jw = J * sw[..., None]
-        N = (Jw.transpose(1, 2) @ Jw).double()
-        g = (Jw.transpose(1, 2) @ (r * sw)[..., None])[..., 0].double()
-        g[:, :D] += reg * z.double()
-        N = N + torch.diag(reg_diag)
-        diag = N.diagonal(0, 1, 2)
-        Nd = N + torch.diag_embed(mu[:, None] * diag + 1e-12 * diag.amax(1, keepdim=True))
-        delta = torch.linalg.solve(Nd, -g)
-        pred = -(2 * (g * delta).sum(1) + (delta * (N @ delta[..., None])[..., 0]).sum(1))
-        dz = delta[:, :D].to(z.dtype)
-        z_new = z + dz
+    while True:
+        z, pre, m, rw, X = (S[:, cuts[i] : cuts[i + 1]] for i in range(5))
+        Jz = head.update_jacobian(Jz, maskJ, mask, sw3)
+        maskJ = mask
+        J = pm.z_jac(Jz, X)
+        if npar:
+            J = np.concatenate([J, pm.pose_jac(P, m, X) * sw_m[..., None]], 2)
+        N = (J.transpose(0, 2, 1) @ J).astype(np.float64)
+        N[:, np.arange(D), np.arange(D)] += reg
+        g = (rw[:, None] @ J)[:, 0].astype(np.float64)
+        g[:, :D] += reg * z
+        delta = _damped_solve(N, g, mu)
+        pred = -(2 * np.einsum("np,np->n", g, delta) + (delta[:, None] @ N @ delta[..., None])[:, 0, 0])
+        dl = delta.astype(dt)
+        dz = dl[:, :D]
+        d = dz @ head.W1t  # (n, H) change of the pre-activations per unit step
+        vz = np.where(mask, d, head.slope * d) @ head.At
+        uz = pm.z_apply(vz if sw3 is None else vz * sw3, X)
+        up = np.einsum("nmp,np->nm", J[:, :, D:], dl[:, D:]) if npar else np.zeros_like(uz)
+        t = _ray_search(head, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, dz, reg).astype(dt)
+        z_new = z + t[:, None] * dz
         pre_new = head.pre(z_new)
-        m_new = head.landmarks_from_pre(pre_new)
-        pose_new = pm.trial(P, w, m_new, pose, delta[:, D:].to(z.dtype))
-        r_new = pm.residual(P, m_new, pose_new)
-        E_new = _energy(r_new, w_rows, z_new, reg)
-        ok = torch.isfinite(E_new)
-        accept = ok & (E_new < E)
-        decrease = torch.where(accept, E - E_new, torch.zeros_like(E))
-        rejects = torch.where(accept, torch.zeros_like(rejects), rejects + 1)
-        iters = iters + 1
-        E_next = torch.where(accept, E_new, E)
-        conv = (accept & (decrease <= tol * E)) | (pred <= tol * E) | (E_next <= floor) | (rejects >= _MAX_REJECTS)
-        # accept
-        a2 = accept[:, None]
-        z = torch.where(a2, z_new, z)
-        pre = torch.where(a2, pre_new, pre)
-        m = torch.where(a2, m_new, m)
-        pose = {k: torch.where(accept.view(-1, *([1] * (v.ndim - 1))), pose_new[k], v) for k, v in pose.items()}
-        r = torch.where(a2, r_new, r)
+        m_new = head.from_pre(pre_new)
+        X_new = pm.trial(ctx, P, w, m_new, X, t[:, None] * dl[:, D:])
+        rw_new = pm.residual(P, m_new, X_new) * sw_m
+        E_new = _energy(rw_new, z_new, reg)
+        accept = E_new < E  # False for NaN
+        S = np.where(accept[:, None], np.concatenate([z_new, pre_new, m_new, rw_new, X_new], 1), S)
+        mask = S[:, cuts[1] : cuts[2]] > 0
+        iters += 1
+        rejects = np.where(accept, 0, rejects + 1)
+        E_next = np.where(accept, E_new, E)
+        conv = (accept & (E - E_new <= tol * E)) | (pred <= tol * E) | (E_next <= floor) | (rejects >= _MAX_REJECTS)
         E = E_next
-        mu = torch.where(accept, (mu * 0.2).clamp_min(1e-12), (mu * 10).clamp_min(1e-6))
+        mu = np.where(accept, np.maximum(mu * 0.3, damping), mu * 10)
         done = conv | (iters >= max_iters)
-        new_mask = pre > 0
-        if bool(done.all()):
-            mask = new_mask
-        else:
-            Jz = head.update_jacobian(Jz, mask, new_mask)
-            mask = new_mask
-        if bool(done.any()):
-            sel = done.nonzero()[:, 0]
-            tgt = ids[sel]
-            out["z"][tgt], out["m"][tgt], out["E"][tgt] = z[sel], m[sel], E[sel]
-            out["iters"][tgt] = iters[sel]
-            out["conv"][tgt] = conv[sel]
-            for k, v in pose.items():
-                out["pose"][k][tgt] = v[sel]
-            keep = (~done).nonzero()[:, 0]
-            ids, P, w, w_rows, sw, z, pre, mask, m, Jz, E, mu, iters, rejects, floor, r = (
-                t[keep] for t in (ids, P, w, w_rows, sw, z, pre, mask, m, Jz, E, mu, iters, rejects, floor, r)
+        if done.any():
+            tgt = ids[done]
+            out_S[tgt], out_E[tgt], out_it[tgt], out_conv[tgt] = S[done], E[done], iters[done], conv[done]
+            if done.all():
+                break
+            keep = ~done
+            ids, P, w, sw_m, S, mask, maskJ, Jz, E, mu, iters, rejects, floor = (
+                a[keep] for a in (ids, P, w, sw_m, S, mask, maskJ, Jz, E, mu, iters, rejects, floor)
             )
-            pose = {k: v[keep] for k, v in pose.items()}
-    return out
+            sw3 = None if sw3 is None else sw3[keep]
+            ctx = tuple(c[keep] for c in ctx)
+    c = cuts
+    return {"z": out_S[:, c[0] : c[1]], "m": out_S[:, c[2] : c[3]], "X": out_S[:, c[4] : c[5]], "E": out_E,
+            "iters": out_it, "conv": out_conv}  # fmt: skip
 
 
 def _solve_gn(head, pm, P, w, z0, reg, max_iters, tol, opts):
-    B = P.shape[0]
+    damping = float(opts["damping"])
     parts = [
-        _gn_chunk(head, pm, P[i : i + _CHUNK], w[i : i + _CHUNK], z0[i : i + _CHUNK], reg, max_iters, tol, opts["damping"])
-        for i in range(0, B, _CHUNK)
+        _gn_chunk(head, pm, P[i : i + _CHUNK], w[i : i + _CHUNK], z0[i : i + _CHUNK], reg, max_iters, tol, damping)
+        for i in range(0, P.shape[0], _CHUNK)
     ]
-    if len(parts) == 1:
-        return parts[0]
-    out = {k: torch.cat([p[k] for p in parts]) for k in ("z", "m", "E", "iters", "conv")}
-    out["pose"] = {k: torch.cat([p["pose"][k] for p in parts]) for k in parts[0]["pose"]}
-    return out
+    return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-# ---- first-order solvers (autograd on the landmark rows) ----------------------------------------
-def _solve_first_order(head, pm, P, w, z0, reg, max_iters, tol, solver, opts):
-    B, K, dr = P.shape
-    w_rows = w.double().repeat_interleave(dr, 1).to(P.dtype)
-    z = z0.clone().requires_grad_(True)
-    with torch.no_grad():
-        pose = pm.init(P, w, head.forward(z))
+# ---- first-order solvers (torch autograd on the landmark rows) ----------------------------------
+def _solve_first_order(head, pm, P, w, z0, reg, max_iters, tol, solver, opts, device):
+    """LBFGS / Adam on z (torch, on ``device``); the 3D pose is re-solved in closed form
+    between runs, the 2D camera is optimised with z."""
+    tt = {"dtype": torch.float64 if head.dtype == np.float64 else torch.float32, "device": device}
+    At, c = torch.as_tensor(head.At, **tt), torch.as_tensor(head.c, **tt)
+    W1t, b1 = torch.as_tensor(head.W1t, **tt), torch.as_tensor(head.b1, **tt)
+    Pt, sw_m = torch.as_tensor(P, **tt), torch.as_tensor(np.repeat(np.sqrt(w), pm.dim, 1), **tt)
+    ctx = pm.prepare(P, w)
+    B = P.shape[0]
     joint = pm.dim == 2  # the camera has no closed form: optimise it with z
-    cam = torch.zeros(B, pm.n_params, dtype=P.dtype, device=P.device, requires_grad=True) if joint else None
+
+    def forward(zt):
+        pre = zt @ W1t + b1
+        return torch.maximum(pre, head.slope * pre) @ At + c
+
+    z = torch.as_tensor(z0, **tt).clone().requires_grad_(True)
+    X = torch.as_tensor(pm.init(ctx, P, w, head.forward(z0)), **tt)
+    cam = torch.zeros(B, pm.n_params, **tt, requires_grad=True) if joint else None
     params = [z] + ([cam] if joint else [])
 
-    def energy(pose_now):
-        m = head.forward(z)
-        if joint:
-            pose_now = pm.trial(P, w, m, pose, cam)
-        r = pm.residual(P, m, pose_now)
-        return (w_rows * r * r).sum(1) + reg * (z * z).sum(1)
+    def realign():
+        m = head.forward(z.detach().cpu().numpy())
+        return torch.as_tensor(pm.solve(ctx, P, w, m), **tt)
 
-    iters = torch.zeros(B, dtype=torch.long, device=P.device)
-    conv = torch.zeros(B, dtype=torch.bool, device=P.device)
+    def energy(X_now):
+        m = forward(z)
+        n = m.shape[0]
+        if joint:
+            s = X_now[:, 0] * torch.exp(cam[:, 0])
+            R = X_now[:, 1:10].view(n, 3, 3) @ _so3_exp(cam[:, 1:4])
+            t = X_now[:, 10:12] + X_now[:, :1] * cam[:, 4:6]
+            r = m.view(n, -1, 3) @ R[:, :2].transpose(1, 2) - (Pt - t[:, None]) / s[:, None, None]
+        else:
+            R = X_now[:, 1:10].view(n, 3, 3)
+            r = m.view(n, -1, 3) - (X_now[:, 0, None, None] * (Pt @ R.transpose(1, 2)) + X_now[:, None, 10:13])
+        rw = r.reshape(n, -1) * sw_m
+        return (rw * rw).sum(1) + reg * (z * z).sum(1)
+
+    iters = np.zeros(B, np.int64)
+    conv = np.zeros(B, bool)
     with torch.no_grad():
-        E_prev = energy(pose).double()
+        E_prev = energy(X).double()
     with torch.enable_grad():
         if solver == "adam":
             opt = torch.optim.Adam(params, lr=float(opts["lr"]))
             every = max(1, int(opts["align_every"]))
             for step in range(max_iters):
-                if not joint and step and step % every == 0:
+                if step and step % every == 0:
                     with torch.no_grad():
-                        pose = pm.solve(P, w, head.forward(z))
-                        E_now = energy(pose).double()
-                        conv = (E_prev - E_now).abs() <= tol * E_prev
+                        if not joint:
+                            X = realign()
+                        E_now = energy(X).double()
+                        conv = ((E_prev - E_now).abs() <= tol * E_prev).cpu().numpy()
                         E_prev = E_now
                 opt.zero_grad(set_to_none=True)
-                energy(pose).sum().backward()
+                energy(X).sum().backward()
                 opt.step()
             iters[:] = max_iters
         else:
-            inner = int(opts["inner_iters"])
             for outer in range(max_iters):
-                opt = torch.optim.LBFGS(params, lr=1.0, max_iter=inner, history_size=int(opts["history_size"]),
-                                        line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-14)  # fmt: skip
+                opt = torch.optim.LBFGS(
+                    params,
+                    lr=1.0,
+                    max_iter=int(opts["inner_iters"]),
+                    history_size=int(opts["history_size"]),
+                    line_search_fn="strong_wolfe",
+                    tolerance_grad=1e-12,
+                    tolerance_change=1e-15,
+                )
 
                 def closure():
                     opt.zero_grad(set_to_none=True)
-                    e = energy(pose).sum()
+                    e = energy(X).sum()
                     e.backward()
                     return e
 
@@ -656,83 +894,121 @@ def _solve_first_order(head, pm, P, w, z0, reg, max_iters, tol, solver, opts):
                 iters[:] = outer + 1
                 with torch.no_grad():
                     if not joint:
-                        pose = pm.solve(P, w, head.forward(z))
-                    E_now = energy(pose).double()
-                    conv = (E_prev - E_now).abs() <= tol * E_prev.clamp_min(1e-300)
+                        X = realign()
+                    E_now = energy(X).double()
+                    conv = ((E_prev - E_now).abs() <= tol * E_prev.clamp_min(1e-300)).cpu().numpy()
                     E_prev = E_now
-                if bool(conv.all()):
+                if conv.all():
                     break
-    with torch.no_grad():
-        m = head.forward(z)
-        if joint:
-            pose = pm.trial(P, w, m, pose, cam)
-        else:
-            pose = pm.solve(P, w, m)
-        E = energy(pose).double()
-    return {"z": z.detach(), "m": m, "E": E, "iters": iters, "conv": conv, "pose": {k: v.detach() for k, v in pose.items()}}
+    zn = z.detach().cpu().numpy()
+    m = head.forward(zn)
+    if joint:
+        Xn = pm.trial(ctx, P, w, m, X.cpu().numpy(), cam.detach().cpu().numpy().astype(P.dtype))
+    else:
+        Xn = pm.solve(ctx, P, w, m)
+    E = _energy(pm.residual(P, m, Xn) * np.repeat(np.sqrt(w), pm.dim, 1), zn, reg)
+    return {"z": zn, "m": m, "X": Xn, "E": E, "iters": iters, "conv": conv}
 
 
 # ---- public API ------------------------------------------------------------------------------
 def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters, tol, generator, device,
-         solver_options, decode):  # fmt: skip
-    max_iters = _check_common(model, reg, tol, max_iters, solver, init, generator)
+         solver_options, decode) -> FitResult:  # fmt: skip
+    max_iters = _check_common(reg, tol, max_iters, solver, generator)
     dtype, model_device = _model_dtype_device(model)
     explicit = device is not None
-    dev = torch.device(device) if explicit else model_device
+    try:
+        dev = torch.device(device) if explicit else model_device
+    except (RuntimeError, TypeError) as exc:
+        raise FittingError(f"invalid device {device!r}: {exc}") from exc
+    if solver == "gauss-newton":
+        opts = _options(solver_options, {"damping": 1e-9}, solver)
+    elif solver == "lbfgs":
+        opts = _options(solver_options, {"inner_iters": 20, "history_size": 10}, solver)
+    else:
+        opts = _options(solver_options, {"lr": 0.01, "align_every": 10}, solver)
     lmk = landmark_set(model, landmarks)
-    P, w, present, squeeze = _check_points(points, weights, lmk, pm.dim, dtype, dev, explicit)
+    P, w, present, _ = _check_points(points, weights, lmk, pm.dim, dtype, dev, explicit)
     B, K = w.shape
     n_valid = (w > 0).sum(1)
     need = {"similarity": 3, "rigid": 3, "none": 1, "scaled_orthographic": 4}[pm.align]
-    if bool((n_valid < need).any()):
-        b = int((n_valid < need).nonzero()[0])
-        if int(n_valid[b]) == 0:
-            raise FittingError(f"all landmarks of face {b} are missing (NaN rows or weight 0); give at least {need} points")
+    if (n_valid < need).any():
+        b = int(np.argmax(n_valid < need))
+        if n_valid[b] == 0:
+            raise FittingError(
+                f"all landmarks of face {b} are missing (NaN rows or weight 0); give at least {need} points"
+            )
+        hint = " or align='none' for points already in model space (mm)" if pm.dim == 3 else ""
         raise FittingError(
-            f"face {b} has {int(n_valid[b])} usable landmarks but {pm.align!r} alignment needs at least {need}; "
-            "give more points" + (" or use align='none' for points already in model space" if pm.dim == 3 else "")
+            f"face {b} has {int(n_valid[b])} usable landmarks but {pm.align!r} needs at least {need}; "
+            f"give more points{hint}"
         )
-    head = _head(model, lmk, dev, dtype)
-    z0 = _initial_codes(init, solver, B, head.D, dtype, dev, explicit, generator)
-    with torch.no_grad():
-        if solver == "gauss-newton":
-            opts = _options(solver_options, {"damping": 1e-4})
-            out = _solve_gn(head, pm, P, w, z0, float(reg), max_iters, float(tol), opts)
-        elif solver == "lbfgs":
-            opts = _options(solver_options, {"inner_iters": 20, "history_size": 10})
-            out = _solve_first_order(head, pm, P, w, z0, float(reg), max_iters, float(tol), solver, opts)
-        else:
-            opts = _options(solver_options, {"lr": 0.01, "align_every": 10})
-            out = _solve_first_order(head, pm, P, w, z0, float(reg), max_iters, float(tol), solver, opts)
-        z, m, pose = out["z"], out["m"], out["pose"]
-        r = pm.residual(P, m, pose).view(B, K, pm.dim)
-        scale, rot, trans, factor = pm.to_input(pose)
-        res = r.norm(dim=-1) * factor[:, None]
-        res = torch.where(present, res, torch.full_like(res, float("nan")))
-        valid = w > 0
-        rmse = (torch.where(valid, res, torch.zeros_like(res)).pow(2).sum(1) / valid.sum(1)).sqrt()
-        vertices = None
-        if decode:
-            mdev = model_device
-            zz = z.to(mdev, model.generator.fc1.weight.dtype)
-            vertices = torch.cat([model(zz[i : i + _CHUNK]) for i in range(0, B, _CHUNK)]).to(dev, dtype)
-    result = FitResult(
-        vertices=vertices,
-        codes=z,
-        scale=scale,
-        rotation=rot,
-        translation=trans,
-        residuals=res,
-        rmse=rmse,
-        iterations=out["iters"],
-        converged=out["conv"],
-        landmarks=m.view(B, K, 3),
-        objective=out["E"],
+    if pm.align != "none":  # the pose needs points that do not all coincide
+        wn = w / w.sum(1, keepdims=True)
+        mean = (wn[..., None] * P).sum(1, keepdims=True)
+        spread = np.sqrt((wn * ((P - mean) ** 2).sum(-1)).sum(1))
+        flat = spread <= 64 * np.finfo(P.dtype).eps * np.abs(P).max((1, 2)) + 1e-30
+        if flat.any():
+            b = int(np.argmax(flat))
+            raise FittingError(
+                f"the points of face {b} all coincide: no pose can be estimated from them; give distinct points"
+                + (" (or align='none' for points already in model space)" if pm.dim == 3 else "")
+            )
+    head = _head(model, lmk, P.dtype)
+    z0 = _initial_codes(init, solver, pm.dim, B, head.D, dtype, dev, explicit, generator)
+    if isinstance(z0, str):  # "linear"
+        z0 = _linear_init(head, pm, P, w)
+    if solver == "gauss-newton":
+        out = _solve_gn(head, pm, P, w, z0, float(reg), max_iters, float(tol), opts)
+    else:
+        out = _solve_first_order(head, pm, P, w, z0, float(reg), max_iters, float(tol), solver, opts, dev)
+    z, m, X = out["z"], out["m"], out["X"]
+    r = pm.residual(P, m, X).reshape(B, K, pm.dim)
+    scale, rot, trans, factor = pm.to_input(X)
+    res = np.where(present, np.linalg.norm(r, axis=-1) * factor[:, None], np.nan)
+    valid = w > 0
+    rmse = np.sqrt((np.where(valid, res, 0.0).astype(np.float64) ** 2).sum(1) / valid.sum(1))
+
+    def T(a, dt=dtype):
+        return torch.as_tensor(np.ascontiguousarray(a)).to(device=dev, dtype=dt)
+
+    codes = T(z)
+    decoder = _decoder(model, codes, dev, dtype) if decode else None
+    return FitResult(
+        codes=codes,
+        scale=T(scale),
+        rotation=T(rot),
+        translation=T(trans),
+        residuals=T(res),
+        rmse=T(rmse),
+        iterations=T(out["iters"], torch.int64),
+        converged=T(out["conv"], torch.bool),
+        landmarks=T(m.reshape(B, K, 3)),
+        objective=T(out["E"], torch.float64),
         solver=solver,
         align=pm.align,
-        extras={"landmark_set": lmk, "squeezed_input": squeeze},
+        landmark_set=lmk,
+        _decoder=decoder,
     )
-    return result
+
+
+def _decoder(model, codes, device, dtype):
+    """A function decoding ``codes`` to vertices once, refusing if the weights changed."""
+    g = model.generator
+    tensors = (g.fc1.weight, g.fc1.bias, g.fc2.weight, g.fc2.bias, model.template)
+    stamp = [(t.data_ptr(), t._version) for t in tensors]
+
+    def decode() -> torch.Tensor:
+        if [(t.data_ptr(), t._version) for t in tensors] != stamp:
+            raise FittingError(
+                "the model's weights changed after this fit, so its vertices cannot be decoded; "
+                "decode result.codes with the model you want (model(codes))"
+            )
+        with torch.no_grad():
+            zz = codes.to(g.fc1.weight.device, g.fc1.weight.dtype)
+            out = [model(zz[i : i + _DECODE_CHUNK]) for i in range(0, len(zz), _DECODE_CHUNK)]
+        return torch.cat(out).to(device=device, dtype=dtype)
+
+    return decode
 
 
 def fit_landmarks(
@@ -743,7 +1019,7 @@ def fit_landmarks(
     weights: torch.Tensor | np.ndarray | None = None,
     reg: float = 0.01,
     align: str = "similarity",
-    init: str | torch.Tensor | None = None,
+    init: str | torch.Tensor | np.ndarray | None = None,
     solver: str = "gauss-newton",
     max_iters: int | None = None,
     tol: float = 1e-6,
@@ -754,43 +1030,57 @@ def fit_landmarks(
 ) -> FitResult:
     """Fit codes (and a similarity) to 3D landmarks: Eq. 13 of the paper, in model space.
 
-    Minimises ``sum_i w_i ||v~_i(z) - S(p_i)||^2 + reg ||z||^2`` over the code ``z`` and
-    the transform ``S`` taking the points into model space (mm; so the data term is in
-    mm^2 whatever the points' units and ``reg`` is the paper's lambda).
+    Minimises ``sum_i w_i ||v~_i(z) - S(p_i)||^2 + reg ||z||^2`` over the code ``z`` and the
+    transform ``S`` taking the points into model space. The data term is in model-space
+    mm^2 whatever the points' units (``S`` absorbs the scale), so ``reg`` is the paper's
+    lambda and means the same for points in metres or millimetres.
 
     Args:
         model: a :class:`~facemodel.model.FaceModel`.
-        points: (K, 3) or (B, K, 3) landmark positions, any units / pose. Missing
+        points: (K, 3) or (B, K, 3) landmark positions, any units and pose. Missing
             landmarks: NaN rows (a row with any NaN is missing) or weight 0.
-        landmarks: the landmark set the points correspond to (see
-            :func:`facemodel.landmarks.landmark_set`): ``"ibug68"`` (default), a registered
-            name, K vertex indices, or ``(triangles (K, 3), barycentrics (K, 3))``.
+        landmarks: the landmark set the points follow (see
+            :func:`facemodel.landmarks.landmark_set`): ``"ibug68"`` (default), ``"ibug51"``,
+            a registered name, K vertex indices, or ``(triangles (K, 3), barycentrics (K, 3))``.
         weights: (K,) or (B, K) non-negative per-landmark weights (default 1).
         reg: lambda of Eq. 13 on ``||z||^2`` (paper: 0, 0.01, 10).
         align: ``"similarity"`` (rotation, translation, scale), ``"rigid"`` (scale 1: points
             in mm), ``"none"`` (points already in model space, mm).
-        init: ``"mean"`` (z = 0; default of gauss-newton/lbfgs), ``"random"`` (N(0, I) drawn
-            with ``generator``; default of adam), or codes (D,) / (B, D).
-        solver: ``"gauss-newton"`` (fast, default), ``"lbfgs"`` or ``"adam"`` (the paper's
-            protocol, slow; a baseline).
-        max_iters: outer iterations (default 50 gauss-newton, 20 lbfgs x 20 inner, 1000 adam).
-        tol: stop when the relative decrease of the objective is below this.
-        generator: torch.Generator or int seed for ``init="random"`` (default seed 0).
-        device: where to compute (default: the model's device; inputs on other devices
-            are an error unless this is given).
-        solver_options: gauss-newton ``damping`` (1e-4); lbfgs ``inner_iters`` (20),
+        init: ``"linear"`` (default for gauss-newton: a ridge regression of codes on the
+            landmarks, fitted once per model and landmark set on codes drawn from the prior,
+            alternated twice with the closed-form pose; saves ~4 iterations), ``"mean"``
+            (z = 0; default for lbfgs), ``"random"`` (N(0, I) from ``generator``; default for
+            adam, the paper's protocol), or codes (D,) / (B, D).
+        solver: ``"gauss-newton"`` (default), ``"lbfgs"``, or ``"adam"`` (the paper's
+            protocol; a slow baseline).
+        max_iters: outer iterations (default: gauss-newton 10, lbfgs 20 runs of 20
+            iterations, adam 1000 steps).
+        tol: stop a face when the relative decrease of its objective in an iteration is
+            below this. Near LeakyReLU kinks the decrease of noisy fits can stay ~1e-4 per
+            iteration for a while with little effect on the fit; such faces stop at
+            ``max_iters`` with ``converged`` False.
+        generator: a torch.Generator or int seed for ``init="random"`` (default seed 0).
+        device: where results go (default: the model's device); tensors on other devices
+            than the model are an error unless this is given. The Gauss-Newton solver
+            computes on the CPU; lbfgs/adam on this device.
+        solver_options: gauss-newton ``damping`` (1e-9); lbfgs ``inner_iters`` (20),
             ``history_size`` (10); adam ``lr`` (0.01), ``align_every`` (10).
-        decode: decode the full vertices once at the end (``False`` leaves
-            ``FitResult.vertices`` None, e.g. when only codes are needed).
+        decode: give ``vertices``: the full meshes are decoded once, on first access of
+            ``result.vertices`` (``False``: ``vertices`` is None).
 
     Returns:
-        :class:`FitResult` (batched even for (K, 3) input).
+        :class:`FitResult`.
 
     Raises:
-        FittingError: bad shapes, inf values, all/too many points missing, a K that does
-            not match the landmark set, empty batch, tensors on another device or of
-            another dtype than the model, unknown solver / align / init.
+        FittingError: bad shapes, inf values, all (or too many) points missing, K not
+            matching the landmark set, empty batch, tensors on another device or of another
+            dtype than the model, unknown solver / align / init / option.
         LandmarkError: an invalid landmark spec.
+
+    Example:
+        >>> res = fit_landmarks(model, points_m)            # (68, 3) in metres, any pose
+        >>> res.rmse, res.scale                               # metres; ~0.001 m per mm
+        >>> res.transform_points()                            # the fitted mesh over the points
     """
     if align not in ALIGNMENTS:
         raise FittingError(f"unknown align {align!r}; choose one of {list(ALIGNMENTS)}")
@@ -807,7 +1097,7 @@ def fit_landmarks_2d(
     weights: torch.Tensor | np.ndarray | None = None,
     reg: float = 0.01,
     camera: str = "scaled_orthographic",
-    init: str | torch.Tensor | None = None,
+    init: str | torch.Tensor | np.ndarray | None = None,
     solver: str = "gauss-newton",
     max_iters: int | None = None,
     tol: float = 1e-6,
@@ -818,19 +1108,23 @@ def fit_landmarks_2d(
 ) -> FitResult:
     """Fit codes and a scaled-orthographic camera to 2D landmarks.
 
-    The camera projects model points as ``x = s R[:2] v + t`` (any image convention: a
-    y-down image is just another rotation). Minimises
-    ``sum_i w_i ||R[:2] v~_i(z) - (x_i - t) / s||^2 + reg ||z||^2`` (image residuals
-    divided by the scale: model-space mm^2, as in :func:`fit_landmarks`) over ``z`` and the
-    camera jointly (Levenberg-Marquardt from an affine camera fit at the initial code).
-    Depth is unobserved: keep ``reg`` > 0 for plausible shapes.
+    The camera projects model points as ``x = s R[:2] v + t`` (any image convention; a
+    y-down image is another rotation). Minimises
+    ``sum_i w_i ||R[:2] v~_i(z) - (x_i - t) / s||^2 + reg ||z||^2`` over the code and the
+    camera jointly (the image residuals divided by the scale: model-space mm^2, as in
+    :func:`fit_landmarks`), from an affine camera fitted at the initial code. Depth is not
+    observed: keep ``reg`` > 0 for plausible shapes; the jaw line (the first 17 iBUG
+    points) is a silhouette, not a fixed surface point, in non-frontal views
+    (``landmarks="ibug51"`` drops it).
 
-    Args: as :func:`fit_landmarks`, with ``points2d`` (K, 2) or (B, K, 2) and
-        ``camera="scaled_orthographic"`` (the only camera).
+    Args:
+        points2d: (K, 2) or (B, K, 2) image points; NaN rows / weight 0 for missing ones.
+        camera: ``"scaled_orthographic"`` (the only camera so far).
+        others: as :func:`fit_landmarks`.
 
     Returns:
         :class:`FitResult` whose ``scale`` / ``rotation`` (B, 3, 3) / ``translation``
-        (B, 2) hold the camera; residuals and rmse in image units.
+        (B, 2) are the camera, residuals and rmse in image units.
     """
     if camera not in CAMERAS:
         raise FittingError(f"unknown camera {camera!r}; choose one of {list(CAMERAS)}")

@@ -128,7 +128,8 @@ class LandmarkSet:
     @classmethod
     def from_barycentric(cls, vertex_indices: Any, barycentrics: Any, name: str = "custom") -> "LandmarkSet":
         """Landmarks at barycentric points of triangles (``(K, 3)`` indices and weights)."""
-        return cls(name, _as_index_tensor(vertex_indices, "landmark vertex indices"), _as_float_tensor(barycentrics, "landmark barycentrics"))
+        idx = _as_index_tensor(vertex_indices, "landmark vertex indices")
+        return cls(name, idx, _as_float_tensor(barycentrics, "landmark barycentrics"))
 
     # ---- properties -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -294,6 +295,11 @@ def landmark_positions(vertices: torch.Tensor | np.ndarray, landmarks: LandmarkS
     v = torch.as_tensor(vertices) if not isinstance(vertices, torch.Tensor) else vertices
     if v.ndim not in (2, 3) or v.shape[-1] != 3:
         raise LandmarkError(f"vertices must have shape (B, V, 3) or (V, 3), got {tuple(v.shape)}")
+    if isinstance(landmarks, str):
+        raise LandmarkError(
+            f"landmark_positions needs a LandmarkSet or vertex indices, got the name {landmarks!r}; "
+            "resolve it first with landmark_set(model, name)"
+        )
     lmk = landmarks if isinstance(landmarks, LandmarkSet) else _coerce(landmarks, "custom")
     lmk.check(v.shape[-2])
     idx = lmk.vertex_indices.to(v.device)

@@ -148,10 +148,11 @@ class FaceModel(nn.Module):
             lowered = {x.lower(): i for i, x in enumerate(names)}
             if label.lower() in lowered:
                 return lowered[label.lower()]
-            close = difflib.get_close_matches(label, names, n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            close = difflib.get_close_matches(label.lower(), list(lowered), n=3, cutoff=0.4)
+            close += [x for x in lowered if x.startswith(label.lower()[:3]) and x not in close]
+            hint = f" (did you mean {', '.join(repr(names[lowered[c]]) for c in close[:3])}?)" if close else ""
             shown = names if len(names) <= 12 else names[:12] + ["..."]
-            raise UnknownLabelError(f"unknown {factor} label {label!r}{hint} Known labels: {shown}")
+            raise UnknownLabelError(f"unknown {factor} label {label!r}{hint}. Known labels: {shown}")
         raise UnknownLabelError(f"{factor} label must be a name or an index, got {type(label).__name__}")
 
     def factor_codes(self, factor: str, spec: CodeSpec, n: int, *, generator: torch.Generator | None = None,
@@ -328,6 +329,52 @@ class FaceModel(nn.Module):
                 code = self._as_codes(e, name="expression")[:, sl]
             total = total + w * code.to(total)
         return self._with_factor(t, "expression", total)
+
+    # ---- fitting ----------------------------------------------------------------------
+    def fit_landmarks(self, points, **kwargs):
+        """Fit codes (and a similarity) to 3D landmarks; see :func:`facemodel.fitting.fit_landmarks`.
+
+        Example:
+            >>> fit = model.fit_landmarks(points)        # (68, 3) iBUG-68, any scale and pose
+            >>> fit.vertices, fit.rmse, fit.transform
+        """
+        from .fitting import fit_landmarks
+
+        return fit_landmarks(self, points, **kwargs)
+
+    def fit_landmarks_2d(self, points2d, **kwargs):
+        """Fit codes and a scaled-orthographic camera to 2D landmarks; see
+        :func:`facemodel.fitting.fit_landmarks_2d`."""
+        from .fitting import fit_landmarks_2d
+
+        return fit_landmarks_2d(self, points2d, **kwargs)
+
+    def landmark_set(self, spec="ibug68"):
+        """A :class:`facemodel.landmarks.LandmarkSet` of this model ("ibug68", indices, ...)."""
+        from .landmarks import landmark_set
+
+        return landmark_set(self, spec)
+
+    def encode(self, mesh, *, reg: float = 1e-3, align: str = "none", max_iters: int | None = None) -> Faces:
+        """Codes of registered meshes in the template's topology (a dense fit of every vertex).
+
+        Args:
+            mesh: (V, 3) / (n, V, 3) array or tensor in mm, a trimesh object, a file path
+                (OBJ/PLY...), or a list of those.
+            reg: weight of ``||z||^2`` (paper Eq. 13) against the squared vertex error (mm^2).
+            align: ``"none"`` (the mesh is in the model's frame, as training data is),
+                ``"rigid"`` or ``"similarity"``.
+
+        Returns:
+            :class:`Faces` of the fitted codes (``.codes``) and their meshes, in the model frame.
+        """
+        from .fitting import fit_landmarks
+
+        v = self._as_vertices(mesh, name="mesh")
+        everything = torch.arange(self.num_vertices)
+        # init="mean": the linear initialiser is built per landmark set and costs minutes for all V vertices
+        fit = fit_landmarks(self, v, landmarks=everything, reg=reg, align=align, init="mean", max_iters=max_iters)
+        return self.decode(fit.codes)
 
     def neutralize(self, faces) -> Faces:
         """The same faces (identity and noise) with the neutral expression's label code."""

@@ -50,3 +50,36 @@ def small_dataset(ict, tmp_path_factory):
     out = tmp_path_factory.mktemp("ict4d") / "small"
     build_ict_dataset(ict, out, ICTDatasetConfig(seed=7, size=1000), progress=False)
     return out
+
+
+EXPRESSION_NAMES = ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+
+
+@pytest.fixture(scope="session")
+def random_model(template):
+    """A FaceModel on the ICT template with a random (untrained) generator at the paper's
+    sizes, its output layer scaled so that codes move vertices by millimetres."""
+    import torch
+
+    from facemodel.model import FaceModel, FaceModelConfig
+    from facemodel.networks import Factor, GeneratorConfig
+
+    torch.manual_seed(0)
+    cfg = FaceModelConfig(
+        generator=GeneratorConfig(num_vertices=template.num_vertices,
+                                  factors=(Factor(name="identity", code_dim=65, num_labels=5),
+                                           Factor(name="expression", code_dim=15, num_labels=7))),  # fmt: skip
+        label_names={"identity": [f"id{i}" for i in range(5)], "expression": EXPRESSION_NAMES},
+    )
+    g = torch.Generator().manual_seed(1)
+    m = FaceModel(cfg, template.vertices, template.faces, template.uv, template.landmarks,
+                  {"identity": torch.randn(5, 65, generator=g), "expression": torch.randn(7, 15, generator=g)})  # fmt: skip
+    with torch.no_grad():
+        m.generator.fc2.weight.mul_(20)
+    return m.eval()
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(random_model, tmp_path_factory):
+    """``random_model`` saved with save_pretrained."""
+    return random_model.save_pretrained(tmp_path_factory.mktemp("model") / "random")

@@ -5,28 +5,15 @@ import pytest
 import torch
 
 from facemodel.errors import FaceModelError, InvalidGeometryError, TopologyMismatchError
-from facemodel.model import FaceModel, FaceModelConfig, UnknownLabelError
-from facemodel.networks import Factor, GeneratorConfig
+from facemodel.model import FaceModel, UnknownLabelError
 from facemodel.outputs import Faces
 
 EXPRESSIONS = ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise"]
 
 
 @pytest.fixture(scope="module")
-def model(template):
-    torch.manual_seed(0)
-    cfg = FaceModelConfig(
-        generator=GeneratorConfig(num_vertices=template.num_vertices,
-                                  factors=(Factor(name="identity", code_dim=65, num_labels=5),
-                                           Factor(name="expression", code_dim=15, num_labels=7))),  # fmt: skip
-        label_names={"identity": [f"id{i}" for i in range(5)], "expression": EXPRESSIONS},
-    )
-    g = torch.Generator().manual_seed(1)
-    m = FaceModel(cfg, template.vertices, template.faces, template.uv, template.landmarks,
-                  {"identity": torch.randn(5, 65, generator=g), "expression": torch.randn(7, 15, generator=g)})  # fmt: skip
-    with torch.no_grad():
-        m.generator.fc2.weight.mul_(20)  # move vertices by millimetres, like a trained model
-    return m.eval()
+def model(random_model):
+    return random_model
 
 
 def test_sample_shapes_and_reproducibility(model):

@@ -1,0 +1,310 @@
+"""Landmark registry and sparse fitting (paper §5, Eq. 13): recovery of known codes and
+transforms, missing points, batching, regularisation, the baseline solvers, 2D, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from facemodel.errors import FaceModelError
+from facemodel.fitting import FitResult, FittingError, _so3_exp, fit_landmarks, fit_landmarks_2d
+from facemodel.landmarks import (
+    LandmarkError,
+    LandmarkSet,
+    UnknownLandmarksError,
+    available_landmarks,
+    landmark_positions,
+    landmark_set,
+    register_landmarks,
+    unregister_landmarks,
+)
+from facemodel.model import FaceModel, FaceModelConfig
+from facemodel.networks import Factor, GeneratorConfig
+
+
+@pytest.fixture(scope="module")
+def model(template):
+    """The ICT template with a random generator whose codes move vertices by millimetres."""
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(
+        num_vertices=template.num_vertices,
+        factors=(
+            Factor(name="identity", code_dim=65, num_labels=10),
+            Factor(name="expression", code_dim=15, num_labels=7),
+        ),
+    )
+    m = FaceModel(
+        FaceModelConfig(generator=cfg),
+        template=template.vertices,
+        faces=template.faces,
+        uv=np.zeros((template.num_vertices, 2), np.float32),
+        landmarks=template.landmarks,
+    )
+    with torch.no_grad():
+        m.generator.fc2.weight.mul_(10.0)
+    return m.eval()
+
+
+def _faces(model, n, seed, *, scale=0.01, noise_mm=0.0):
+    """Codes, vertices (mm) and their iBUG landmarks under a known similarity (scale 0.01:
+    'metres-like' units), plus the transform."""
+    g = torch.Generator().manual_seed(seed)
+    z = 0.8 * torch.randn(n, 85, generator=g)
+    with torch.no_grad():
+        v = model(z)
+    R = _so3_exp(0.4 * torch.randn(n, 3, generator=g))
+    t = torch.randn(n, 3, generator=g)
+    lm = v[:, model.landmarks]
+    lm = lm + noise_mm * torch.randn(lm.shape, generator=g)
+    pts = scale * lm @ R.transpose(1, 2) + t[:, None]
+    return z, v, pts, R, t
+
+
+# ---- landmark registry --------------------------------------------------------------------------
+def test_landmark_sets_and_positions(model):
+    lmk = landmark_set(model, "ibug68")
+    assert len(lmk) == 68 and lmk.is_vertex_set
+    assert torch.equal(lmk.vertex_indices[:, 0], model.landmarks)
+    assert len(landmark_set(model, "ibug51")) == 51
+    v = model(torch.randn(2, 85)).detach()
+    assert torch.equal(landmark_positions(v, lmk), v[:, model.landmarks])  # bit-exact for vertices
+    assert torch.equal(landmark_positions(v[0], [5, 7]), v[0, [5, 7]])
+    # a barycentric point: the centroid of a triangle
+    tri = model.faces[:3]
+    bary = LandmarkSet.from_barycentric(tri, torch.full((3, 3), 1 / 3))
+    expect = v[:, tri].mean(2)
+    torch.testing.assert_close(landmark_positions(v, bary), expect)
+    torch.testing.assert_close(landmark_positions(v, (tri.numpy(), np.full((3, 3), 1 / 3))), expect)
+    with pytest.raises(LandmarkError, match="resolve it first with landmark_set"):
+        landmark_positions(v, "ibug68")
+
+
+def test_register_landmarks(model):
+    register_landmarks("test_nose", [100, 200, 300])
+    try:
+        assert "test_nose" in available_landmarks() and available_landmarks()[:2] == ["ibug68", "ibug51"]
+        assert landmark_set(model, "test_nose").vertex_indices[:, 0].tolist() == [100, 200, 300]
+        with pytest.raises(LandmarkError, match="already registered.*overwrite=True"):
+            register_landmarks("test_nose", [1])
+        register_landmarks("test_nose", lambda m: landmark_set(m, "ibug68").subset([30]), overwrite=True)
+        assert len(landmark_set(model, "test_nose")) == 1
+    finally:
+        unregister_landmarks("test_nose")
+    with pytest.raises(UnknownLandmarksError, match="unknown landmark set 'test_nose'.*register_landmarks"):
+        landmark_set(model, "test_nose")
+    with pytest.raises(LandmarkError, match="built in"):
+        register_landmarks("ibug68", [1])
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ([0, 99999], r"uses vertex 99999 but the mesh has 9409 vertices"),
+        ([-1, 3], "negative vertex index"),
+        ([[1, 2], [3, 4]], "1-D sequence of K vertex indices"),
+        (([[1, 2, 3]], [[0.5, 0.2, 0.2]]), "sum to 0.9.*normalise"),
+        (([[1, 2, 3]], [[1.5, -0.5, 0.0]]), "negative.*outside its triangle"),
+        (([[1, 2, 3]], [[1.0, 0.0]]), "barycentrics must have the shape"),
+        ([], "at least one landmark"),
+        ([1.5, 2], "whole numbers"),
+    ],
+)
+def test_bad_landmark_specs(model, spec, match):
+    with pytest.raises(LandmarkError, match=match):
+        landmark_set(model, spec)
+
+
+# ---- 3D fitting ----------------------------------------------------------------------------------
+def test_fast_landmark_rows_equal_full_decode(model):
+    _, _, pts, _, _ = _faces(model, 2, seed=1, noise_mm=1.0)
+    res = fit_landmarks(model, pts)
+    torch.testing.assert_close(res.landmarks, res.vertices[:, model.landmarks], atol=2e-4, rtol=0)  # float32, mm
+    m64 = FaceModel(model.config, num_faces=len(model.faces), num_landmarks=68)
+    m64.load_state_dict(model.state_dict())
+    m64 = m64.double()
+    tri = LandmarkSet.from_barycentric(model.faces[:5], torch.tensor([[0.2, 0.3, 0.5]] * 5))
+    res64 = fit_landmarks(m64, torch.randn(5, 3, dtype=torch.float64) * 30, landmarks=tri, align="none", max_iters=2)
+    torch.testing.assert_close(res64.landmarks, landmark_positions(res64.vertices, tri), atol=1e-9, rtol=0)
+
+
+def test_recovers_code_and_similarity(model):
+    z, v, pts, R, t = _faces(model, 1, seed=2)
+    res = fit_landmarks(model, pts[0], reg=0.0, max_iters=30)
+    assert isinstance(res, FitResult) and res.vertices.shape == (1, 9409, 3) and res.codes.shape == (1, 85)
+    assert bool(res.converged[0])
+    assert float(res.rmse[0]) / 0.01 < 1e-3  # model-space mm
+    assert float(res.scale[0]) == pytest.approx(0.01, rel=1e-5)
+    scale, rot, trans = res.transform
+    assert res.transform.scale is res.scale and rot is res.rotation and trans is res.translation
+    torch.testing.assert_close(res.rotation[0], R[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.translation[0], t[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.codes, z, atol=2e-3, rtol=0)
+    assert float((res.vertices - v).norm(dim=-1).max()) < 1e-2  # mm, the whole mesh
+    torch.testing.assert_close(res.transform_points()[:, model.landmarks], pts, atol=1e-5, rtol=0)
+    assert torch.isfinite(res.objective).all() and res.iterations.dtype == torch.int64
+
+
+def test_vertices_are_decoded_once_on_access(model):
+    _, v, pts, _, _ = _faces(model, 1, seed=11)
+    res = fit_landmarks(model, pts, max_iters=2)
+    first = res.vertices
+    assert first.shape == (1, 9409, 3) and res.vertices is first
+    stale = fit_landmarks(model, pts, max_iters=2)
+    with torch.no_grad():
+        model.generator.fc2.bias.mul_(1.0)  # a write (even a no-op) changes the model
+    with pytest.raises(FittingError, match="weights changed after this fit"):
+        stale.vertices
+    assert fit_landmarks(model, pts, max_iters=2, decode=False).vertices is None
+
+
+def test_rigid_and_no_alignment(model):
+    z, v, _, R, t = _faces(model, 1, seed=3)
+    lm = v[:, model.landmarks]
+    rigid = fit_landmarks(model, lm @ R.transpose(1, 2) + 10 * t[:, None], align="rigid", reg=0.0, max_iters=30)
+    assert float(rigid.rmse[0]) < 1e-3 and float(rigid.scale[0]) == 1.0
+    none = fit_landmarks(model, lm, align="none", reg=0.0, max_iters=30)
+    assert float(none.rmse[0]) < 1e-3
+    torch.testing.assert_close(none.rotation[0], torch.eye(3))
+
+
+def test_missing_points_nan_rows_and_zero_weights(model):
+    z, v, pts, _, _ = _faces(model, 1, seed=4)
+    holes = pts.clone()
+    holes[0, ::7] = float("nan")  # 10 missing rows
+    res = fit_landmarks(model, holes, reg=0.0, max_iters=30)
+    assert torch.isnan(res.residuals[0, ::7]).all() and torch.isfinite(res.residuals[0, 1::7]).all()
+    assert float(res.rmse[0]) / 0.01 < 1e-3
+    w = torch.ones(68)
+    w[::7] = 0
+    bad = pts.clone()
+    bad[0, ::7] += 5.0  # outliers with weight 0 are ignored
+    res_w = fit_landmarks(model, bad, weights=w, reg=0.0, max_iters=30)
+    assert float(res_w.rmse[0]) / 0.01 < 1e-3
+    assert float(res_w.residuals[0, 0]) > 1.0  # but reported
+    torch.testing.assert_close(res_w.codes, res.codes, atol=1e-3, rtol=0)
+    # non-uniform weights still solve the weighted problem exactly on exact data
+    res_nu = fit_landmarks(model, pts, weights=torch.linspace(0.5, 2.0, 68), reg=0.0, max_iters=30)
+    assert float(res_nu.rmse[0]) / 0.01 < 1e-3
+
+
+def test_batch_equals_single_fits(model):
+    # exact data, reg > 0: a unique optimum inside a linear piece, reached by every path
+    _, _, pts, _, _ = _faces(model, 3, seed=5)
+    batch = fit_landmarks(model, pts, max_iters=30)
+    for i in range(3):
+        single = fit_landmarks(model, pts[i], max_iters=30)
+        torch.testing.assert_close(batch.codes[i], single.codes[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(batch.rotation[i], single.rotation[0], atol=1e-6, rtol=0)
+        assert float(batch.objective[i]) == pytest.approx(float(single.objective[0]), rel=1e-4)
+    # a large batch (grouped Jacobian updates) gives the same per-face answers
+    _, _, many, _, _ = _faces(model, 70, seed=6)
+    big = fit_landmarks(model, many, decode=False, max_iters=30)
+    assert big.vertices is None and big.codes.shape == (70, 85) and big.converged.all()
+    small = fit_landmarks(model, many[[0, 69]], decode=False, max_iters=30)
+    torch.testing.assert_close(big.codes[[0, 69]], small.codes, atol=1e-4, rtol=0)
+
+
+def test_regularisation_shrinks_codes(model):
+    _, _, pts, _, _ = _faces(model, 2, seed=7, noise_mm=1.0)
+    free = fit_landmarks(model, pts, reg=0.0)
+    strong = fit_landmarks(model, pts, reg=10.0)
+    assert (strong.codes.norm(dim=1) < free.codes.norm(dim=1)).all()
+    assert (strong.rmse >= free.rmse * 0.999).all()
+
+
+def test_lbfgs_and_adam_reduce_the_error(model):
+    _, _, pts, _, _ = _faces(model, 2, seed=8)
+    start = fit_landmarks(model, pts, solver="adam", max_iters=1, decode=False)  # ~ the random code
+    adam = fit_landmarks(model, pts, solver="adam", max_iters=300, decode=False, generator=1)
+    assert (adam.rmse < 0.5 * start.rmse).all() and (adam.iterations == 300).all()
+    lbfgs = fit_landmarks(model, pts, solver="lbfgs", max_iters=5, decode=False)
+    gn = fit_landmarks(model, pts, decode=False)
+    assert (lbfgs.rmse < 0.5 * start.rmse).all()
+    assert (gn.objective <= lbfgs.objective * 1.001).all() and (gn.objective <= adam.objective).all()
+    # the same seed gives the same random start
+    again = fit_landmarks(model, pts, solver="adam", max_iters=1, decode=False)
+    torch.testing.assert_close(again.codes, start.codes)
+
+
+def test_init_codes_and_random_init(model):
+    z, _, pts, _, _ = _faces(model, 1, seed=9)
+    warm = fit_landmarks(model, pts, init=z[0], reg=0.0, max_iters=5)
+    assert float(warm.rmse[0]) / 0.01 < 1e-3
+    rnd = fit_landmarks(model, pts, init="random", generator=torch.Generator().manual_seed(3), reg=0.0, max_iters=40)
+    assert float(rnd.rmse[0]) / 0.01 < 0.05
+
+
+# ---- 2D ------------------------------------------------------------------------------------------
+def test_fit_2d_scaled_orthographic(model):
+    g = torch.Generator().manual_seed(10)
+    z = 0.8 * torch.randn(2, 85, generator=g)
+    with torch.no_grad():
+        lm = model(z)[:, model.landmarks]
+    R = _so3_exp(0.3 * torch.randn(2, 3, generator=g))
+    x = 2.5 * (lm @ R.transpose(1, 2))[..., :2] + torch.tensor([320.0, 240.0])
+    res = fit_landmarks_2d(model, x, reg=1e-4, max_iters=30)
+    assert res.translation.shape == (2, 2) and res.rotation.shape == (2, 3, 3) and res.align == "scaled_orthographic"
+    assert (res.rmse < 1e-2).all()  # pixels, on a face ~350 px wide
+    torch.testing.assert_close(res.scale, torch.full((2,), 2.5), rtol=1e-3, atol=0)
+    proj = res.transform_points()[:, model.landmarks]
+    torch.testing.assert_close(proj, x, atol=0.05, rtol=0)
+    assert torch.allclose(torch.linalg.det(res.rotation), torch.ones(2), atol=1e-5)
+    # missing points (NaN) and a single face
+    holes = x[0].clone()
+    holes[::5] = float("nan")
+    one = fit_landmarks_2d(model, holes, reg=1e-4, max_iters=30)
+    assert float(one.rmse[0]) < 0.05 and torch.isnan(one.residuals[0, ::5]).all()
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+def _pts():
+    return torch.randn(68, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"points": torch.randn(68, 2)}, r"shape \(K, 3\).*fit_landmarks_2d"),
+        ({"points": torch.randn(67, 3)}, "got 67 points per face but landmark set 'ibug68' has 68"),
+        ({"points": torch.full((68, 3), float("nan"))}, "all landmarks of face 0 are missing"),
+        ({"points": torch.randn(68, 3).index_fill_(0, torch.tensor([3]), math.inf)}, "inf.*landmark 3.*NaN rows"),
+        ({"points": torch.randn(0, 68, 3)}, "empty batch"),
+        ({"points": torch.randn(68, 3, dtype=torch.float64)}, r"float64 but the model computes in torch.float32"),
+        ({"points": torch.randn(68, 3, device="meta")}, "are on meta but the model is on cpu"),
+        ({"points": "abc"}, "array of numbers"),
+        ({"points": torch.ones(68, 3)}, "points of face 0 all coincide"),
+        ({"solver": "sgd"}, "unknown solver 'sgd'.*gauss-newton"),
+        ({"align": "affine"}, "unknown align 'affine'.*similarity"),
+        ({"init": "zeros"}, "unknown init 'zeros'"),
+        ({"init": torch.zeros(84)}, r"init codes must have shape \(85,\)"),
+        ({"reg": -1.0}, "reg must be a finite number >= 0"),
+        ({"max_iters": 0}, "max_iters must be a positive integer"),
+        ({"weights": -torch.ones(68)}, "weights must be finite and >= 0"),
+        ({"weights": torch.ones(5)}, r"weights must have shape \(68,\)"),
+        (
+            {"weights": torch.ones(68).index_fill_(0, torch.arange(2, 68), 0)},
+            "2 usable landmarks but 'similarity' needs at least 3",
+        ),
+        ({"solver_options": {"lr": 1}}, "unknown option 'lr' for solver 'gauss-newton'"),
+        ({"landmarks": "nope"}, "unknown landmark set 'nope'"),
+        ({"landmarks": list(range(67)) + [10**6]}, "uses vertex 1000000"),
+    ],
+)
+def test_bad_input(model, kwargs, match):
+    kwargs = dict(kwargs)
+    points = kwargs.pop("points", None)
+    with pytest.raises(FaceModelError, match=match) as info:
+        fit_landmarks(model, _pts() if points is None else points, **kwargs)
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_input_2d(model):
+    with pytest.raises(FittingError, match=r"shape \(K, 2\).*fit_landmarks for \(K, 3\)"):
+        fit_landmarks_2d(model, torch.randn(68, 3))
+    with pytest.raises(FittingError, match="unknown camera 'perspective'"):
+        fit_landmarks_2d(model, torch.randn(68, 2), camera="perspective")
+    with pytest.raises(FittingError, match="expected a FaceModel"):
+        fit_landmarks(torch.nn.Linear(2, 2), torch.randn(68, 3))
