@@ -61,7 +61,7 @@ __all__ = ["FitResult", "Transform", "FittingError", "fit_landmarks", "fit_landm
 SOLVERS = ("gauss-newton", "lbfgs", "adam")
 ALIGNMENTS = ("similarity", "rigid", "none")
 CAMERAS = ("scaled_orthographic",)
-DEFAULT_MAX_ITERS = {"gauss-newton": 10, "lbfgs": 20, "adam": 1000}
+DEFAULT_MAX_ITERS = {"gauss-newton": 6, "lbfgs": 20, "adam": 1000}
 _CHUNK = 256  # faces per Gauss-Newton chunk (bounds memory: ~20 MB of Jacobians)
 _DECODE_CHUNK = 256
 _MAX_REJECTS = 6  # consecutive rejected steps before stopping
@@ -185,6 +185,8 @@ class _Head:
         self.K, self.H, self.D = K, H, self.W1.shape[1]
         self.dtype = np.dtype(dtype)
         self._J0: np.ndarray | None = None
+        self._bases: tuple[np.ndarray, np.ndarray] | None = None
+        self._m0: np.ndarray | None = None
         self._reg: tuple[np.ndarray, np.ndarray] | None = None
 
     def pre(self, z: np.ndarray) -> np.ndarray:
@@ -216,10 +218,32 @@ class _Head:
             self._reg = (mean.astype(self.dtype), np.linalg.solve(XtX, X.T @ z.astype(np.float64)).astype(self.dtype))
         return self._reg
 
+    def mean_face(self) -> np.ndarray:
+        """(3K,) landmark coordinates at z = 0 (cached)."""
+        if self._m0 is None:
+            self._m0 = self.forward(np.zeros((1, self.D), self.dtype))[0]
+        return self._m0
+
     def jacobian_at_zero(self, n: int) -> np.ndarray:
+        return self.jacobian_init(np.repeat((self.b1 > 0)[None], n, 0))
+
+    def jacobian_init(self, mask: np.ndarray) -> np.ndarray:
+        """(n, H) bool positive units -> (n, 3K, D) Jacobian, built per face from the cheapest
+        of three cached Jacobians (all units positive ``A W1``, all negative ``slope A W1``,
+        the mean face's ``z = 0``) plus a rank-1 term per unit whose branch differs: at most
+        H / 2 terms instead of H."""
         if self._J0 is None:
-            self._J0 = self.jacobian((self.b1 > 0)[None])[0]
-        return np.repeat(self._J0[None], n, 0)
+            A64, W64 = self.A.astype(np.float64), self.W1.astype(np.float64)
+            P = A64 @ W64
+            m0 = self.b1 > 0
+            J0 = (A64 * np.where(m0, 1.0, self.slope)) @ W64
+            self._bases = (np.stack([np.ones(self.H, bool), np.zeros(self.H, bool), m0]),
+                           np.stack([P, self.slope * P, J0]).astype(self.dtype))  # fmt: skip
+            self._J0 = self._bases[1][2]
+        masks, Js = self._bases
+        flips = (mask[:, None, :] != masks[None]).sum(2)  # (n, 3)
+        k = flips.argmin(1)
+        return self.update_jacobian(Js[k], masks[k], mask)
 
     def update_jacobian(self, J, old, new, rows=None):
         """The Jacobian at mask ``new`` from the one at ``old`` (rows scaled by ``rows``
@@ -231,7 +255,7 @@ class _Head:
         if nf == 0:
             return J
         if 5 * nf > 4 * self.H:
-            J = self.jacobian(new)
+            J = self.jacobian_init(new)
             return J if rows is None else J * rows[..., None]
         n = J.shape[0]
         if n == 1:  # one face: no padding
@@ -284,6 +308,31 @@ def _head(model: torch.nn.Module, lmk: LandmarkSet, dtype: np.dtype) -> _Head:
             cache.clear()
         head = cache[key] = _Head(model, lmk, dtype)
     return head
+
+
+_LMKS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _landmarks(model: torch.nn.Module, spec: Any) -> LandmarkSet:
+    """:func:`landmark_set`, cached for the built-in names (``"ibug68"``, ``"ibug51"``) while
+    the model's stored landmarks and vertex count stay the same."""
+    lm = getattr(model, "landmarks", None)
+    if not (isinstance(spec, str) and spec in ("ibug68", "ibug51") and isinstance(lm, torch.Tensor)):
+        return landmark_set(model, spec)
+    tmpl = getattr(model, "template", None)
+    key = (spec, lm.data_ptr(), lm._version, tuple(lm.shape), lm.dtype, str(lm.device),
+           getattr(model, "num_vertices", None), None if tmpl is None else tuple(tmpl.shape))  # fmt: skip
+    try:
+        cache = _LMKS.setdefault(model, {})
+    except TypeError:  # not weak-referenceable
+        return landmark_set(model, spec)
+    lmk = cache.get(key)
+    if lmk is None:
+        lmk = landmark_set(model, spec)  # errors are raised here, never cached
+        if len(cache) >= 8:
+            cache.clear()
+        cache[key] = lmk
+    return lmk
 
 
 # ---- input checks ---------------------------------------------------------------------------
@@ -413,8 +462,7 @@ def _linear_init(head: _Head, pm: "_Pose3D", P, w, rounds: int = 2) -> np.ndarra
     mean, W = head.regressor()
     ctx = pm.prepare(P, w)
     B = P.shape[0]
-    z = np.zeros((B, head.D), head.dtype)
-    m = np.repeat(head.forward(z[:1]), B, 0)
+    m = np.repeat(head.mean_face()[None], B, 0)
     miss = np.repeat(w <= 0, 3, 1)
     for _ in range(rounds):
         q = pm.mapped(P, pm.solve(ctx, P, w, m)).reshape(B, -1)
@@ -657,7 +705,8 @@ def _ray_search(head: _Head, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, d
         cand = np.flatnonzero(tj[0] < 1.0)
         idx = cand[np.argsort(tj[0, cand])][None]
     else:
-        idx = np.argsort(tj, axis=1)[:, :nf]  # (n, nf) kinks along the ray, ascending
+        idx = np.argpartition(tj, nf - 1, axis=1)[:, :nf] if nf < tj.shape[1] else np.arange(tj.shape[1])[None]
+        idx = np.take_along_axis(idx, np.argsort(np.take_along_axis(tj, idx, 1), axis=1), 1)  # (n, nf) ascending
     rr = np.arange(n)[:, None]
     tv = tj[rr, idx]
     valid = tv < 1.0
@@ -701,19 +750,34 @@ def _damped_solve(N, g, mu):
     little more damping where a system is singular)."""
     ar = np.arange(N.shape[1])
     diag = N[:, ar, ar]
-    for extra in (1e-12, 1e-8, 1e-4, 1e-1):
-        Nd = N.copy()
-        Nd[:, ar, ar] += mu[:, None] * diag + extra * diag.max(1, keepdims=True) + 1e-300
-        if Nd.shape[0] == 1:  # one face: LAPACK's Cholesky solve without the batch wrappers
-            _, x, info = _lapack.dposv(Nd[0], -g[0], lower=True)
+    if N.shape[0] == 1:  # one face: no bookkeeping
+        for extra in (1e-12, 1e-8, 1e-4, 1e-1):
+            Nd = N[0].copy()
+            Nd[ar, ar] += mu[0] * diag[0] + extra * diag[0].max() + 1e-300
+            _, x, info = _lapack.dposv(Nd, -g[0], lower=True, overwrite_a=True)
             if info == 0:
                 return x[None]
-            continue
-        try:
-            return np.linalg.solve(Nd, -g[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            continue
-    return np.zeros_like(g)
+        return np.zeros_like(g)
+    dmax = diag.max(1)
+    out = np.zeros_like(g)
+    todo = np.arange(N.shape[0])
+    # LAPACK's Cholesky solve face by face (faster than the batched LU of np.linalg.solve
+    # for these ~100 x 100 systems); the faces it refuses are retried with more damping
+    for extra in (1e-12, 1e-8, 1e-4, 1e-1):
+        Nd = N[todo]
+        Nd[:, ar, ar] += mu[todo, None] * diag[todo] + (extra * dmax[todo])[:, None] + 1e-300
+        ng = -g[todo]
+        failed = []
+        for j, i in enumerate(todo):
+            _, x, info = _lapack.dposv(Nd[j].T, ng[j], lower=True, overwrite_a=True, overwrite_b=True)
+            if info == 0:
+                out[i] = x
+            else:
+                failed.append(i)
+        if not failed:
+            break
+        todo = np.asarray(failed)
+    return out
 
 
 def _gn_chunk(head: _Head, pm, P, w, z0, reg, max_iters, tol, damping):
@@ -737,7 +801,7 @@ def _gn_chunk(head: _Head, pm, P, w, z0, reg, max_iters, tol, damping):
     rw = pm.residual(P, m, X) * sw_m
     E = _energy(rw, z, reg)
     mask = pre > 0
-    Jz = head.jacobian_at_zero(n) if not z.any() else head.jacobian(mask)
+    Jz = head.jacobian_init(mask)
     if sw3 is not None:
         Jz *= sw3[..., None]
     maskJ = mask
@@ -926,7 +990,7 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
         opts = _options(solver_options, {"inner_iters": 20, "history_size": 10}, solver)
     else:
         opts = _options(solver_options, {"lr": 0.01, "align_every": 10}, solver)
-    lmk = landmark_set(model, landmarks)
+    lmk = _landmarks(model, landmarks)
     P, w, present, _ = _check_points(points, weights, lmk, pm.dim, dtype, dev, explicit)
     B, K = w.shape
     n_valid = (w > 0).sum(1)
@@ -1053,7 +1117,7 @@ def fit_landmarks(
             adam, the paper's protocol), or codes (D,) / (B, D).
         solver: ``"gauss-newton"`` (default), ``"lbfgs"``, or ``"adam"`` (the paper's
             protocol; a slow baseline).
-        max_iters: outer iterations (default: gauss-newton 10, lbfgs 20 runs of 20
+        max_iters: outer iterations (default: gauss-newton 6, lbfgs 20 runs of 20
             iterations, adam 1000 steps).
         tol: stop a face when the relative decrease of its objective in an iteration is
             below this. Near LeakyReLU kinks the decrease of noisy fits can stay ~1e-4 per
