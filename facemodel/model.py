@@ -446,7 +446,12 @@ class FaceModel(nn.Module):
             raise WeightsFormatError(f"{str(cfg_path)!r} is not a valid facemodel config: {exc}") from exc
         if config.format_version > FORMAT_VERSION:
             raise WeightsFormatError(f"weights format {config.format_version} is newer than this facemodel; upgrade it")
-        state = load_file(str(w_path))
+        try:
+            state = load_file(str(w_path))
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise WeightsFormatError(
+                f"{str(w_path)!r} is not a readable safetensors file ({exc}); re-download or re-export the model"
+            ) from exc
         model = cls(
             config,
             num_faces=state["faces"].shape[0] if "faces" in state else 0,

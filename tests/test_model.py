@@ -124,3 +124,21 @@ def test_save_and_load_round_trip(model, tmp_path):
     b = again.sample(2, seed=5, expression="fear")
     torch.testing.assert_close(a.vertices, b.vertices, rtol=0, atol=0)
     assert again.label_names["expression"] == EXPRESSIONS
+
+
+def test_corrupt_or_mismatched_weights(model, tmp_path):
+    from facemodel.model import WeightsFormatError
+
+    folder = model.save_pretrained(tmp_path / "m")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated download
+    with pytest.raises(WeightsFormatError, match="re-download"):
+        FaceModel.from_pretrained(folder)
+    model.save_pretrained(folder)
+    cfg = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(cfg.replace('"hidden": 512', '"hidden": 256'))
+    with pytest.raises(WeightsFormatError, match="does not match its config"):
+        FaceModel.from_pretrained(folder)
+    (folder / "config.json").write_text(cfg.replace('"format_version": 1', '"format_version": 7'))
+    with pytest.raises(WeightsFormatError, match="upgrade"):
+        FaceModel.from_pretrained(folder)
