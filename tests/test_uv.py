@@ -51,3 +51,22 @@ def test_closed_mesh_is_rejected():
     f = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
     with pytest.raises(InvalidGeometryError, match="no boundary"):
         harmonic_uv(v, f)
+
+
+def test_stiff_outer_region_gives_the_face_more_of_the_square(template):
+    from facemodel.geometry.geometry_image import geometry_image_lookup
+
+    outer = np.arange(6706, template.num_vertices)  # beyond ICT's narrow face area: scalp, ears, neck
+    plain = template.uv_map
+    stiff = harmonic_uv(template.vertices, template.faces, stiff_vertices=outer, stiffness=8.0)
+    assert stiff.flipped == 0
+    narrow = np.isin(template.faces, np.arange(6706)).all(1)
+
+    def face_pixels(uv):
+        idx, _, mask = geometry_image_lookup(uv, template.faces, 64)
+        return int((mask & (idx < 6706).all(-1)).sum())
+
+    assert signed_areas_2d(stiff.uv, template.faces)[narrow].sum() > 1.5 * signed_areas_2d(plain.uv, template.faces)[narrow].sum()
+    assert face_pixels(stiff.uv) > 1.5 * face_pixels(plain.uv)
+    with pytest.raises(InvalidGeometryError, match="stiffness"):
+        harmonic_uv(template.vertices, template.faces, stiff_vertices=outer, stiffness=-1.0)

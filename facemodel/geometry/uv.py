@@ -115,7 +115,12 @@ def _square_boundary(xy: np.ndarray, loop: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def harmonic_uv(
-    vertices: np.ndarray, faces: np.ndarray, *, min_weight: float = 1e-4
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    *,
+    min_weight: float = 1e-4,
+    stiff_vertices: np.ndarray | None = None,
+    stiffness: float = 1.0,
 ) -> UVMap:
     """Harmonic map of a disk-with-holes mesh onto the unit square.
 
@@ -125,6 +130,12 @@ def harmonic_uv(
         faces: (F, 3) int array, counter-clockwise seen from +z.
         min_weight: positive lower bound for cotangent weights, relative to their mean
             magnitude; guarantees a bijective map (see module docstring).
+        stiff_vertices: optional vertex indices whose edges (both ends in the set) get their
+            weights multiplied by ``stiffness``. Stiffer edges come out shorter in the map,
+            leaving more of the square to the rest: e.g. the scalp and neck of a head-shaped
+            rim, so that the face itself gets more geometry-image pixels. Weights stay
+            positive, so the map stays bijective. Default: none (the plain harmonic map).
+        stiffness: the multiplier (> 0; 1 = plain harmonic map).
 
     Returns:
         :class:`UVMap`.
@@ -149,7 +160,14 @@ def harmonic_uv(
     W = cotangent_weights(vv, ff).tocoo()
     floor = min_weight * np.abs(W.data).mean()
     clamped = int((W.data < floor).sum() // 2)
-    W = sp.csr_matrix((np.maximum(W.data, floor), (W.row, W.col)), shape=W.shape)
+    data = np.maximum(W.data, floor)
+    if stiff_vertices is not None and stiffness != 1.0:
+        if stiffness <= 0:
+            raise InvalidGeometryError(f"stiffness must be positive, got {stiffness}")
+        stiff = np.zeros(len(vv), bool)
+        stiff[np.asarray(stiff_vertices, dtype=np.int64)] = True
+        data = np.where(stiff[W.row] & stiff[W.col], data * stiffness, data)
+    W = sp.csr_matrix((data, (W.row, W.col)), shape=W.shape)
     L = (sp.diags(np.asarray(W.sum(1)).ravel()) - W).tocsr()  # positive semi-definite
     loop, pinned = _square_boundary(v[:, :2], outer)
     N = len(vv)
