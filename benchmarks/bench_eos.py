@@ -37,6 +37,12 @@ corresponding SFM model contour (and the 2 inner mouth corners are left out: 66 
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from _machine import cpu_name  # noqa: E402
+
 import argparse
 import datetime
 import json
@@ -249,14 +255,7 @@ def _load_model(path):
 
 
 def _machine(args, model_source, torch, np) -> list[str]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10).stdout.strip() or "?"  # fmt: skip

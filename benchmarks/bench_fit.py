@@ -17,6 +17,12 @@ initialised generator whose output layer is scaled x10 (codes move vertices by m
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from _machine import cpu_name  # noqa: E402
+
 import argparse
 import os
 import platform
@@ -211,14 +217,7 @@ def _load_model(args, FaceModel):
 
 
 def _machine(args, source, torch, np) -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return "\n".join([
         "| machine | |",
         "|---|---|",
