@@ -1,7 +1,12 @@
 """facemodel: a decoupled 3D face model (identity x expression) after Fernandez Abrevaya et al.
 
-The geometry toolkit (``facemodel.geometry``) and the data tools (``facemodel.data``) are
-available now; the trained ``FaceModel`` lands with the release.
+    >>> from facemodel import FaceModel
+    >>> model = FaceModel.from_pretrained(path_or_repo)   # no argument: the released weights
+    >>> faces = model.sample(4, seed=0, expression="happiness")
+
+Subpackages: ``facemodel.geometry`` (mesh IO, template, Laplacian, UV, geometry image,
+rendering), ``facemodel.data`` (ICT 4D dataset, imports), ``facemodel.fitting`` and
+``facemodel.landmarks`` (landmark fitting), ``facemodel.training`` (not imported here).
 """
 
 from __future__ import annotations
@@ -22,8 +27,17 @@ from .errors import (
 
 __version__ = "0.1.0.dev0"
 
+from .geometry.mesh_io import load_mesh, save_mesh  # noqa: E402
+from .model import FaceModel, FaceModelConfig  # noqa: E402
+from .outputs import Faces  # noqa: E402
+
 __all__ = [
     "__version__",
+    "FaceModel",
+    "FaceModelConfig",
+    "Faces",
+    "load_mesh",
+    "save_mesh",
     "FaceModelError",
     "MeshFormatError",
     "TopologyMismatchError",

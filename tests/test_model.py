@@ -142,3 +142,13 @@ def test_corrupt_or_mismatched_weights(model, tmp_path):
     (folder / "config.json").write_text(cfg.replace('"format_version": 1', '"format_version": 7'))
     with pytest.raises(WeightsFormatError, match="upgrade"):
         FaceModel.from_pretrained(folder)
+
+
+def test_sdk_does_not_import_training():
+    import subprocess
+    import sys
+
+    code = ("import sys, facemodel, facemodel.fitting, facemodel.hub, facemodel.landmarks; "
+            "print(sorted(m for m in sys.modules if m.startswith('facemodel.training')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
