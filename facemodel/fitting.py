@@ -558,6 +558,21 @@ class _Pose3D:
         m3 = m.reshape(n, -1, 3)
         md = wn[:, None] @ m3
         C = (m3 - md).transpose(0, 2, 1) @ scw  # sum_k w_k (m_k - md)(p_k - ms)^T
+        if n == 1:  # one face: one 3x3 SVD, the determinant in plain Python
+            U, S, Vh = np.linalg.svd(C[0])
+            (a, b, c), (d, e, f), (g, h, i) = C[0].tolist()
+            neg = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g) < 0
+            if neg:
+                Vh = Vh.copy()
+                Vh[2] *= -1.0
+            R = U @ Vh
+            ssum = float(S[0] + S[1] - S[2]) if neg else float(S.sum())
+            s = ssum / max(float(var[0]), 1e-300) if self.align == "similarity" else 1.0
+            X = np.empty((1, 13), C.dtype)
+            X[0, 0] = s
+            X[0, 1:10] = R.ravel()
+            X[0, 10:] = md[0, 0] - s * (R @ ms[0, 0])
+            return X.astype(P.dtype, copy=False)
         U, S, Vh = np.linalg.svd(C)
         sg = np.ones((n, 3), C.dtype)
         sg[:, 2] = np.where(np.linalg.det(C) < 0, -1.0, 1.0)  # no reflections
