@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 from facemodel.data.dataset import FaceDataset
 from facemodel.errors import DatasetFormatError, FaceModelError
 from facemodel.geometry.geometry_image import GeometryImage
-from facemodel.geometry.render import fit_frame, render_mesh, save_png
+from facemodel.geometry.render import fit_frame, fit_text, render_mesh, save_png
 from facemodel.geometry.uv import boundary_loops
 
 __all__ = [
@@ -273,14 +273,6 @@ def _caption_px(size: int) -> int:
     return int(np.clip(round(size / 12), 11, 22))
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
 def _face_frame(vertices: np.ndarray, landmarks: np.ndarray, view: str, size: int) -> tuple[float, np.ndarray]:
     """One framing of a batch (B, V, 3) that fits the head down to a little below the chin
     (the neck is cut off, so the face fills the tile); whole meshes without landmarks."""
@@ -337,7 +329,7 @@ def _compose(
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
-        draw.text((6, 6), _fit(draw, title, title_font, width - 12), fill=TEXT, font=title_font)
+        draw.text((6, 6), fit_text(draw, title, title_font, width - 12), fill=TEXT, font=title_font)
     for i, cell in enumerate(cells):
         x0 = side_w + (i % ncols) * tw
         y0 = title_h + (i // ncols) * cell_h
@@ -346,7 +338,7 @@ def _compose(
         marked = bool(highlight[i]) if i < len(highlight) else False
         if marked:
             draw.rectangle([x0 + 1, y0 + 1, x0 + tw - 2, y0 + len(cell) * th - 2], outline=ACCENT, width=2)
-        text = _fit(draw, captions[i], cap_font, tw - 6)
+        text = fit_text(draw, captions[i], cap_font, tw - 6)
         tx = x0 + (tw - draw.textlength(text, font=cap_font)) / 2
         draw.text((tx, y0 + len(cell) * th + 3), text, fill=ACCENT if marked else TEXT, font=cap_font)
     if row_names:

@@ -37,6 +37,7 @@ from ..errors import InvalidGeometryError
 from .raster import rasterize
 
 __all__ = [
+    "fit_text",
     "vertex_normals",
     "render_mesh",
     "render_grid",
@@ -407,7 +408,8 @@ def _label_font(size: int):
         return ImageFont.load_default()
 
 
-def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+def fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """``text`` shortened with an ellipsis so that it fits ``width`` pixels in ``font``."""
     if draw.textlength(text, font=font) <= width:
         return text
     while text and draw.textlength(text + "…", font=font) > width:
@@ -520,7 +522,7 @@ def render_grid(
             )
             canvas.paste(Image.fromarray(tile), (x0 + j * size, y0))
         if draw is not None and labels[i]:
-            text = _fit_text(draw, labels[i], font, cell_w - 4)
+            text = fit_text(draw, labels[i], font, cell_w - 4)
             tw = draw.textlength(text, font=font)
             fill = (0, 0, 0) if sum(bg) > 1.5 else (255, 255, 255)
             ty = y0 + size + (label_h - (box[3] - box[1])) / 2 - box[1]
