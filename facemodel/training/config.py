@@ -49,6 +49,11 @@ class TrainConfig(BaseModel):
     hidden: int = 512
     resolution: int = 64
     displacement_scale_mm: float = 10.0
+    # geometry image: edges among vertices with index >= uv_face_vertices (ICT: back of the head,
+    # neck, ears) are made `uv_stiffness` times stiffer in the harmonic map, so the face proper
+    # covers more of the critic's pixels (1 = the paper's plain harmonic map).
+    uv_stiffness: float = Field(1.0, gt=0)
+    uv_face_vertices: int = Field(6706, ge=1)
     # losses (Eq. 6 and 8)
     lambda_c: float = 0.1  # critic classification weight
     lambda_gan: float = 1.0  # lambda_1

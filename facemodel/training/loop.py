@@ -28,7 +28,7 @@ from ..networks.config import Factor, GeneratorConfig
 from ..networks.generator import Generator
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .codes import LabelCodes, sample_codes
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .discriminator import Critic
 from .labels import factor_labels
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
@@ -101,8 +101,9 @@ class Trainer:
         # ---- models -------------------------------------------------------------------
         self.G = Generator(self.gen_config).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.uv = self._uv_map(config)
         self.D = Critic(
-            self.template.uv,
+            self.uv,
             self.template.faces,
             {f.name: f.num_labels for f in self.gen_config.factors},
             resolution=config.resolution,
@@ -136,6 +137,21 @@ class Trainer:
         self._fixed_z = torch.randn(16, self.gen_config.code_dim, generator=g).to(self.device)
 
     # ---- helpers ------------------------------------------------------------------------
+    def _uv_map(self, config: TrainConfig) -> np.ndarray:
+        """(V, 2) UV coordinates of the critic's geometry image (see ``TrainConfig.uv_stiffness``)."""
+        if config.uv_stiffness == 1.0:
+            return self.template.uv
+        from ..geometry.uv import harmonic_uv
+
+        V = self.template.num_vertices
+        if config.uv_face_vertices >= V:
+            raise ConfigError(
+                f"uv_face_vertices={config.uv_face_vertices} but the template has {V} vertices; "
+                "set it below the vertex count (or uv_stiffness=1 for the plain harmonic map)"
+            )
+        stiff = np.arange(config.uv_face_vertices, V)
+        return harmonic_uv(self.template.vertices, self.template.faces, stiff_vertices=stiff, stiffness=config.uv_stiffness).uv
+
     def _autocast(self):
         if self.config.bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -334,7 +350,7 @@ class Trainer:
             config,
             template=self.template.vertices,
             faces=self.template.faces,
-            uv=self.template.uv,
+            uv=self.uv,
             landmarks=self.template.landmarks,
             label_codes={f.name: self.codes.codes(f.name).cpu() for f in self.gen_config.factors},
         )
