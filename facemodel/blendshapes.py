@@ -18,9 +18,15 @@ order; :func:`ict_to_arkit` goes back.
 
 from __future__ import annotations
 
+import csv
 import difflib
+import io
+import json
+import math
+import os
 import re
 import warnings
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -30,7 +36,8 @@ from .errors import FaceModelError
 
 __all__ = [
     "ICT_NAMES", "ARKIT_NAMES", "ARKIT_ONLY", "IGNORED_COLUMNS", "BlendshapeError",
-    "canonical_name", "to_ict_weights", "ict_to_arkit", "livelink_name",
+    "canonical_name", "to_ict_weights", "ict_to_arkit", "livelink_name", "read_weights", "parse_weights_csv",
+    "parse_weights_json", "write_weights_csv",
 ]  # fmt: skip
 
 
@@ -212,3 +219,209 @@ def warn_ignored(names) -> list[str]:
     if skipped:
         warnings.warn(f"ignoring columns without an ICT shape: {skipped[:8]}", stacklevel=2)
     return skipped
+
+
+# ---- files: Live Link Face CSV, plain CSV, JSON ------------------------------------------
+def _check_value(value: float, where: str, clip_tolerance: float) -> float:
+    if not math.isfinite(value):
+        raise BlendshapeError(f"{where}: weight is {value} (NaN or inf); every weight must be a number in [0, 1]")
+    if value < -clip_tolerance or value > 1 + clip_tolerance:
+        raise BlendshapeError(f"{where}: weight {value:g} is outside [0, 1] (values within {clip_tolerance} of the "
+                              "range are clipped; percentages? divide by 100)")  # fmt: skip
+    return value
+
+
+def parse_weights_csv(text: str, *, source: str = "CSV", clip_tolerance: float = 0.05) -> torch.Tensor:
+    """ICT-ordered weights ``(frames, 53)`` from CSV text, one frame per row.
+
+    The header names the columns in any of the three spellings (a Live Link Face export
+    works as is); ``Timecode``, ``BlendShapeCount``, head / eye rotations, ``frame``,
+    ``time`` and ``tongueOut`` columns are ignored. The delimiter may be ``,``, ``;`` or tab.
+
+    Raises:
+        BlendshapeError: no header or no frames, an unknown column (close matches listed), no
+            blendshape column at all, a row with more or fewer fields than the header
+            (ragged), a value that is not a number, NaN, or out of [0, 1] beyond the tolerance
+            (the message names the line and column).
+    """
+    lines = text.lstrip("\ufeff").splitlines()
+    first = next((ln for ln in lines if ln.strip()), None)
+    if first is None:
+        raise BlendshapeError(f"{source}: empty file; expected a header of blendshape names and one row per frame")
+    delimiter = max(",;\t", key=first.count)
+    rows = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
+    header: list[str] | None = None
+    columns: list[tuple[int, str]] = []
+    values: dict[str, list[float]] = {}
+    for lineno, row in enumerate(rows, start=1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if header is None:
+            header = [c.strip() for c in row]
+            seen: dict[str, str] = {}
+            for i, name in enumerate(header):
+                if not name:
+                    continue
+                try:
+                    canon = canonical_name(name)
+                except BlendshapeError as exc:
+                    raise BlendshapeError(f"{source}: column {i + 1}: {exc}") from None
+                if canon is None:
+                    continue
+                if canon in seen:
+                    raise BlendshapeError(f"{source}: columns {seen[canon]!r} and {name!r} name the same shape")
+                seen[canon] = name
+                columns.append((i, name))
+                values[name] = []
+            if not columns:
+                raise BlendshapeError(f"{source}: no column names a blendshape (header: {header[:6]}...); expected "
+                                      "ICT, ARKit / MediaPipe or Live Link Face names such as jawOpen or JawOpen")  # fmt: skip
+            continue
+        if len(row) != len(header):
+            raise BlendshapeError(f"{source}: line {lineno} has {len(row)} fields but the header has {len(header)} "
+                                  "(ragged CSV); every row must have one value per column")  # fmt: skip
+        for i, name in columns:
+            cell = row[i].strip()
+            try:
+                v = float(cell)
+            except ValueError:
+                raise BlendshapeError(f"{source}: line {lineno}, column {name!r}: {cell!r} is not a number") from None
+            values[name].append(_check_value(v, f"{source}: line {lineno}, column {name!r}", clip_tolerance))
+    if header is None:
+        raise BlendshapeError(f"{source}: empty file; expected a header of blendshape names and one row per frame")
+    if not values[columns[0][1]]:
+        raise BlendshapeError(f"{source}: a header but no frames")
+    return to_ict_weights({n: np.asarray(v, np.float32) for n, v in values.items()}, clip_tolerance=clip_tolerance)
+
+
+def _frame_dict(frame, where: str) -> dict:
+    if isinstance(frame, Mapping):
+        return dict(frame)
+    if isinstance(frame, list) and all(isinstance(c, Mapping) for c in frame):  # MediaPipe categories
+        out = {}
+        for c in frame:
+            name = c.get("categoryName", c.get("category_name"))
+            if name is None or "score" not in c:
+                raise BlendshapeError(f"{where}: a category without 'categoryName' and 'score': {c}")
+            out[name] = c["score"]
+        return out
+    raise BlendshapeError(f"{where}: a frame must be an object of name -> weight (or MediaPipe categories), "
+                          f"got {type(frame).__name__}")  # fmt: skip
+
+
+def parse_weights_json(obj, *, source: str = "JSON", clip_tolerance: float = 0.05) -> torch.Tensor:
+    """ICT-ordered weights ``(frames, 53)`` from parsed JSON.
+
+    Accepted layouts: ``{"jawOpen": [0.1, 0.2, ...], ...}`` (one list per name, or one number
+    for a single frame); a list of frames ``[{"jawOpen": 0.1, ...}, ...]`` (names missing from
+    a frame are 0); ``{"frames": [...]}``; MediaPipe's blendshape categories per frame
+    ``[[{"categoryName": "jawOpen", "score": 0.1}, ...], ...]``.
+    """
+    if isinstance(obj, Mapping) and set(obj) == {"frames"}:
+        obj = obj["frames"]
+    if isinstance(obj, Mapping):
+        cols = {}
+        for name, v in obj.items():
+            if canonical_name(str(name)) is None:
+                continue
+            arr = np.asarray(v, dtype=object).reshape(-1)
+            cols[name] = [_check_value(_number(x, f"{source}: {name!r}[{j}]"), f"{source}: {name!r}[{j}]", clip_tolerance)
+                          for j, x in enumerate(arr)]  # fmt: skip
+        if not cols:
+            raise BlendshapeError(f"{source}: no key names a blendshape (keys: {sorted(map(str, obj))[:6]})")
+        lengths = {n: len(obj[n]) for n in cols if isinstance(obj[n], (list, tuple))}
+        if len(set(lengths.values())) > 1:
+            raise BlendshapeError(f"{source}: lists of different lengths {lengths} (ragged); every name needs one "
+                                  "value per frame")  # fmt: skip
+        return to_ict_weights({n: np.asarray(v, np.float32) for n, v in cols.items()}, clip_tolerance=clip_tolerance)
+    if isinstance(obj, list):
+        if not obj:
+            raise BlendshapeError(f"{source}: an empty list of frames")
+        frames = [_frame_dict(f, f"{source}: frame {i}") for i, f in enumerate(obj)]
+        cols: dict[str, np.ndarray] = {}  # canonical name -> values
+        keys: set[str] = set()
+        for i, f in enumerate(frames):
+            seen: dict[str, str] = {}
+            for name, value in f.items():
+                keys.add(str(name))
+                canon = canonical_name(str(name))
+                if canon is None:
+                    continue
+                where = f"{source}: frame {i}, {name!r}"
+                if canon in seen:
+                    raise BlendshapeError(f"{where}: the shape is also given as {seen[canon]!r} in this frame")
+                seen[canon] = name
+                cols.setdefault(canon, np.zeros(len(frames), np.float32))[i] = _check_value(
+                    _number(value, where), where, clip_tolerance)  # fmt: skip
+        if not cols:
+            raise BlendshapeError(f"{source}: no key names a blendshape (keys: {sorted(keys)[:6]})")
+        return to_ict_weights(cols, clip_tolerance=clip_tolerance)
+    raise BlendshapeError(f"{source}: expected an object of name -> weights or a list of frames, got {type(obj).__name__}")
+
+
+def _number(x, where: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise BlendshapeError(f"{where}: {x!r} is not a number")
+    return float(x)
+
+
+def read_weights(path: str | os.PathLike, *, clip_tolerance: float = 0.05, as_dict: bool = False):
+    """ICT-ordered weights ``(frames, 53)`` from a file: a Live Link Face CSV, a plain CSV with
+    a header of names in any spelling, or JSON (see :func:`parse_weights_json`).
+
+    The whole file is read and checked before anything is returned. With ``as_dict`` the
+    result is ``{ict_name: (frames,) tensor}``, the form ``FaceModel.sample`` /
+    ``transfer_expression`` / ``add_expressions`` take.
+
+    Raises:
+        BlendshapeError: a file that cannot be used (see :func:`parse_weights_csv`).
+        FileNotFoundError: no such file.
+
+    Example:
+        >>> w = read_weights("MySlate_3_iPhone.csv", as_dict=True)     # Live Link Face export
+        >>> frames = model.transfer_expression(w, model.sample(seed=0))
+    """
+    w = _read_weights(path, clip_tolerance)
+    return {n: w[:, i] for i, n in enumerate(ICT_NAMES)} if as_dict else w
+
+
+def _read_weights(path, clip_tolerance: float) -> torch.Tensor:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BlendshapeError(f"no weights file at {str(path)!r}")
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BlendshapeError(f"{path.name}: not valid JSON ({exc})") from None
+        return parse_weights_json(obj, source=path.name, clip_tolerance=clip_tolerance)
+    return parse_weights_csv(text, source=path.name, clip_tolerance=clip_tolerance)
+
+
+def write_weights_csv(path: str | os.PathLike, weights, *, spelling: str = "livelink", fps: float = 60.0) -> Path:
+    """Write weights ``(frames, 53)`` (ICT order, or a name dict) as CSV, atomically.
+
+    ``spelling="livelink"`` writes a Live Link Face-style file (``Timecode``,
+    ``BlendShapeCount``, 51 ARKit columns); ``"arkit"`` ARKit names; ``"ict"`` the 53 ICT
+    names. Reads back with :func:`read_weights`.
+    """
+    from ._fs import atomic_file
+
+    w = to_ict_weights(weights, clip_tolerance=float("inf"))
+    if spelling == "ict":
+        cols = {n: w[:, i] for i, n in enumerate(ICT_NAMES)}
+    else:
+        cols = ict_to_arkit(w, spelling=spelling)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    extra = ["Timecode", "BlendShapeCount"] if spelling == "livelink" else []
+    writer.writerow(extra + list(cols))
+    table = torch.stack(list(cols.values()), 1).numpy()
+    for i, row in enumerate(table):
+        t = i / fps
+        lead = [f"00:00:{int(t):02d}:{int(round((t % 1) * fps)):02d}.000", len(cols)] if extra else []
+        writer.writerow(lead + [f"{v:.6g}" for v in row])
+    with atomic_file(path, "w") as f:
+        f.write(out.getvalue())
+    return Path(path)

@@ -5,6 +5,7 @@
     facemodel data info DIR [--json]
     facemodel train --config configs/paper.yaml --out RUN [--resume] [key=value ...]
     facemodel info | sample | transfer | add | encode | fit | render  [--model DIR|REPO] ...
+    facemodel animate --identity SEED|MESH --weights FILE.csv|.json --out DIR|FILE.glb [--model DIR|REPO]
 """
 
 from __future__ import annotations
@@ -210,6 +211,196 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- animate: blendshape weights (ARKit / Live Link Face / MediaPipe / ICT) -> frames -----
+def save_animation_glb(path, vertices, faces, base=None, *, fps: float = 60.0, names=None):
+    """Write frames as one GLB: a mesh whose morph targets are the frames, animated one after
+    the other (linear cross-fade between consecutive frames, exact at each frame's time).
+
+    Args:
+        path: output .glb (written atomically).
+        vertices: (N, V, 3) frames, mm.
+        faces: (F, 3) triangles.
+        base: (V, 3) rest shape of the mesh (default the first frame); each morph target
+            holds ``frame - base``.
+        fps: frame rate of the animation.
+        names: N morph target names (default ``frame_00000``, ...).
+
+    The glTF holds N morph targets and an N x N weight track, so it suits clips of up to a
+    few thousand frames; longer takes are better written as an OBJ/PLY sequence.
+    """
+    import json
+    import struct
+
+    import numpy as np
+
+    from ._fs import atomic_file
+
+    v = np.ascontiguousarray(np.asarray(vertices, np.float32))
+    f = np.ascontiguousarray(np.asarray(faces, np.uint32))
+    N, V = v.shape[:2]
+    base = v[0] if base is None else np.asarray(base, np.float32)
+    names = names or [f"frame_{i:05d}" for i in range(N)]
+    blobs: list[bytes] = []
+    views: list[dict] = []
+    accessors: list[dict] = []
+    offset = 0
+
+    def add(array: np.ndarray, gl_type: str, component: int, target: int | None = None, minmax: bool = False) -> int:
+        nonlocal offset
+        data = array.tobytes()
+        view = {"buffer": 0, "byteOffset": offset, "byteLength": len(data)}
+        if target is not None:
+            view["target"] = target
+        views.append(view)
+        pad = (-len(data)) % 4
+        blobs.append(data + b"\0" * pad)
+        offset += len(data) + pad
+        acc = {"bufferView": len(views) - 1, "componentType": component, "count": int(array.shape[0]), "type": gl_type}
+        if minmax:
+            flat = array.reshape(array.shape[0], -1)
+            acc["min"] = [float(x) for x in flat.min(0)]
+            acc["max"] = [float(x) for x in flat.max(0)]
+        accessors.append(acc)
+        return len(accessors) - 1
+
+    FLOAT, UINT = 5126, 5125
+    pos = add(base, "VEC3", FLOAT, 34962, minmax=True)
+    idx = add(f.reshape(-1), "SCALAR", UINT, 34963)
+    targets = [{"POSITION": add(np.ascontiguousarray(v[i] - base), "VEC3", FLOAT, 34962, minmax=True)} for i in range(N)]
+    times = add(np.arange(N, dtype=np.float32) / np.float32(fps), "SCALAR", FLOAT, minmax=True)
+    track = add(np.eye(N, dtype=np.float32).reshape(-1), "SCALAR", FLOAT)
+    gltf = {
+        "asset": {"version": "2.0", "generator": "facemodel animate"},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0, "name": "face"}],
+        "meshes": [{"name": "face", "primitives": [{"attributes": {"POSITION": pos}, "indices": idx, "mode": 4,
+                                                     "targets": targets}],
+                    "weights": [0.0] * N, "extras": {"targetNames": list(names)}}],
+        "animations": [{"name": "blendshapes", "samplers": [{"input": times, "output": track, "interpolation": "LINEAR"}],
+                        "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]}],
+        "buffers": [{"byteLength": offset}],
+        "bufferViews": views,
+        "accessors": accessors,
+        "extras": {"units": "mm", "fps": fps},
+    }  # fmt: skip
+    js = json.dumps(gltf, separators=(",", ":")).encode()
+    js += b" " * ((-len(js)) % 4)
+    binary = b"".join(blobs)
+    total = 12 + 8 + len(js) + 8 + len(binary)
+    with atomic_file(path, "wb") as fh:
+        fh.write(struct.pack("<III", 0x46546C67, 2, total))
+        fh.write(struct.pack("<II", len(js), 0x4E4F534A) + js)
+        fh.write(struct.pack("<II", len(binary), 0x004E4942) + binary)
+    return path
+
+
+class _FrameWriter:
+    """Fast OBJ / binary PLY frames of one topology (the faces are formatted once). Writes plain
+    files: callers write into an :func:`~facemodel._fs.atomic_dir` folder."""
+
+    def __init__(self, faces, fmt: str) -> None:
+        import numpy as np
+
+        f = np.asarray(faces, np.int64)
+        self.fmt, self.num_faces = fmt, len(f)
+        if fmt == "obj":
+            self.tail = ("\n".join("f %d %d %d" % tuple(r) for r in f + 1) + "\n").encode()
+        else:
+            rec = np.empty(len(f), dtype=[("n", "u1"), ("i", "<i4", (3,))])
+            rec["n"], rec["i"] = 3, f
+            self.tail = rec.tobytes()
+
+    def write(self, path, vertices) -> None:
+        import numpy as np
+
+        v = np.asarray(vertices, np.float64 if self.fmt == "obj" else "<f4")
+        if self.fmt == "obj":
+            head = (("v %.6f %.6f %.6f\n" * len(v)) % tuple(v.ravel())).encode()
+        else:
+            head = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(v)}\nproperty float x\n"
+                    f"property float y\nproperty float z\nelement face {self.num_faces}\n"
+                    "property list uchar int vertex_indices\nend_header\n").encode() + v.tobytes()  # fmt: skip
+        with open(path, "wb") as fh:
+            fh.write(head)
+            fh.write(self.tail)
+
+
+def _animate_identity(model, value: str):
+    """Full code (1, D) of ``--identity`` at rest: a seed (``7`` or ``seed:7``; its expression
+    code is the map's rest code, weights 0) or a mesh file (encoded; its own expression code
+    is the rest pose, so the face keeps everything its fit holds)."""
+    text = value[5:] if value.startswith("seed:") else value
+    try:
+        seed = int(text)
+    except ValueError:
+        return model.encode(value).codes
+    z = model.sample(1, seed=seed).codes.clone()
+    z[:, model.code_slices["expression"]] = model.expression_from_blendshapes({"jawOpen": 0.0})
+    return z
+
+
+def _cmd_animate(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from ._fs import atomic_dir
+    from .blendshapes import read_weights
+
+    if args.batch_size < 1:
+        raise FaceModelError(f"--batch-size must be positive, got {args.batch_size}")
+    out = Path(args.out)
+    glb = out.suffix.lower() == ".glb"
+    if not glb and out.suffix.lower() in {".obj", ".ply", ".off", ".stl", ".gltf"}:
+        raise FaceModelError(f"--out {args.out}: give a folder (an OBJ/PLY sequence, --format) or a .glb file")
+    weights = read_weights(args.weights)  # checked in full before anything is written
+    model = _load_model(args)
+    identity = _animate_identity(model, args.identity)
+    n = weights.shape[0]
+    show = not args.quiet and n >= 200
+    t0 = time.perf_counter()
+    sl = model.code_slices["expression"]
+    # relative to the rest pose, as add_expressions: rest + to_code(w) - to_code(0)
+    codes = identity[:, sl] + model.expression_from_blendshapes(weights) - model.expression_from_blendshapes(
+        torch.zeros(1, weights.shape[1]))  # fmt: skip
+    faces = model.faces.cpu().numpy()
+
+    def frames():
+        for a in range(0, n, args.batch_size):
+            z = identity.expand(min(args.batch_size, n - a), -1).clone()
+            z[:, sl] = codes[a : a + args.batch_size]
+            with torch.no_grad():
+                yield a, model(z).cpu().float().numpy()
+
+    bar = tqdm(total=n, desc="frames", unit="frame", disable=not show)
+    if glb:
+        chunks = []
+        for _, v in frames():
+            chunks.append(v)
+            bar.update(len(v))
+        import numpy as np
+
+        with torch.no_grad():
+            base = model(identity)[0].cpu().numpy()
+        save_animation_glb(out, np.concatenate(chunks), faces, base, fps=args.fps)
+        written = str(out)
+    else:
+        writer = _FrameWriter(faces, args.format)
+        with atomic_dir(out, overwrite=args.overwrite) as tmp:
+            for a, v in frames():
+                for i, x in enumerate(v):
+                    writer.write(tmp / f"frame_{a + i:05d}.{args.format}", x)
+                bar.update(len(v))
+        written = f"{out}/frame_00000.{args.format} .. frame_{n - 1:05d}.{args.format}"
+    bar.close()
+    total = time.perf_counter() - t0
+    print(f"{n} frames -> {written} ({total:.1f} s)")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.cli import run
 
@@ -292,6 +483,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reg", type=float, default=0.01, help="code regularisation (paper Eq. 13 lambda)")
     p.add_argument("--align", choices=("similarity", "rigid", "none"), default="similarity")
     p.set_defaults(func=_cmd_fit)
+    p = sub.add_parser("animate", help="animate a face from blendshape weights (Live Link Face / ARKit / "
+                       "MediaPipe / ICT CSV or JSON)")  # fmt: skip
+    p.add_argument("--model", default=None, help="model folder or Hub repo id, with a blendshape map (default: the released weights)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
+    p.add_argument("--identity", required=True, help="a seed (7 or seed:7) or a mesh file in the template's topology "
+                   "(encoded; the weights are applied relative to it, as its rest pose)")
+    p.add_argument("--weights", required=True, help="Live Link Face CSV, CSV with a header of blendshape names, or JSON")
+    p.add_argument("--out", required=True, help="a folder (frame_00000.obj, ...) or one .glb (frames as animated morph targets)")
+    p.add_argument("--format", choices=("obj", "ply"), default="obj", help="frame format of a folder output")
+    p.add_argument("--fps", type=float, default=60.0, help="frame rate of the GLB animation (Live Link Face: 60)")
+    p.add_argument("--batch-size", type=int, default=1024, help="frames generated at once")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_animate)
     p = sub.add_parser("render", help="render meshes of one topology to a PNG grid")
     p.add_argument("meshes", nargs="+")
     p.add_argument("--png", required=True)

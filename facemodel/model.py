@@ -7,7 +7,7 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -17,11 +17,13 @@ from torch import nn
 
 from ._fs import atomic_file, check_writable_parent
 from .errors import FaceModelError
+from .expression_map import LEARN_COMMAND, ExpressionMap, ExpressionMapConfig, NoExpressionMapError
 from .networks.config import GeneratorConfig
 from .networks.generator import Generator
 from .outputs import Faces
 
-__all__ = ["FaceModel", "FaceModelConfig", "WeightsNotFoundError", "WeightsFormatError", "UnknownLabelError", "CodeSpec"]
+__all__ = ["FaceModel", "FaceModelConfig", "WeightsNotFoundError", "WeightsFormatError", "UnknownLabelError", "CodeSpec",
+           "NoExpressionMapError"]  # fmt: skip
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -43,8 +45,9 @@ class UnknownLabelError(FaceModelError, KeyError):
         return str(self.args[0])
 
 
-#: A factor code given as a tensor ((d,) or (n, d)), a label name, a label index, or a list of those.
-CodeSpec = Union[torch.Tensor, np.ndarray, str, int, Sequence[Union[str, int]], None]
+#: A factor code given as a tensor ((d,) or (n, d)), a label name, a label index, or a list of those;
+#: for the expression also a dict of blendshape weights (``{"jawOpen": 0.8}``, needs a blendshape map).
+CodeSpec = Union[torch.Tensor, np.ndarray, str, int, Sequence[Union[str, int]], Mapping[str, object], None]
 
 
 class FaceModelConfig(BaseModel):
@@ -57,6 +60,9 @@ class FaceModelConfig(BaseModel):
     template_name: str = "ict-face"
     units: str = "mm"
     training: dict = Field(default_factory=dict, description="provenance: config, steps, dataset checksum")
+    expression_map: ExpressionMapConfig | None = Field(
+        None, description="blendshape weights <-> expression codes (absent in exports made before one was learned)"
+    )
 
 
 class FaceModel(nn.Module):
@@ -104,6 +110,9 @@ class FaceModel(nn.Module):
         for f in g.factors:
             codes = None if label_codes is None else label_codes[f.name]
             self.register_buffer(f"codes_{f.name}", buf(codes, (f.num_labels, f.code_dim), torch.float32))
+        self.expression_map: ExpressionMap | None = None
+        if config.expression_map is not None:
+            self.expression_map = ExpressionMap(self._check_map_config(config.expression_map))
 
     @property
     def num_vertices(self) -> int:
@@ -174,6 +183,10 @@ class FaceModel(nn.Module):
                     raise FaceModelError(f"truncation must be in [0, 1], got {truncation}")
                 z = z * truncation
             return z.to(device=device, dtype=dtype)
+        if isinstance(spec, Mapping):
+            if factor != "expression":
+                raise FaceModelError(f"a dict of blendshape weights drives the expression, not {factor!r}")
+            return self._blendshape_codes(spec, n).to(device=device, dtype=dtype)
         if isinstance(spec, (str, int, np.integer)) and not isinstance(spec, bool):
             spec = [spec] * n
         if isinstance(spec, (list, tuple)) and all(isinstance(x, (str, int, np.integer)) for x in spec):
@@ -192,6 +205,129 @@ class FaceModel(nn.Module):
             raise FaceModelError(f"{factor} codes hold {z.shape[0]} rows but {n} faces were asked for")
         if not torch.isfinite(z).all():
             raise FaceModelError(f"{factor} codes contain NaN or inf")
+        return z
+
+    # ---- blendshape weights --------------------------------------------------------------
+    def _check_map_config(self, cfg: ExpressionMapConfig) -> ExpressionMapConfig:
+        if "expression" not in self.code_slices:
+            raise WeightsFormatError("a blendshape map needs an 'expression' factor; this model has "
+                                     f"{sorted(self.code_slices)}")  # fmt: skip
+        d = self.config.generator.factor("expression").code_dim
+        if cfg.code_dim != d:
+            raise WeightsFormatError(f"the blendshape map gives {cfg.code_dim}-d codes but the expression code has {d}")
+        return cfg
+
+    def set_expression_map(self, expression_map: ExpressionMap | None) -> "FaceModel":
+        """Attach (or with ``None`` remove) a blendshape map; saved by :meth:`save_pretrained`.
+
+        Maps are learned by :func:`facemodel.training.blendshape_map.learn_blendshape_map`.
+        """
+        if expression_map is None:
+            self.expression_map = None
+            self.config = self.config.model_copy(update={"expression_map": None})
+            return self
+        self._check_map_config(expression_map.config)
+        device, dtype = self._device_dtype()
+        self.expression_map = expression_map.to(device=device, dtype=dtype)
+        self.config = self.config.model_copy(update={"expression_map": expression_map.config})
+        return self
+
+    def _map(self) -> ExpressionMap:
+        if self.expression_map is None:
+            raise NoExpressionMapError(
+                "this model has no blendshape map (weights <-> expression codes); learn one from a dataset with "
+                f"`{LEARN_COMMAND}` and load NEW_MODEL_DIR"
+            )
+        return self.expression_map
+
+    @torch.no_grad()
+    def expression_from_blendshapes(self, weights, *, clip_tolerance: float = 0.05) -> torch.Tensor:
+        """Expression codes of blendshape weights (ARKit, MediaPipe, Live Link Face or ICT names).
+
+        Drive faces with ``model.sample(expression=weights)`` or
+        ``model.transfer_expression(weights, face)`` (these codes replace the expression
+        code), or ``model.add_expressions(face, weights)`` (the weights applied relative to
+        the face's own expression code: the way to animate an encoded scan). The codes go
+        through the generator, so the deformation depends on the identity and is not a sum
+        of fixed shapes. ``expression_from_blendshapes(0)`` is the map's rest pose.
+
+        Args:
+            weights: a dict name -> float or (B,) tensor / array (missing names are 0; see
+                :mod:`facemodel.blendshapes` for the three spellings), or a (53,) / (B, 53)
+                tensor or array in ICT order (``facemodel.blendshapes.ICT_NAMES``).
+            clip_tolerance: values within this of [0, 1] are clipped; further out raise.
+
+        Returns:
+            (B, d_exp) expression codes.
+
+        Raises:
+            BlendshapeError: unknown names (close matches are listed), NaN, values outside
+                [0, 1] beyond the tolerance, ragged lengths.
+            NoExpressionMapError: the model has no blendshape map.
+
+        Example:
+            >>> z = model.expression_from_blendshapes({"jawOpen": 0.8, "mouthSmileLeft": 0.4})
+        """
+        from .blendshapes import to_ict_weights
+
+        m = self._map()
+        w = to_ict_weights(weights, clip_tolerance=clip_tolerance)
+        device, dtype = self._device_dtype()
+        return m.to_code(w.to(device=device, dtype=dtype))
+
+    @torch.no_grad()
+    def blendshapes_from_expression(self, codes, *, spelling: str | None = None):
+        """Blendshape weights in [0, 1] read from expression codes (for retargeting to a rig).
+
+        Args:
+            codes: :class:`Faces` (sampled, encoded or fitted), full codes (B, D), or
+                expression codes (B, d_exp) / (d_exp,).
+            spelling: ``None`` for a (B, 53) tensor in ICT order; ``"ict"``, ``"arkit"``
+                (also MediaPipe's) or ``"livelink"`` for a dict name -> (B,) tensor.
+
+        Returns:
+            (B, 53) tensor, or a dict when ``spelling`` is given.
+
+        Example:
+            >>> faces = model.encode("scan.obj")
+            >>> model.blendshapes_from_expression(faces, spelling="arkit")["jawOpen"]
+        """
+        from .blendshapes import ICT_NAMES, BlendshapeError, ict_to_arkit
+
+        if spelling not in (None, "ict", "arkit", "livelink"):
+            raise BlendshapeError(f"spelling must be None, 'ict', 'arkit' or 'livelink', got {spelling!r}")
+        m = self._map()
+        device, dtype = self._device_dtype()
+        sl = self.code_slices["expression"]
+        d, D = sl.stop - sl.start, self.config.generator.code_dim
+        if isinstance(codes, Faces):
+            z = codes.codes[:, sl]
+        else:
+            z = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
+            if z.ndim == 1:
+                z = z[None]
+            if z.ndim != 2 or z.shape[1] not in (d, D):
+                raise FaceModelError(f"expression codes must have shape (B, {d}) (or full codes (B, {D}), or Faces), "
+                                     f"got {tuple(z.shape)}")  # fmt: skip
+            if z.shape[1] == D and D != d:
+                z = z[:, sl]
+        z = z.to(device=device, dtype=dtype)
+        if not torch.isfinite(z).all():
+            raise FaceModelError("expression codes contain NaN or inf")
+        w = m.to_weights(z)
+        if spelling is None:
+            return w
+        if spelling == "ict":
+            return {n: w[:, i] for i, n in enumerate(ICT_NAMES)}
+        return ict_to_arkit(w, spelling=spelling)
+
+    def _blendshape_codes(self, spec: Mapping, n: int | None = None) -> torch.Tensor:
+        """(B, d_exp) codes of a blendshape dict; B == 1 broadcasts to ``n``."""
+        z = self.expression_from_blendshapes(spec)
+        if n is not None and z.shape[0] != n:
+            if z.shape[0] != 1:
+                raise FaceModelError(f"the blendshape weights hold {z.shape[0]} frames but {n} faces were asked for")
+            z = z.expand(n, -1)
         return z
 
     # ---- operations -------------------------------------------------------------------
@@ -230,7 +366,11 @@ class FaceModel(nn.Module):
                 gives the same faces on CPU and CUDA.
             identity, expression, noise: codes per factor: ``None`` (random), a tensor
                 ``(d,)`` / ``(n, d)``, a label name (``"happiness"``), a label index, or a
-                list of names/indices (one per face). Other factors by keyword.
+                list of names/indices (one per face). Other factors by keyword. The
+                expression may also be a dict of blendshape weights
+                (``{"jawOpen": 0.8, "mouthSmile_L": 0.4}``, floats or (B,) arrays; see
+                :meth:`expression_from_blendshapes`); with B frames and ``n == 1``, B faces
+                are made.
             truncation: scale random codes by this factor in [0, 1] (less variety, more
                 typical faces).
 
@@ -243,6 +383,15 @@ class FaceModel(nn.Module):
         """
         if not isinstance(n, int) or n < 1:
             raise FaceModelError(f"n must be a positive integer, got {n!r}")
+        if isinstance(expression, Mapping):
+            expression = self.expression_from_blendshapes(expression)
+            if n == 1:
+                n = expression.shape[0]
+            elif expression.shape[0] == 1:
+                expression = expression[0]
+            elif expression.shape[0] != n:
+                raise FaceModelError(f"the blendshape weights hold {expression.shape[0]} frames but {n} faces were "
+                                     "asked for; pass n=1 (one face per frame) or one value per name")  # fmt: skip
         if generator is None:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
         specs = {"identity": identity, "expression": expression, **factors}
@@ -299,10 +448,20 @@ class FaceModel(nn.Module):
         Args:
             source, target: :class:`Faces`, full codes (n, D), or meshes in the template's
                 topology (arrays (V, 3) / (n, V, 3) in mm, trimesh objects, file paths),
-                which are encoded first. 1-to-n and n-to-1 pairings broadcast.
+                which are encoded first. 1-to-n and n-to-1 pairings broadcast. ``source``
+                may also be a dict of blendshape weights (one value or one (n,) array per
+                name): the target's expression code is replaced by
+                :meth:`expression_from_blendshapes` of them (absolute codes, as for
+                :meth:`sample`); to apply weights relative to an encoded face's own
+                expression use :meth:`add_expressions`.
+
+        Example:
+            >>> frames = model.transfer_expression({"jawOpen": np.linspace(0, 1, 30)}, model.sample(seed=3))
         """
-        s = self._as_codes(source, name="source")
         t = self._as_codes(target, name="target")
+        if isinstance(source, Mapping):
+            return self._with_factor(t, "expression", self._blendshape_codes(source).to(t))
+        s = self._as_codes(source, name="source")
         return self._with_factor(t, "expression", s[:, self.code_slices["expression"]])
 
     def add_expressions(self, target, *expressions, weights: Sequence[float] | None = None) -> Faces:
@@ -311,7 +470,13 @@ class FaceModel(nn.Module):
         Args:
             target: Faces, codes or meshes.
             expressions: each a Faces / codes / mesh (its expression code is used), a label
-                name or a label index.
+                name, a label index, or a dict of blendshape weights, which adds
+                ``expression_from_blendshapes(w) - expression_from_blendshapes(0)``: the
+                code offset of those weights from the map's rest pose (an all-zero dict
+                adds nothing). This applies weights *relative* to the target's own
+                expression code, taking the target as the rest pose: the way to animate an
+                encoded scan (its expression code also holds part of its fit) and what
+                ``facemodel animate --identity MESH`` does.
             weights: one weight per expression (default 1).
         """
         if not expressions:
@@ -325,8 +490,12 @@ class FaceModel(nn.Module):
         for w, e in zip(weights, expressions):
             if isinstance(e, (str, int, np.integer)) and not isinstance(e, bool):
                 code = self.label_codes("expression")[self.label_index("expression", e)][None]
+            elif isinstance(e, Mapping):
+                code = self._blendshape_codes(e) - self.expression_from_blendshapes(torch.zeros(1, self._map().config.num_weights))
             else:
                 code = self._as_codes(e, name="expression")[:, sl]
+            if code.shape[0] not in (1, total.shape[0]) and total.shape[0] != 1:
+                raise FaceModelError(f"cannot add {code.shape[0]} expressions to {total.shape[0]} faces; use 1 or equal counts")
             total = total + w * code.to(total)
         return self._with_factor(t, "expression", total)
 

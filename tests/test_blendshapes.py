@@ -74,3 +74,89 @@ def test_bad_input_raises_a_clear_error(bad, words):
         to_ict_weights(bad)
     assert words in str(info.value)
     assert isinstance(info.value, FaceModelError)
+
+
+# ---- files ---------------------------------------------------------------------------
+from facemodel.blendshapes import parse_weights_csv, parse_weights_json, read_weights, write_weights_csv  # noqa: E402
+
+LIVELINK_HEAD = "Timecode,BlendShapeCount,EyeBlinkLeft,JawOpen,MouthSmileRight,TongueOut,HeadYaw\n"
+
+
+def test_livelink_csv_header_names_and_ignored_columns(tmp_path):
+    p = tmp_path / "take.csv"
+    p.write_text("\ufeff" + LIVELINK_HEAD + "16:49:35:32.850,61,0.5,0.25,0,0.9,-0.3\n16:49:35:33.850,61,0.1,1.02,0.75,0,0.1\n")
+    w = read_weights(p)
+    assert w.shape == (2, 53)
+    col = {n: w[:, ICT_NAMES.index(n)].tolist() for n in ("eyeBlink_L", "jawOpen", "mouthSmile_R")}
+    assert col == {"eyeBlink_L": [0.5, pytest.approx(0.1)], "jawOpen": [0.25, 1.0], "mouthSmile_R": [0.0, 0.75]}
+    assert float(w.sum()) == pytest.approx(0.5 + 0.25 + 0.1 + 1.0 + 0.75)
+    d = read_weights(p, as_dict=True)
+    assert set(d) == set(ICT_NAMES) and torch.equal(to_ict_weights(d), w)
+
+
+def test_plain_csv_semicolons_and_json_layouts_agree():
+    a = parse_weights_csv("frame;jawOpen;eyeBlink_L\n0;0.2;0\n1;0.4;1\n")
+    b = parse_weights_json({"jawOpen": [0.2, 0.4], "eyeBlinkLeft": [0, 1], "time": [0, 1]})
+    c = parse_weights_json([{"jawOpen": 0.2}, {"JawOpen": 0.4, "eyeBlink_L": 1}])
+    d = parse_weights_json({"frames": [[{"categoryName": "_neutral", "score": 0.9}, {"categoryName": "jawOpen", "score": 0.2}],
+                                       [{"categoryName": "jawOpen", "score": 0.4}, {"categoryName": "eyeBlinkLeft", "score": 1.0}]]})  # fmt: skip
+    for x in (b, c, d):
+        assert torch.allclose(x, a)
+    assert a[1, ICT_NAMES.index("eyeBlink_L")] == 1 and a.shape == (2, 53)
+
+
+@pytest.mark.parametrize("spelling", ["livelink", "arkit", "ict"])
+def test_write_then_read_round_trip(tmp_path, spelling):
+    g = torch.Generator().manual_seed(1)
+    w = torch.rand(7, 53, generator=g)
+    if spelling != "ict":  # ARKit has one browInnerUp / cheekPuff for both ICT halves
+        for a, b in [("browInnerUp_L", "browInnerUp_R"), ("cheekPuff_L", "cheekPuff_R")]:
+            w[:, ICT_NAMES.index(b)] = w[:, ICT_NAMES.index(a)]
+    back = read_weights(write_weights_csv(tmp_path / f"{spelling}.csv", w, spelling=spelling))
+    assert torch.allclose(back, w, atol=1e-5)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "empty file"),
+    ("Timecode,BlendShapeCount\n1,61\n", "no column names a blendshape"),
+    ("Timecode,HeadYaw,Foo\n1,2,3\n", "unknown blendshape name 'Foo'"),
+    ("JawOpen,EyeBlnkLeft\n0.1,0.2\n", "did you mean 'eyeBlinkLeft'"),
+    ("JawOpen,EyeBlinkLeft\n", "no frames"),
+    ("JawOpen,EyeBlinkLeft\n0.1,0.2\n0.3\n", "line 3 has 1 fields but the header has 2"),
+    ("JawOpen,EyeBlinkLeft\n0.1,0.2,0.5\n", "ragged"),
+    ("JawOpen,EyeBlinkLeft\n0.1,abc\n", "line 2, column 'EyeBlinkLeft': 'abc' is not a number"),
+    ("JawOpen,EyeBlinkLeft\n0.1,0.2\nnan,0.1\n", "line 3, column 'JawOpen'"),
+    ("JawOpen\n-0.2\n", "outside [0, 1]"),
+    ("JawOpen\n1.5\n", "outside [0, 1]"),
+    ("JawOpen\n80\n", "divide by 100"),
+    ("jawOpen,JawOpen\n0.1,0.2\n", "name the same shape"),
+])  # fmt: skip
+def test_bad_csv_raises_a_clear_error(text, words):
+    with pytest.raises(BlendshapeError) as info:
+        parse_weights_csv(text, source="take.csv")
+    assert words in str(info.value)
+    assert str(info.value).startswith("take.csv")
+
+
+@pytest.mark.parametrize("obj, words", [
+    ({"jawOpen": [0.1, "x"]}, "is not a number"),
+    ({"jawOpen": [0.1, 0.2], "eyeBlinkLeft": [0.1]}, "one value per frame"),
+    ({"jawOpen": [0.1, 0.2], "eyeBlinkLeft": [0.1, 0.2, 0.3]}, "ragged"),
+    ([], "empty list"),
+    ([{"Timecode": 1}], "no key names a blendshape"),
+    ([{"jawOpen": 2.0}], "frame 0, 'jawOpen'"),
+    ([3.0], "a frame must be an object"),
+    ("hello", "expected an object"),
+])  # fmt: skip
+def test_bad_json_raises_a_clear_error(obj, words):
+    with pytest.raises(BlendshapeError, match=None) as info:
+        parse_weights_json(obj)
+    assert words in str(info.value)
+
+
+def test_read_weights_file_errors(tmp_path):
+    with pytest.raises(BlendshapeError, match="no weights file"):
+        read_weights(tmp_path / "missing.csv")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(BlendshapeError, match="not valid JSON"):
+        read_weights(tmp_path / "bad.json")

@@ -1,0 +1,234 @@
+"""Blendshape map: learning it, storing it with the model, and the SDK methods that use it."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from facemodel.blendshapes import ICT_NAMES, BlendshapeError, to_ict_weights
+from facemodel.data.dataset import FaceDataset
+from facemodel.errors import FaceModelError
+from facemodel.expression_map import NoExpressionMapError
+from facemodel.model import FaceModel, WeightsFormatError
+from facemodel.training.blendshape_map import EncodedMeshes, anchor_rows, learn_blendshape_map, main
+
+
+def _synthetic(model, ds, n, A, b, seed):
+    """Meshes made by the model itself with expression codes A e + b: the map to learn is known."""
+    g = torch.Generator().manual_seed(seed)
+    rows = np.arange(n)
+    w = torch.rand(n, 53, generator=g) * (torch.rand(n, 53, generator=g) < 0.2)  # every shape is seen
+    sl = model.code_slices["expression"]
+    z = torch.randn(len(rows), model.config.generator.code_dim, generator=g)
+    z[:, sl] = w @ A.T + b
+    with torch.no_grad():
+        v = model(z)
+    return EncodedMeshes(rows, v, w, z, np.zeros(len(rows), int), 0.0)
+
+
+@pytest.fixture(scope="module")
+def known_map(random_model, small_dataset):
+    g = torch.Generator().manual_seed(3)
+    A, b = torch.randn(15, 53, generator=g), 0.3 * torch.randn(15, generator=g)
+    model = copy.deepcopy(random_model)
+    train = _synthetic(model, FaceDataset(small_dataset, "train"), 192, A, b, 0)
+    val = _synthetic(model, FaceDataset(small_dataset, "val"), 64, A, b, 1)
+    learn_blendshape_map(model, small_dataset, data=(train, val), encoded_meshes=0, epochs=4, num_vertices=800,
+                         inverse_steps=300, progress=False)  # fmt: skip
+    return model, A, b, val
+
+
+def test_learned_map_recovers_a_known_map(known_map):
+    model, A, b, val = known_map
+    m = model.config.expression_map.metrics
+    assert set(m["to_code"]) == {"linear", "mlp"} and set(m["to_weights"]) == {"linear", "mlp"}
+    chosen = m["chosen"]["to_code"]
+    assert m["to_code"][chosen]["val_rmse_mm"] == min(r["val_rmse_mm"] for r in m["to_code"].values())
+    # the decoded meshes match the truth far better than the mean expression code does
+    assert m["to_code"][chosen]["val_rmse_mm"] < 0.05 * m["val_mean_code_rmse_mm"]
+    z = model.expression_from_blendshapes(val.weights)
+    truth = val.weights @ A.T + b
+    assert float((z - truth).abs().mean()) < 0.1 * float(truth.abs().mean()), float((z - truth).abs().mean())
+
+
+def test_relative_map_learns_offsets_from_each_identitys_anchor(random_model, small_dataset):
+    """Anchor mode: meshes = G(z_id_a, z_exp_a + A (e - e_a), z_noise_a); the map must learn A."""
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(15, 53, generator=g)
+    model = copy.deepcopy(random_model)
+    sl = model.code_slices["expression"]
+
+    def make(n, ids, seed):
+        gg = torch.Generator().manual_seed(seed)
+        anchors = torch.randn(ids, model.config.generator.code_dim, generator=gg) * 2  # far from the mean code
+        ref = torch.rand(ids, 53, generator=gg) * 0.1
+        ident = torch.arange(n) % ids
+        w = torch.rand(n, 53, generator=gg) * (torch.rand(n, 53, generator=gg) < 0.2)
+        z = anchors[ident].clone()
+        z[:, sl] += (w - ref[ident]) @ A.T
+        with torch.no_grad():
+            v = model(z)
+        return EncodedMeshes(np.arange(n), v, w, anchors[ident], ident.numpy(), 0.0, None, ref[ident])
+
+    train, val = make(256, 16, 0), make(64, 4, 1)
+    learn_blendshape_map(model, small_dataset, data=(train, val), encoded_meshes=0, epochs=25, batch_size=16, lr=0.05,
+                         num_vertices=500, inverse_steps=50, progress=False)  # fmt: skip
+    m = model.config.expression_map.metrics
+    r = m["to_code"][m["chosen"]["to_code"]]["val_rmse_mm"]
+    assert r < 0.1 * m["val_rest_rmse_mm"], (r, m["val_rest_rmse_mm"])
+    # applied relative to a face, as add_expressions does, the offsets are A (e - 0)
+    w = val.weights[:4]
+    offset = model.expression_from_blendshapes(w) - model.expression_from_blendshapes(torch.zeros(1, 53))
+    assert float((offset - w @ A.T).abs().mean()) < 0.1 * float((w @ A.T).abs().mean())
+
+
+def test_weights_read_back_beat_the_mean(known_map, small_dataset):
+    model = known_map[0]
+    w = torch.from_numpy(FaceDataset(small_dataset, "val").meta("blendshapes")).clamp(0, 1)
+    back = model.blendshapes_from_expression(model.expression_from_blendshapes(w))
+    assert back.shape == w.shape and float(back.min()) >= 0 and float(back.max()) <= 1
+    mae = float((back - w).abs().mean())
+    mean_guess = float((w - torch.from_numpy(FaceDataset(small_dataset, "train").meta("blendshapes")).mean(0)).abs().mean())
+    assert mae < 0.6 * mean_guess
+    assert model.config.expression_map.metrics["to_weights"][model.config.expression_map.to_weights][
+        "val_round_trip_mae"] < mean_guess  # fmt: skip
+
+
+def test_map_is_saved_and_loaded_strictly(known_map, tmp_path):
+    model = known_map[0]
+    folder = model.save_pretrained(tmp_path / "m")
+    loaded = FaceModel.from_pretrained(folder)
+    w = {"jawOpen": 0.8, "mouthSmile_L": 0.4}
+    assert torch.equal(loaded.expression_from_blendshapes(w), model.expression_from_blendshapes(w))
+    assert loaded.config.expression_map == model.config.expression_map
+    # a config that promises a map whose tensors are missing is refused
+    from safetensors.torch import load_file, save_file
+
+    state = {k: v for k, v in load_file(folder / "model.safetensors").items() if not k.startswith("expression_map.")}
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(WeightsFormatError, match="does not match its config"):
+        FaceModel.from_pretrained(folder)
+
+
+def test_exports_without_a_map_load_and_explain(random_model_dir, tmp_path):
+    cfg = json.loads((random_model_dir / "config.json").read_text())
+    cfg.pop("expression_map", None)  # an export made before maps existed
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "model.safetensors").write_bytes((random_model_dir / "model.safetensors").read_bytes())
+    model = FaceModel.from_pretrained(folder)
+    assert model.expression_map is None
+    for call in (lambda: model.expression_from_blendshapes({"jawOpen": 1.0}),
+                 lambda: model.blendshapes_from_expression(torch.zeros(1, 15)),
+                 lambda: model.sample(expression={"jawOpen": 1.0})):  # fmt: skip
+        with pytest.raises(NoExpressionMapError, match="python -m facemodel.training.blendshape_map") as info:
+            call()
+        assert isinstance(info.value, FaceModelError)
+
+
+def test_sample_transfer_and_add_accept_dicts(known_map):
+    model = known_map[0]
+    w = {"jawOpen": 0.8, "mouthSmile_L": 0.4}
+    z = model.expression_from_blendshapes(w)
+    faces = model.sample(3, seed=0, expression=w)
+    assert torch.equal(faces.expression, z.expand(3, -1))
+    assert torch.equal(faces.identity, model.sample(3, seed=0).identity)
+    # several frames: n follows the dict when n is left at 1
+    frames = model.sample(seed=1, expression={"JawOpen": torch.linspace(0, 1, 5)})
+    assert len(frames) == 5 and torch.allclose(frames.expression, model.expression_from_blendshapes(
+        {"jawOpen": torch.linspace(0, 1, 5)}))  # fmt: skip
+    with pytest.raises(FaceModelError, match="5 frames but 3 faces"):
+        model.sample(3, expression={"jawOpen": torch.linspace(0, 1, 5)})
+    with pytest.raises(FaceModelError, match="drives the expression"):
+        model.sample(identity={"jawOpen": 1.0})
+    # transfer: the target keeps identity and noise
+    target = model.sample(2, seed=4)
+    out = model.transfer_expression({"eyeBlinkLeft": [0.2, 0.9]}, target)
+    assert torch.equal(out.identity, target.identity) and torch.equal(out.noise, target.noise)
+    assert torch.allclose(out.expression, model.expression_from_blendshapes({"eyeBlink_L": [0.2, 0.9]}))
+    # add: a dict adds its offset from the map's neutral; all zeros adds nothing
+    same = model.add_expressions(target, {"jawOpen": 0.0})
+    assert torch.allclose(same.vertices, target.vertices, atol=1e-4)
+    added = model.add_expressions(target, {"jawOpen": 0.5}, weights=[2.0])
+    delta = model.expression_from_blendshapes({"jawOpen": 0.5}) - model.expression_from_blendshapes({"jawOpen": 0.0})
+    assert torch.allclose(added.expression, target.expression + 2 * delta, atol=1e-5)
+
+
+def test_blendshapes_from_expression_inputs_and_spellings(known_map):
+    model = known_map[0]
+    faces = model.sample(2, seed=5, expression={"jawOpen": [0.1, 0.9]})
+    a = model.blendshapes_from_expression(faces)
+    assert a.shape == (2, 53)
+    assert torch.allclose(a, model.blendshapes_from_expression(faces.codes), atol=1e-6)
+    assert torch.allclose(a, model.blendshapes_from_expression(faces.expression), atol=1e-6)
+    assert torch.allclose(a[:1], model.blendshapes_from_expression(faces.expression[0]), atol=1e-6)
+    arkit = model.blendshapes_from_expression(faces, spelling="arkit")
+    assert len(arkit) == 51 and torch.equal(arkit["jawOpen"], a[:, ICT_NAMES.index("jawOpen")])
+    assert "JawOpen" in model.blendshapes_from_expression(faces, spelling="livelink")
+    assert set(model.blendshapes_from_expression(faces, spelling="ict")) == set(ICT_NAMES)
+    with pytest.raises(FaceModelError, match=r"shape \(B, 15\)"):
+        model.blendshapes_from_expression(torch.zeros(2, 7))
+    with pytest.raises(FaceModelError, match="NaN"):
+        model.blendshapes_from_expression(torch.full((1, 15), float("nan")))
+    with pytest.raises(BlendshapeError, match="spelling"):
+        model.blendshapes_from_expression(faces, spelling="maya")
+
+
+@pytest.mark.parametrize("weights, words", [
+    ({"jawOpn": 0.5}, "did you mean 'jawOpen'"),
+    ({"jawOpen": float("nan")}, "NaN"),
+    ({"jawOpen": -0.3}, "[0, 1]"),
+    ({"jawOpen": 1.2}, "[0, 1]"),
+])  # fmt: skip
+def test_bad_weights_raise_through_the_model(known_map, weights, words):
+    with pytest.raises(BlendshapeError) as info:
+        known_map[0].expression_from_blendshapes(weights)
+    assert words in str(info.value)
+
+
+def test_tensor_weights_in_ict_order_and_small_overshoot(known_map):
+    model = known_map[0]
+    w = torch.zeros(2, 53)
+    w[:, ICT_NAMES.index("jawOpen")] = torch.tensor([0.5, 1.03])  # 1.03: within the tolerance, clipped
+    z = model.expression_from_blendshapes(w)
+    assert torch.allclose(z, model.expression_from_blendshapes({"jawOpen": [0.5, 1.0]}))
+    assert torch.allclose(to_ict_weights(w)[1].sum(), torch.tensor(1.0))
+
+
+def test_anchor_rows_pick_each_identitys_most_neutral_mesh(small_dataset):
+    ds = FaceDataset(small_dataset, "train")
+    anchors = anchor_rows(ds)
+    ident, total = ds.meta("identity"), ds.meta("blendshapes").sum(1)
+    assert sorted(anchors) == sorted(set(ident.tolist()))
+    for i, row in anchors.items():
+        assert ident[row] == i and total[row] == total[ident == i].min()
+
+
+def test_learning_command_end_to_end(random_model_dir, small_dataset, tmp_path, capsys, monkeypatch):
+    import facemodel.training.blendshape_map as bm
+
+    out, cache = tmp_path / "with-map", tmp_path / "enc.pt"
+    argv = ["--model", str(random_model_dir), "--data", str(small_dataset), "--out", str(out), "--train-meshes", "40",
+            "--val-meshes", "10", "--encoded-meshes", "6", "--encoded-val-meshes", "3", "--epochs", "1",
+            "--max-iters", "2", "--cache", str(cache), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "weights->code linear" in text and "weights->code mlp" in text and "chosen" in text
+    model = FaceModel.from_pretrained(out)
+    d = model.config.expression_map.metrics["data"]
+    assert (d["identity_codes"], d["train_meshes"], d["encoded_meshes"]) == ("anchor", 40, 6)
+    assert model.expression_from_blendshapes({"jawOpen": 1.0}).shape == (1, 15)
+    assert cache.is_file()
+    assert main(argv) == 2  # the output exists: refused without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(bm, "encode_meshes", no_encoding)
+    assert main(argv + ["--overwrite", "--kind", "linear", "--inverse-kind", "linear", "--identity-codes", "encoded"]) == 0
+    m = FaceModel.from_pretrained(out).config.expression_map
+    assert (m.to_code, m.to_weights, m.metrics["data"]["identity_codes"]) == ("linear", "linear", "encoded")
