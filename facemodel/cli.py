@@ -5,6 +5,7 @@
     facemodel data info DIR [--json]
     facemodel train --config configs/paper.yaml --out RUN [--resume] [key=value ...]
     facemodel info | sample | transfer | add | encode | fit | render  [--model DIR|REPO] ...
+    facemodel evaluate --model DIR --data DIR --out DIR [--quick]
     facemodel animate --identity SEED|MESH --weights FILE.csv|.json --out DIR|FILE.glb [--model DIR|REPO]
 """
 
@@ -445,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train the decoupled GAN (same as python -m facemodel.training)")
     add_train_arguments(train).set_defaults(func=_cmd_train)
+    from .evaluation.cli import add_evaluate_parser, run_evaluate
+
+    ev = sub.add_parser("evaluate", help="the paper's Tables 1 and 2 for a model and the baselines (report.md)")
+    add_evaluate_parser(ev).set_defaults(func=run_evaluate)
 
     def model_args(p: argparse.ArgumentParser, outputs: bool = True) -> argparse.ArgumentParser:
         p.add_argument("--model", default=None, help="model folder or Hub repo id (default: the released weights)")

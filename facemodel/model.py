@@ -552,15 +552,27 @@ class FaceModel(nn.Module):
         return self._with_factor(t, "expression", code.to(t))
 
     # ---- serialisation ---------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, *, storage_dtype: torch.dtype | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically each).
 
         Unwraps ``torch.compile`` / DDP prefixes; tensors are stored contiguous float32/int64.
+
+        Args:
+            directory: the model folder (created if needed).
+            storage_dtype: e.g. ``torch.float16`` to halve the file: applied to the network
+                weights only (``generator.*``, ``expression_map.*``); the template, UV map and
+                label codes stay float32 (float16 would round template vertices to 0.125 mm).
+                Loading casts back to the model's dtype.
         """
+        if storage_dtype is not None and not storage_dtype.is_floating_point:
+            raise FaceModelError(f"storage_dtype must be a floating dtype such as torch.float16, got {storage_dtype}")
         directory = Path(directory)
         check_writable_parent(directory / CONFIG_NAME)
         state = {k.replace("_orig_mod.", "").replace("module.", ""): v.detach().cpu().contiguous()
                  for k, v in self.state_dict().items()}  # fmt: skip
+        if storage_dtype is not None:
+            state = {k: v.to(storage_dtype) if k.startswith(("generator.", "expression_map.")) and v.is_floating_point()
+                     else v for k, v in state.items()}  # fmt: skip
         with atomic_file(directory / WEIGHTS_NAME, "wb") as f:
             f.write(save(state, metadata={"format": "pt", "facemodel_format_version": str(FORMAT_VERSION)}))
         with atomic_file(directory / CONFIG_NAME, "w") as f:
