@@ -74,10 +74,10 @@ def ground_truth(generator, unseen_expressions):
 
 @pytest.fixture(scope="session")
 def ground_truth_diverse(generator, unseen_expressions, ict):
-    """The same with 20 visibly different expressions (farthest-point sample): two random
+    """The same with 30 visibly different expressions (farthest-point sample): two random
     ones are then different expressions, so a model ignoring its code can be detected."""
     ids = np.random.default_rng(456).standard_normal((24, 100))
-    idx, _ = diverse_expressions(unseen_expressions, ict, 20, rng=np.random.default_rng(0))
+    idx, _ = diverse_expressions(unseen_expressions, ict, 30, rng=np.random.default_rng(0))
     return ICTGroundTruth(generator, ids, unseen_expressions[idx])
 
 
@@ -286,7 +286,8 @@ def test_bad_input_raises(quick_nets, ground_truth):
 def test_save_load_roundtrip(quick_nets, tmp_path, template):
     path = quick_nets.save(tmp_path / "nets")
     meta = json.loads((path / "meta.json").read_text())
-    assert meta["dataset_checksum"] == "test" and meta["nets"]["identity"]["renderer"]["size"] == quick_nets.identity.renderer.size
+    assert meta["dataset_checksum"] == "test"
+    assert meta["nets"]["identity"]["renderer"]["size"] == quick_nets.identity.renderer.size
     assert meta["nets"]["identity"]["metrics"]["far"] < 0.1
     back = DecouplingNets.load(path)
     v = torch.as_tensor(template.vertices)[None].repeat(2, 1, 1)
@@ -309,7 +310,8 @@ def test_load_or_train_caches_and_checks_the_dataset(small_dataset, ict, quick_n
 
     def fake_train(generator, identities, expressions, config, *, meta=None, progress=False):
         calls.append(config)
-        return DecouplingNets(quick_nets.identity, quick_nets.expression, {**quick_nets.meta, "config": config.model_dump(), **meta})
+        info = {**quick_nets.meta, "config": config.model_dump(), **meta}
+        return DecouplingNets(quick_nets.identity, quick_nets.expression, info)
 
     monkeypatch.setattr(emb_mod, "train_decoupling_nets", fake_train)
     a = load_or_train_decoupling_nets(small_dataset, ict, quick=True, cache_dir=tmp_path)

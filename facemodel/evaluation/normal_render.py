@@ -92,10 +92,13 @@ class NormalRenderer:
                 (or a template without landmarks) frames the whole template's bounding box
                 with a 5% margin.
         """
-        return cls.from_mesh(template.vertices, template.faces, getattr(template, "landmarks", None), size=size, crop=crop)
+        landmarks = getattr(template, "landmarks", None)
+        return cls.from_mesh(template.vertices, template.faces, landmarks, size=size, crop=crop)
 
     @classmethod
-    def from_mesh(cls, vertices, faces, landmarks=None, *, size: int = DEFAULT_SIZE, crop: float | None = DEFAULT_CROP) -> "NormalRenderer":
+    def from_mesh(
+        cls, vertices, faces, landmarks=None, *, size: int = DEFAULT_SIZE, crop: float | None = DEFAULT_CROP
+    ) -> "NormalRenderer":
         """A renderer framed on a rest mesh ``vertices`` (V, 3) mm with ``faces`` (F, 3)."""
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= 1024:
             raise EvaluationError(f"render size must be an integer number of pixels in 8..1024, got {size!r}")
@@ -215,7 +218,7 @@ class NormalRenderer:
         w = tuple(x.index_select(0, inside) for x in (w0, w1, w2))
         mesh = idx % B
         tri = torch.div(idx, B, rounding_mode="floor")
-        depth = w[0] * Z[0].reshape(-1).index_select(0, idx) + w[1] * Z[1].reshape(-1).index_select(0, idx) + w[2] * Z[2].reshape(-1).index_select(0, idx)
+        depth = sum(w[k] * Z[k].reshape(-1).index_select(0, idx) for k in range(3))
         pix = mesh * (S * S) + rr * S + cc
         zbuf = torch.full((B * S * S,), -float("inf")).scatter_reduce_(0, pix, depth, "amax")
         win = (depth >= zbuf.index_select(0, pix)).nonzero().squeeze(1)

@@ -50,8 +50,8 @@ class EvaluationSettings(BaseModel):
     spill_faces: int = Field(100, ge=1)
     spill_variants: int = Field(10, ge=1)
     lambdas: tuple[float, ...] = (0.0, 0.01, 10.0)
-    reconstruction_per_kind: int | None = Field(150, ge=1)
-    adam_iterations: int = Field(1000, ge=1)
+    reconstruction_per_kind: int | None = Field(10, ge=1)  # None = every test mesh (hours for COMA)
+    adam_iterations: int = Field(500, ge=1)
     adam_lr: float = Field(0.05, gt=0)
     baselines: tuple[str, ...] = ("linear", "multilinear", "autoencoder")
     identity_dim: int = 65

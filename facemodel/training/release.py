@@ -96,7 +96,7 @@ def model_card(model, results: dict | None, run_info: dict, notes: str) -> str:
     ]
     step = (run_info.get("last_step") or {}).get("step")
     if step is not None:
-        body += [f"Generator steps trained: {step} (EMA generator exported).", ""]
+        body += [f"Last logged generator step: {step} (EMA generator exported).", ""]
     body += [notes.strip(), ""]
     if results:
         report = render_report(results)
