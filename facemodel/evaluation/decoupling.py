@@ -15,10 +15,17 @@ net. Codes come from the model's own prior (:meth:`ShapeModel.sample_codes`); me
 decoded in chunks without gradients, rendered (:mod:`.normal_render`) and embedded
 (:mod:`.embedding`).
 
+Reference points (full nets, ICT 4D test identities, n = m = 100, ~40 s per model on one
+core): the ground-truth generator scores 97.6% identity / 77.5% expression with the test
+meshes' own expressions (mostly near-neutral frames, which the expression net does not
+always match across faces) and 92.3% / 92.3% with 40 visibly different test expressions
+(:func:`~facemodel.evaluation.embedding.diverse_expressions`); a model that ignores its
+identity (expression) code scores 3.2% (12.4%).
+
 Example:
     >>> nets = load_or_train_decoupling_nets(dataset_root, ICTSource(ict_dir))
-    >>> decoupling_scores(FaceModelAdapter(model), nets, generator=torch.Generator().manual_seed(0))
-    {'identity': 97.3, 'expression': 81.2, ...}
+    >>> r = decoupling_scores(FaceModelAdapter(model), nets, generator=torch.Generator().manual_seed(0))
+    >>> r["identity"], r["expression"]      # percentages of pairs judged "same"
 """
 
 from __future__ import annotations
