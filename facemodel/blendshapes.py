@@ -32,6 +32,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from .data.expressions import ICT_BLENDSHAPES
 from .errors import FaceModelError
 
 __all__ = [
@@ -45,17 +46,7 @@ class BlendshapeError(FaceModelError, ValueError):
     """Blendshape weights or names that cannot be used (unknown name, NaN, out of range...)."""
 
 
-ICT_NAMES: tuple[str, ...] = (
-    "browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
-    "cheekPuff_L", "cheekPuff_R", "cheekSquint_L", "cheekSquint_R", "eyeBlink_L", "eyeBlink_R",
-    "eyeLookDown_L", "eyeLookDown_R", "eyeLookIn_L", "eyeLookIn_R", "eyeLookOut_L", "eyeLookOut_R",
-    "eyeLookUp_L", "eyeLookUp_R", "eyeSquint_L", "eyeSquint_R", "eyeWide_L", "eyeWide_R",
-    "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose", "mouthDimple_L", "mouthDimple_R",
-    "mouthFrown_L", "mouthFrown_R", "mouthFunnel", "mouthLeft", "mouthLowerDown_L", "mouthLowerDown_R",
-    "mouthPress_L", "mouthPress_R", "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper",
-    "mouthShrugLower", "mouthShrugUpper", "mouthSmile_L", "mouthSmile_R", "mouthStretch_L",
-    "mouthStretch_R", "mouthUpperUp_L", "mouthUpperUp_R", "noseSneer_L", "noseSneer_R",
-)  # fmt: skip
+ICT_NAMES: tuple[str, ...] = ICT_BLENDSHAPES  # ICT order, e.g. "eyeBlink_L", "jawOpen"
 
 
 def _ict_to_arkit_name(name: str) -> str:
