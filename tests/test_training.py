@@ -223,3 +223,94 @@ def test_sigterm_checkpoints_and_stops(small_dataset, tmp_path):
     assert proc.returncode == 0, err[-2000:]
     step = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"]
     assert step >= 3 and f"step {step}/100000" in out  # stopped early, with a checkpoint of its last step
+
+
+def test_prior_pairs_draw_unlabelled_codes_for_whole_pairs():
+    from facemodel.networks.config import Factor, GeneratorConfig
+    from facemodel.training.codes import LabelCodes, sample_codes
+
+    cfg = GeneratorConfig(num_vertices=10, factors=(Factor(name="identity", code_dim=4, num_labels=3),
+                                                    Factor(name="expression", code_dim=2, num_labels=2)))  # fmt: skip
+    codes = LabelCodes(cfg, seed=0)
+    torch.manual_seed(0)
+    paper = sample_codes(0, 16, cfg, codes)
+    assert (paper.labels["identity"] >= 0).all()
+    torch.manual_seed(0)
+    b = sample_codes(0, 16, cfg, codes, prior_pairs=0.5)
+    lab = b.labels["identity"]
+    assert (lab[:8] >= 0).all() and (lab[8:] == -1).all()  # 4 of 8 pairs, whole pairs
+    table = codes.codes("identity")
+    zid = b.z[:, :4]
+    assert torch.equal(zid[:8], table[lab[:8]])
+    assert not any(torch.allclose(row, t) for row in zid[8:] for t in table)  # prior draws, not label codes
+    assert torch.equal(b.z[0::2, 4:6], b.z[1::2, 4:6])  # pairs still share the other factor's code
+
+
+def test_regression_targets_train_the_critic_branches(small_dataset, tmp_path):
+    from facemodel.training.labels import IDENTITY_TARGET_DIMS
+
+    t = Trainer(tiny(small_dataset, lambda_regress=1.0, prior_pairs=0.5, lambda_consistency=1.0, max_steps=30),
+                tmp_path / "run", progress=False)  # fmt: skip
+    assert set(t.D.regressors) == {"identity", "expression"}
+    assert t.real_targets["identity"].shape[1] == IDENTITY_TARGET_DIMS and t.real_targets["expression"].shape[1] == 53
+    assert abs(float(t.real_targets["expression"].mean())) < 1e-3  # standardised columns
+    steps = [t.train_step() for _ in range(30)]
+    assert all(np.isfinite(s["g_cons"]) and s["g_cons"] >= 0 for s in steps)
+    assert np.mean([s["d_regress"] for s in steps[-5:]]) < steps[0]["d_regress"]  # the regressors learn
+    t.save()
+    again = Trainer(tiny(small_dataset, lambda_regress=1.0, prior_pairs=0.5, lambda_consistency=1.0, max_steps=30), tmp_path / "run",
+                    resume=True, progress=False)  # fmt: skip
+    assert torch.equal(again.D.regressors["expression"].weight, t.D.regressors["expression"].weight)
+    # the paper's critic has no regressors, so its checkpoints stay loadable
+    assert Trainer(tiny(small_dataset, max_steps=1), tmp_path / "paper", progress=False).D.regressors is None
+
+
+def test_regression_targets_need_ict_data(small_dataset):
+    from facemodel.data.dataset import FaceDataset
+    from facemodel.errors import DatasetFormatError
+    from facemodel.training.labels import factor_targets
+
+    ds = FaceDataset(small_dataset, split="train")
+    assert factor_targets(ds, "expression").shape == (len(ds), 53)
+    with pytest.raises(DatasetFormatError, match="unknown label source"):
+        factor_targets(ds, "mood")
+
+
+def test_rigidity_weights_follow_the_data_expressions(small_dataset, tmp_path):
+    from facemodel.data.dataset import FaceDataset
+    from facemodel.training.rigidity import expression_motion_mm, rigidity_loss, rigidity_weights
+
+    ds = FaceDataset(small_dataset, split="train")
+    motion = expression_motion_mm(ds, identities=5, per_identity=40)
+    assert motion.shape == (ds.manifest.num_vertices,) and (motion >= 0).all()
+    lmk = ds.template.landmarks  # iBUG-68: 8 chin, 27 nose bridge top, 62 inner upper lip
+    assert motion[lmk[8]] > 2 * motion[lmk[27]] and motion[lmk[62]] > 2 * motion[lmk[27]]
+    w = rigidity_weights(motion, 0.5)
+    assert w.max() <= 1 and w.min() > 0 and w[lmk[27]] > w[lmk[8]]
+    a = torch.randn(3, len(w), 3)
+    wt = torch.from_numpy(w)
+    assert float(rigidity_loss(a, a, wt)) == 0
+    moved = a.clone()
+    moved[:, int(np.argmax(w))] += 5.0  # moving a still vertex costs more than moving a mobile one
+    moved2 = a.clone()
+    moved2[:, int(np.argmin(w))] += 5.0
+    assert float(rigidity_loss(a, moved, wt)) > 10 * float(rigidity_loss(a, moved2, wt))
+    t = Trainer(tiny(small_dataset, lambda_rigidity=10.0, max_steps=4), tmp_path / "run", progress=False)
+    logs = [t.train_step() for _ in range(4)]
+    assert any(s["g_rigid"] > 0 for s in logs)  # on the steps whose pairs share the identity code
+
+
+def test_blendshape_meter_reads_weights_and_drives_the_consistency_term(small_dataset, tmp_path):
+    from facemodel.data.dataset import FaceDataset
+    from facemodel.training.expression_meter import fit_blendshape_meter
+
+    ds = FaceDataset(small_dataset, split="train")
+    meter, mae = fit_blendshape_meter(ds, meshes=600, components=200)
+    spread = float(np.abs(ds.meta("blendshapes") - ds.meta("blendshapes").mean(0)).mean())
+    assert mae < 0.25 * spread  # reads the weights far better than guessing the mean
+    rows = np.arange(5)
+    w = meter(torch.from_numpy(ds.vertices(rows)))
+    assert w.shape == (5, 53)
+    t = Trainer(tiny(small_dataset, lambda_blendshape_consistency=1.0, max_steps=4), tmp_path / "run", progress=False)
+    logs = [t.train_step() for _ in range(4)]
+    assert any(s["g_bcons"] > 0 for s in logs) and all(np.isfinite(s["g_bcons"]) for s in logs)

@@ -59,6 +59,7 @@ def sample_codes(
     label_codes: LabelCodes,
     *,
     classified: tuple[str, ...] | None = None,
+    prior_pairs: float = 0.0,
     device: torch.device | str = "cpu",
 ) -> CodeBatch:
     """Draw the generator codes for ``step`` (paper §4.3 alternation).
@@ -73,6 +74,9 @@ def sample_codes(
         step: generator step (selects the labelled factor).
         batch_size: B (even).
         classified: factors with a classification loss (default: all); ``()`` = none.
+        prior_pairs: fraction of the pairs (rounded down) whose labelled-factor codes are
+            drawn from N(0, I) instead of the label codes (their label is -1, so only the
+            feature loss and the critic score see them). 0 = the paper.
     """
     if batch_size % 2:
         raise ValueError(f"batch_size must be even (rows come in pairs), got {batch_size}")
@@ -84,7 +88,12 @@ def sample_codes(
     for f in config.factors:
         if f.name == labelled:
             lab = torch.randint(f.num_labels, (batch_size,), device=device)
-            parts.append(label_codes.codes(f.name).to(device)[lab])
+            code = label_codes.codes(f.name).to(device)[lab]
+            free = 2 * int(prior_pairs * P)  # the last rows (whole pairs) take prior codes
+            if free:
+                code[batch_size - free:] = torch.randn(free, f.code_dim, device=device)
+                lab[batch_size - free:] = -1
+            parts.append(code)
             labels[f.name] = lab
         else:
             parts.append(torch.randn(P, f.code_dim, device=device).repeat_interleave(2, dim=0))

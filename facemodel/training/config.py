@@ -62,6 +62,23 @@ class TrainConfig(BaseModel):
     lambda_reg: float = 100.0  # lambda_4
     gp_weight: float = 10.0  # Gulrajani et al.
     instance_noise: float = 0.1  # sigma on the critic input
+    # deviations for dense decoupling (0 / false = the paper): the critic's factor branches also
+    # regress the data's identity coefficients and blendshape weights (weight lambda_regress,
+    # real meshes only), and a fraction of the labelled factor's codes are drawn from the prior
+    # instead of the label codes, so the feature loss covers codes users actually sample.
+    lambda_regress: float = Field(0.0, ge=0)
+    # ...and the generator is asked that two meshes sharing a factor's code get the same
+    # regressed targets (mean squared difference of the standardised predictions)
+    lambda_consistency: float = Field(0.0, ge=0)
+    # ...and two meshes sharing the identity code are asked not to differ where the data's
+    # expressions do not move the face (per-vertex weights from the within-identity motion of
+    # the training meshes, see facemodel.training.rigidity)
+    lambda_rigidity: float = Field(0.0, ge=0)
+    # ...and two meshes sharing the expression code are asked to read the same blendshape
+    # weights through a frozen linear read-out fitted on the data (facemodel.training.expression_meter)
+    lambda_blendshape_consistency: float = Field(0.0, ge=0)
+    rigidity_scale_mm: float = Field(0.5, gt=0)
+    prior_pairs: float = Field(0.0, ge=0, le=1)
     # ablations (paper Table 1)
     use_reg: bool = True
     use_feature_loss: bool = True

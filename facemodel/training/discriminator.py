@@ -2,13 +2,15 @@
 
 Geometry-mapping layer -> shared trunk (conv 3x3 stride 2: 3->16->32) -> one branch per head
 (conv 3x3 stride 2: 32->64->128, flatten 2048 at n = 64, linear). Heads: ``"real"`` (the
-Wasserstein critic score) and one classifier per factor. Leaky ReLU 0.2, no normalisation
+Wasserstein critic score) and one classifier per factor; optionally (our deviation, see
+``lambda_regress`` in the training config) a linear regressor per factor on the same branch
+features. Leaky ReLU 0.2, no normalisation
 layers (they would break the per-sample gradient penalty).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,11 +30,14 @@ class CriticOutput:
         logits: {factor: (B, num_labels)} classifier logits.
         features: {factor: (B, F)} classifier features before the last linear layer
             (F = 2048 at resolution 64), used by the feature loss (Eq. 10-11).
+        regression: {factor: (B, T)} regressed targets for the factors built with
+            ``targets`` (empty otherwise).
     """
 
     score: torch.Tensor
     logits: dict[str, torch.Tensor]
     features: dict[str, torch.Tensor]
+    regression: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _branch(c_in: int, widths: tuple[int, ...], slope: float) -> nn.Sequential:
@@ -55,6 +60,8 @@ class Critic(nn.Module):
             so the CNN sees numbers near unit scale (instance noise is in these units).
         trunk_widths, branch_widths: channel widths (paper: (16, 32) and (64, 128)).
         negative_slope: Leaky ReLU slope.
+        targets: {factor name: T}: add a linear regressor of T numbers on that factor's
+            branch features (e.g. 53 blendshape weights for ``"expression"``). None = the paper.
 
     Shape:
         - input: (B, V, 3) displacements from the template, mm.
@@ -72,6 +79,7 @@ class Critic(nn.Module):
         trunk_widths: tuple[int, ...] = (16, 32),
         branch_widths: tuple[int, ...] = (64, 128),
         negative_slope: float = 0.2,
+        targets: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         down = 2 ** (len(trunk_widths) + len(branch_widths))
@@ -93,6 +101,13 @@ class Critic(nn.Module):
             self.branches[name] = _branch(c, branch_widths, negative_slope)
             self.heads[name] = nn.Linear(self.feature_dim, n)
         self.factor_names = tuple(classes)
+        if targets:
+            unknown = sorted(set(targets) - set(classes))
+            if unknown:
+                raise ValueError(f"regression targets for unknown factors {unknown}; factors: {sorted(classes)}")
+            self.regressors = nn.ModuleDict({name: nn.Linear(self.feature_dim, t) for name, t in targets.items()})
+        else:
+            self.regressors = None
 
     def image(self, displacements: torch.Tensor) -> torch.Tensor:
         """(B, V, 3) mm -> (B, 3, n, n) scaled geometry image."""
@@ -103,7 +118,8 @@ class Critic(nn.Module):
         feats = {name: self.branches[name](h) for name in self.branches}
         score = self.heads["real"](feats["real"]).squeeze(1)
         logits = {name: self.heads[name](feats[name]) for name in self.factor_names}
-        return CriticOutput(score=score, logits=logits, features={n: feats[n] for n in self.factor_names})
+        reg = {name: head(feats[name]) for name, head in self.regressors.items()} if self.regressors is not None else {}
+        return CriticOutput(score=score, logits=logits, features={n: feats[n] for n in self.factor_names}, regression=reg)
 
     def forward(self, displacements: torch.Tensor, *, noise_std: float = 0.0) -> CriticOutput:
         img = self.image(displacements)

@@ -8,7 +8,12 @@ from ..data.dataset import FaceDataset
 from ..data.expressions import ICT_BLENDSHAPES
 from ..errors import DatasetFormatError
 
-__all__ = ["VISEMES", "viseme_labels", "factor_labels"]
+__all__ = ["VISEMES", "IDENTITY_TARGET_DIMS", "viseme_labels", "factor_labels", "factor_targets"]
+
+#: Identity coefficients regressed by the critic's identity branch (``regress`` in the config):
+#: the first 40 of ICT's 100 unit-variance PCA modes (together 97 % of the identity variance
+#: of the face area; the later modes move it by < 0.4 mm RMS).
+IDENTITY_TARGET_DIMS = 40
 
 #: Mouth-shape classes derived from ICT blendshape weights (a simple viseme set).
 VISEMES: tuple[str, ...] = ("closed", "open", "round", "wide")
@@ -50,4 +55,29 @@ def factor_labels(dataset: FaceDataset, source: str) -> tuple[np.ndarray, list[s
         except KeyError as exc:
             raise DatasetFormatError("viseme labels need ICT blendshape weights (an ICT 4D dataset)") from exc
         return viseme_labels(w), list(VISEMES)
+    raise DatasetFormatError(f"unknown label source {source!r}")
+
+
+def factor_targets(dataset: FaceDataset, source: str) -> np.ndarray:
+    """(N, T) float32 regression targets of the dataset's rows for a factor's label source.
+
+    Our ICT 4D data knows more than the paper's discrete labels: every mesh records its
+    identity's PCA coefficients and its 53 blendshape weights. With ``regress`` on, the
+    critic's identity branch regresses the first :data:`IDENTITY_TARGET_DIMS` identity
+    coefficients and its expression (or viseme) branch the 53 blendshape weights of *every*
+    real mesh, so the branch features that the feature loss compares describe the whole
+    identity and the whole expression rather than a 7-way emotion label.
+
+    Raises:
+        DatasetFormatError: the dataset lacks the data (not an ICT 4D dataset).
+    """
+    try:
+        if source == "identity":
+            return dataset.identity_table("pca_weights")[dataset.meta("identity")][:, :IDENTITY_TARGET_DIMS].astype(np.float32)
+        if source in ("expression", "viseme"):
+            return dataset.meta("blendshapes").astype(np.float32)
+    except KeyError as exc:
+        raise DatasetFormatError(
+            f"regression targets for {source!r} need an ICT 4D dataset (identity PCA weights and blendshape "
+            "weights); build one with `facemodel data build-ict`, or set regress=false") from exc
     raise DatasetFormatError(f"unknown label source {source!r}")

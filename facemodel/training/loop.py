@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .._fs import atomic_file
@@ -27,10 +28,12 @@ from ..model import FaceModel, FaceModelConfig
 from ..networks.config import Factor, GeneratorConfig
 from ..networks.generator import Generator
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .codes import LabelCodes, sample_codes
+from .codes import CodeBatch, LabelCodes, sample_codes
 from .config import ConfigError, TrainConfig
 from .discriminator import Critic
-from .labels import factor_labels
+from .labels import factor_labels, factor_targets
+from .expression_meter import BlendshapeMeter, fit_blendshape_meter
+from .rigidity import expression_motion_mm, rigidity_loss, rigidity_weights
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
 from .sampler import EpochSampler
 
@@ -88,6 +91,11 @@ class Trainer:
             labels[spec.name], names[spec.name] = factor_labels(self.data, spec.labels)
         self.label_names = names
         self.real_labels = {k: torch.from_numpy(v) for k, v in labels.items()}
+        self.real_targets: dict[str, torch.Tensor] = {}
+        if config.lambda_regress > 0:
+            for s in config.factors:  # standardised per column, so every target weighs alike
+                t = factor_targets(self.data, s.labels)
+                self.real_targets[s.name] = torch.from_numpy((t - t.mean(0)) / (t.std(0) + 1e-6))
         self.gen_config = GeneratorConfig(
             num_vertices=self.template.num_vertices,
             factors=tuple(Factor(name=s.name, code_dim=s.code_dim, num_labels=len(names[s.name])) for s in config.factors),
@@ -98,6 +106,15 @@ class Trainer:
         self.classified = tuple(s.name for s in config.factors) if config.classify == "all" else ("identity",)
         self.weights = {k: class_weights(self.real_labels[k], len(names[k])).to(self.device) for k in self.classified}
         self.laplacian = self.template.laplacian().to(self.device)
+        self.meter: BlendshapeMeter | None = None
+        if config.lambda_blendshape_consistency > 0:
+            self.meter, mae = fit_blendshape_meter(self.data, seed=config.seed)
+            self.meter = self.meter.to(self.device)
+            log.info("blendshape meter: validation MAE %.4f", mae)
+        self.rigidity: torch.Tensor | None = None
+        if config.lambda_rigidity > 0:
+            motion = expression_motion_mm(self.data, seed=config.seed)
+            self.rigidity = torch.from_numpy(rigidity_weights(motion, config.rigidity_scale_mm)).to(self.device)
         # ---- models -------------------------------------------------------------------
         self.G = Generator(self.gen_config).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -108,6 +125,7 @@ class Trainer:
             {f.name: f.num_labels for f in self.gen_config.factors},
             resolution=config.resolution,
             displacement_scale_mm=config.displacement_scale_mm,
+            targets={k: int(v.shape[1]) for k, v in self.real_targets.items()} or None,
         ).to(self.device)
         self.codes = LabelCodes(self.gen_config, seed=config.seed).to(self.device)
         if self.world > 1:  # identical start everywhere; then per-rank noise for codes and instance noise
@@ -157,11 +175,16 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _real_batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _real_batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         rows = self.sampler.next()
         v = torch.from_numpy(self.data.vertices(rows)).to(self.device, non_blocking=True)
         labels = {k: self.real_labels[k][rows].to(self.device) for k in self.classified}
-        return v - self.template_t, labels
+        targets = {k: t[rows].to(self.device) for k, t in self.real_targets.items()}
+        return v - self.template_t, labels, targets
+
+    def _codes(self) -> CodeBatch:
+        return sample_codes(self.step, self.batch, self.gen_config, self.codes, classified=self.classified,
+                            prior_pairs=self.config.prior_pairs, device=self.device)  # fmt: skip
 
     def _critic(self, d: torch.Tensor, noise: float):
         img = self.D.image(d.float())  # the mapping layer runs in float32
@@ -180,25 +203,29 @@ class Trainer:
     # ---- steps --------------------------------------------------------------------------
     def critic_step(self) -> dict[str, float]:
         c = self.config
-        real, labels = self._real_batch()
+        real, labels, targets = self._real_batch()
         with torch.no_grad(), self._autocast():
-            fake = self._G_fwd(sample_codes(self.step, self.batch, self.gen_config, self.codes,
-                                            classified=self.classified, device=self.device).z).float()  # fmt: skip
+            fake = self._G_fwd(self._codes().z).float()
         out_r = self._critic(real, c.instance_noise)
         out_f = self._critic(fake, c.instance_noise)
         wdist = out_r.score.float().mean() - out_f.score.float().mean()
         gp = gradient_penalty(lambda x: self.D.from_image(x).score, self.D.image(real), self.D.image(fake))
         cls = sum(classification_loss(out_r.logits[k].float(), labels[k], self.weights[k]) for k in self.classified)
         loss = -wdist + c.gp_weight * gp + c.lambda_c * cls
+        logs = {}
+        if targets:
+            reg = sum(F.mse_loss(out_r.regression[k].float(), t) for k, t in targets.items())
+            loss = loss + c.lambda_regress * reg
+            logs["d_regress"] = float(reg.detach())
         self.opt_D.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.D)
         self.opt_D.step()
-        return {"d_loss": loss.item(), "wdist": wdist.item(), "gp": gp.item(), "d_cls": float(cls.detach())}
+        return {"d_loss": loss.item(), "wdist": wdist.item(), "gp": gp.item(), "d_cls": float(cls.detach()), **logs}
 
     def generator_step(self) -> dict[str, float]:
         c = self.config
-        batch = sample_codes(self.step, self.batch, self.gen_config, self.codes, classified=self.classified, device=self.device)
+        batch = self._codes()
         with self._autocast():
             d = self._G_fwd(batch.z).float()
         out = self._critic(d, c.instance_noise)
@@ -211,14 +238,35 @@ class Trainer:
             for f in self.gen_config.factors:
                 if f.name != batch.labelled:
                     feat = feat + feature_loss(out.features[f.name][a].float(), out.features[f.name][b].float())
+        cons = d.sum() * 0
+        if c.lambda_consistency > 0 and out.regression:
+            a, b = batch.pairs[:, 0], batch.pairs[:, 1]
+            for f in self.gen_config.factors:
+                if f.name != batch.labelled and f.name in out.regression:
+                    r = out.regression[f.name].float()
+                    cons = cons + (r[a] - r[b]).square().mean()
+        rigid = d.sum() * 0
+        if self.rigidity is not None and batch.labelled != self.gen_config.factors[0].name:
+            a, b = batch.pairs[:, 0], batch.pairs[:, 1]  # these pairs share the identity code
+            rigid = rigidity_loss(d[a], d[b], self.rigidity, scale=c.displacement_scale_mm)
+        bcons = d.sum() * 0
+        expression = self.gen_config.factors[1].name if len(self.gen_config.factors) > 1 else None
+        if self.meter is not None and batch.labelled != expression:
+            a, b = batch.pairs[:, 0], batch.pairs[:, 1]  # these pairs share the expression code
+            w = self.meter(d + self.template_t)
+            bcons = (w[a] - w[b]).square().sum(1).mean()
         reg = laplacian_loss(self.laplacian, d, scale=c.displacement_scale_mm) if c.use_reg else d.sum() * 0
-        loss = c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
+        loss = (c.lambda_blendshape_consistency * bcons + c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
+                + c.lambda_consistency * cons + c.lambda_rigidity * rigid)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.G)
         self.opt_G.step()
         self._update_ema()
-        return {"g_loss": loss.item(), "g_gan": gan.item(), "g_cls": float(cls.detach()), "g_feat": float(feat.detach()), "g_reg": float(reg.detach())}
+        return {"g_loss": loss.item(), "g_gan": gan.item(), "g_cls": float(cls.detach()), "g_feat": float(feat.detach()), "g_reg": float(reg.detach()),
+                **({"g_cons": float(cons.detach())} if c.lambda_consistency > 0 else {}),
+                **({"g_rigid": float(rigid.detach())} if self.rigidity is not None else {}),
+                **({"g_bcons": float(bcons.detach())} if self.meter is not None else {})}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -385,10 +433,16 @@ class Trainer:
             previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
         bar = tqdm(total=stop, initial=self.step, disable=not (self.progress and self.is_main), unit="step", dynamic_ncols=True)
         try:
+            window: dict[str, list[float]] = {}
             while self.step < stop:
-                logs = self.train_step()
+                for k, v in self.train_step().items():
+                    window.setdefault(k, []).append(v)
                 bar.update(1)
                 if self.step % c.log_every == 0 or self.step == stop:
+                    # means over the steps since the last line: steps alternate between the
+                    # factors (§4.3), so a single step would show only one kind
+                    logs = {k: float(np.mean(v)) for k, v in window.items()}
+                    window = {}
                     bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("wdist", "gp", "g_cls", "g_feat", "g_reg")})
                     self._log({"step": self.step, "epoch": round(self.sampler.epoch_float, 4),
                                "seconds": round(time.perf_counter() - t0, 2), **logs})  # fmt: skip

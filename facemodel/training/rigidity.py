@@ -1,0 +1,57 @@
+"""Where expressions move the face: per-vertex weights for the rigidity term (our deviation).
+
+Two meshes with the same identity differ only by their expressions; over the training data
+some vertices (skull, upper forehead, nose bridge) barely move between them. The rigidity
+term asks the generator for the same: when two samples share the identity code, their
+difference is weighted per vertex by :func:`rigidity_weights`, about 1 where the data's
+expressions leave the face still and about 0 where they move it by several millimetres.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.dataset import FaceDataset
+
+__all__ = ["expression_motion_mm", "rigidity_weights", "rigidity_loss"]
+
+
+def expression_motion_mm(dataset: FaceDataset, *, identities: int = 60, per_identity: int = 64, seed: int = 0) -> np.ndarray:
+    """(V,) RMS distance of each vertex from its identity's mean position, mm.
+
+    Averaged over ``identities`` random identity classes of ``dataset`` (up to
+    ``per_identity`` meshes each, all kinds of expression), so it measures how much the
+    data's expressions move each vertex.
+    """
+    rng = np.random.default_rng(seed)
+    classes = dataset.identity_classes()
+    chosen = rng.permutation(np.unique(classes))[:identities]
+    acc = np.zeros(dataset.manifest.num_vertices, np.float64)
+    for c in chosen:
+        rows = np.flatnonzero(classes == c)
+        rows = np.sort(rng.permutation(rows)[:per_identity])
+        v = dataset.vertices(rows).astype(np.float64)  # (M, V, 3)
+        acc += np.square(v - v.mean(0)).sum(-1).mean(0)
+    return np.sqrt(acc / max(1, len(chosen))).astype(np.float32)
+
+
+def rigidity_weights(motion_mm: np.ndarray, scale_mm: float = 0.5) -> np.ndarray:
+    """(V,) weights ``1 / (1 + (motion / scale)^2)`` in (0, 1]: 1 = expressions never move it."""
+    m = np.asarray(motion_mm, np.float64)
+    return (1.0 / (1.0 + np.square(m / scale_mm))).astype(np.float32)
+
+
+def rigidity_loss(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor, *, scale: float = 10.0) -> torch.Tensor:
+    """Weighted squared difference of paired meshes.
+
+    Args:
+        a, b: (P, V, 3) displacements (or vertices) of P pairs, mm.
+        weights: (V,) from :func:`rigidity_weights`.
+        scale: differences are divided by this (mm) first, as in the Laplacian term.
+
+    Returns:
+        scalar: ``sum_v w_v |a_v - b_v|^2 / sum_v w_v``, averaged over pairs.
+    """
+    d = ((a - b) / scale).square().sum(-1)  # (P, V)
+    return (d * weights).sum(1).mean() / weights.sum()
