@@ -314,3 +314,44 @@ def test_blendshape_meter_reads_weights_and_drives_the_consistency_term(small_da
     t = Trainer(tiny(small_dataset, lambda_blendshape_consistency=1.0, max_steps=4), tmp_path / "run", progress=False)
     logs = [t.train_step() for _ in range(4)]
     assert any(s["g_bcons"] > 0 for s in logs) and all(np.isfinite(s["g_bcons"]) for s in logs)
+
+
+def test_warm_start_continues_with_a_changed_recipe(small_dataset, tmp_path, capsys):
+    from facemodel.training.checkpoint import CheckpointError
+
+    base = Trainer(tiny(small_dataset, max_steps=4), tmp_path / "base", progress=False)
+    base.train()
+    t = Trainer(tiny(small_dataset, lambda_regress=1.0, lambda_rigidity=10.0, max_steps=8), tmp_path / "new", progress=False)
+    fresh = t.warm_start(tmp_path / "base" / "checkpoint.pt")
+    assert t.step == 4 and fresh and all(k.startswith("regressors.") for k in fresh)
+    for k, v in base.G.state_dict().items():
+        assert torch.equal(t.G.state_dict()[k], v)
+    t.train()
+    assert t.step == 8
+    other = Trainer(tiny(small_dataset, factors=[{"name": "identity", "code_dim": 3, "labels": "identity"},
+                                                 {"name": "expression", "code_dim": 4, "labels": "expression"}]),
+                    tmp_path / "other", progress=False)  # fmt: skip
+    with pytest.raises(CheckpointError, match="another shape"):
+        other.warm_start(tmp_path / "base" / "checkpoint.pt")
+    assert cli_main(["train", "--out", str(tmp_path / "x"), "--resume", "--init-from", str(tmp_path / "base" / "checkpoint.pt")]) == 2
+    assert "cannot be combined with --resume" in capsys.readouterr().err
+
+
+def test_expression_spread_target_and_hinge(small_dataset, tmp_path):
+    from facemodel.data.dataset import FaceDataset
+    from facemodel.training.expression_meter import fit_blendshape_meter, same_identity_spread
+
+    ds = FaceDataset(small_dataset, split="train")
+    meter, _ = fit_blendshape_meter(ds, meshes=600, components=200)
+    target = same_identity_spread(ds, meter, pairs=300)
+    w = torch.from_numpy(ds.meta("blendshapes"))
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, len(ds), 300), rng.integers(0, len(ds), 300)
+    truth = float((w[a] - w[b]).square().sum(1).mean())  # random pairs, any identity
+    assert 0.3 * truth < target < 3 * truth  # same order as the data's true weight differences
+    t = Trainer(tiny(small_dataset, lambda_expression_spread=1.0, max_steps=4), tmp_path / "run", progress=False)
+    assert t.spread_target > 0 and t.meter is not None
+    logs = [t.train_step() for _ in range(4)]
+    assert all(s["g_spread"] >= 0 and np.isfinite(s["g_spread"]) for s in logs)
+    t.spread_target = 1e6  # an unreachable target makes the hinge active on the identity-sharing steps
+    assert max(t.train_step()["g_spread"] for _ in range(2)) > 0

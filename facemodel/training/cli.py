@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML/JSON config (see configs/); with --resume, the run's own config is used")
     p.add_argument("--out", required=True, help="run folder, e.g. ~/.cache/facemodel/runs/NAME (keep it out of git)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="warm start: weights, data order and step of another run's checkpoint.pt, this run's recipe")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many more generator steps")
     p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
     p.add_argument("--export", default=None, help="model folder to export the EMA generator to (default OUT/model)")
@@ -32,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .loop import Trainer
 
+    if getattr(args, "init_from", None) and (args.resume or args.export_only):
+        raise FaceModelError("--init-from starts a new run from another run's checkpoint; it cannot be combined with "
+                             "--resume or --export-only (drop --init-from to continue OUT itself)")  # fmt: skip
     out = Path(args.out).expanduser()
     config_path = args.config
     if args.export_only:
@@ -43,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
     trainer = Trainer(config, out, resume=args.resume, progress=not args.quiet)
+    if args.init_from:
+        fresh = trainer.warm_start(Path(args.init_from).expanduser())
+        print(f"warm start from step {trainer.step}" + (f"; new critic parameters: {', '.join(fresh)}" if fresh else ""))
     if args.export_only:
         path = trainer.export(args.export)
         print(f"exported step {trainer.step} to {path}")

@@ -77,6 +77,10 @@ class TrainConfig(BaseModel):
     # ...and two meshes sharing the expression code are asked to read the same blendshape
     # weights through a frozen linear read-out fitted on the data (facemodel.training.expression_meter)
     lambda_blendshape_consistency: float = Field(0.0, ge=0)
+    # ...and two meshes sharing the identity code (but not the expression code) are asked to
+    # read weights at least as different as two random meshes of one identity in the data do
+    # (a hinge), so the expression code has to carry the expressions
+    lambda_expression_spread: float = Field(0.0, ge=0)
     rigidity_scale_mm: float = Field(0.5, gt=0)
     prior_pairs: float = Field(0.0, ge=0, le=1)
     # ablations (paper Table 1)

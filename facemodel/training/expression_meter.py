@@ -17,7 +17,7 @@ from torch import nn
 from ..data.dataset import FaceDataset
 from ..errors import DatasetFormatError
 
-__all__ = ["BlendshapeMeter", "fit_blendshape_meter"]
+__all__ = ["BlendshapeMeter", "fit_blendshape_meter", "same_identity_spread"]
 
 
 class BlendshapeMeter(nn.Module):
@@ -86,3 +86,20 @@ def fit_blendshape_meter(
     with torch.no_grad():
         pred = meter(torch.from_numpy(dataset.vertices(val_rows))).numpy()
     return meter, float(np.abs(pred - weights[val_rows]).mean())
+
+
+@torch.no_grad()
+def same_identity_spread(dataset: FaceDataset, meter: BlendshapeMeter, *, pairs: int = 2000, seed: int = 0) -> float:
+    """Mean squared read-out difference ``E ||meter(a) - meter(b)||^2`` over random pairs of
+    training meshes of the same identity: how different two expressions of one person read
+    in the data (the target of ``lambda_expression_spread``)."""
+    rng = np.random.default_rng(seed)
+    classes = dataset.identity_classes()
+    a = rng.integers(0, len(dataset), pairs)
+    b = np.empty_like(a)
+    by_class = {c: np.flatnonzero(classes == c) for c in np.unique(classes[a])}
+    for i, row in enumerate(a):
+        b[i] = rng.choice(by_class[classes[row]])
+    va = meter(torch.from_numpy(dataset.vertices(np.sort(a))))
+    vb = meter(torch.from_numpy(dataset.vertices(b[np.argsort(a)])))
+    return float((va - vb).square().sum(1).mean())

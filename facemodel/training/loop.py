@@ -32,7 +32,7 @@ from .codes import CodeBatch, LabelCodes, sample_codes
 from .config import ConfigError, TrainConfig
 from .discriminator import Critic
 from .labels import factor_labels, factor_targets
-from .expression_meter import BlendshapeMeter, fit_blendshape_meter
+from .expression_meter import BlendshapeMeter, fit_blendshape_meter, same_identity_spread
 from .rigidity import expression_motion_mm, rigidity_loss, rigidity_weights
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
 from .sampler import EpochSampler
@@ -107,10 +107,12 @@ class Trainer:
         self.weights = {k: class_weights(self.real_labels[k], len(names[k])).to(self.device) for k in self.classified}
         self.laplacian = self.template.laplacian().to(self.device)
         self.meter: BlendshapeMeter | None = None
-        if config.lambda_blendshape_consistency > 0:
+        self.spread_target = 0.0
+        if config.lambda_blendshape_consistency > 0 or config.lambda_expression_spread > 0:
             self.meter, mae = fit_blendshape_meter(self.data, seed=config.seed)
             self.meter = self.meter.to(self.device)
-            log.info("blendshape meter: validation MAE %.4f", mae)
+            self.spread_target = same_identity_spread(self.data, self.meter, seed=config.seed)
+            log.info("blendshape meter: validation MAE %.4f; same-identity spread %.4f", mae, self.spread_target)
         self.rigidity: torch.Tensor | None = None
         if config.lambda_rigidity > 0:
             motion = expression_motion_mm(self.data, seed=config.seed)
@@ -249,14 +251,17 @@ class Trainer:
         if self.rigidity is not None and batch.labelled != self.gen_config.factors[0].name:
             a, b = batch.pairs[:, 0], batch.pairs[:, 1]  # these pairs share the identity code
             rigid = rigidity_loss(d[a], d[b], self.rigidity, scale=c.displacement_scale_mm)
-        bcons = d.sum() * 0
+        bcons = spread = d.sum() * 0
         expression = self.gen_config.factors[1].name if len(self.gen_config.factors) > 1 else None
-        if self.meter is not None and batch.labelled != expression:
-            a, b = batch.pairs[:, 0], batch.pairs[:, 1]  # these pairs share the expression code
-            w = self.meter(d + self.template_t)
-            bcons = (w[a] - w[b]).square().sum(1).mean()
+        if self.meter is not None:
+            a, b = batch.pairs[:, 0], batch.pairs[:, 1]
+            gap = (self.meter(d + self.template_t)[a] - self.meter(d + self.template_t)[b]).square().sum(1)
+            if batch.labelled != expression:  # these pairs share the expression code
+                bcons = gap.mean()
+            else:  # these pairs share the identity code, not the expression code
+                spread = torch.relu(self.spread_target - gap.mean())
         reg = laplacian_loss(self.laplacian, d, scale=c.displacement_scale_mm) if c.use_reg else d.sum() * 0
-        loss = (c.lambda_blendshape_consistency * bcons + c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
+        loss = (c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread + c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
                 + c.lambda_consistency * cons + c.lambda_rigidity * rigid)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
@@ -266,7 +271,7 @@ class Trainer:
         return {"g_loss": loss.item(), "g_gan": gan.item(), "g_cls": float(cls.detach()), "g_feat": float(feat.detach()), "g_reg": float(reg.detach()),
                 **({"g_cons": float(cons.detach())} if c.lambda_consistency > 0 else {}),
                 **({"g_rigid": float(rigid.detach())} if self.rigidity is not None else {}),
-                **({"g_bcons": float(bcons.detach())} if self.meter is not None else {})}
+                **({"g_bcons": float(bcons.detach()), "g_spread": float(spread.detach())} if self.meter is not None else {})}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -367,6 +372,39 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step = int(state["step"])
         self._resumed = True  # train() drops log lines written after this checkpoint
+
+    def warm_start(self, path: str | os.PathLike) -> list[str]:
+        """Start from another run's checkpoint with *this* run's recipe (a changed loss, say).
+
+        Loads the generators, critic, label codes, generator optimiser, data order and step;
+        critic heads this recipe adds (the regressors) start fresh, and so does the critic's
+        optimiser when the critic's parameters changed. The dataset must be the same.
+
+        Returns:
+            the critic parameters that were not in the checkpoint (newly initialised).
+
+        Raises:
+            CheckpointError: unreadable checkpoint, another dataset, or a generator of another shape.
+        """
+        state = load_checkpoint(Path(path))
+        if state["dataset_checksum"] != self.data.manifest.checksum:
+            raise CheckpointError(f"checkpoint {str(path)!r} was trained on another dataset (checksum differs)")
+        try:
+            self.G.load_state_dict(state["G"])
+            self.G_ema.load_state_dict(state["G_ema"])
+            self.codes.load_state_dict(state["codes"])
+            self.opt_G.load_state_dict(state["opt_G"])
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r} has a generator of another shape: {exc}") from exc
+        result = self.D.load_state_dict(state["D"], strict=False)
+        if result.unexpected_keys:
+            raise CheckpointError(f"checkpoint {str(path)!r} has critic parameters this recipe lacks: "
+                                  f"{result.unexpected_keys[:4]}; use the same factors and resolution")  # fmt: skip
+        if not result.missing_keys:
+            self.opt_D.load_state_dict(state["opt_D"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        return list(result.missing_keys)
 
     def _truncate_log(self) -> None:
         """Drop metric lines written after the checkpoint (by a run that was then killed)."""
