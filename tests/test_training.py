@@ -355,3 +355,18 @@ def test_expression_spread_target_and_hinge(small_dataset, tmp_path):
     assert all(s["g_spread"] >= 0 and np.isfinite(s["g_spread"]) for s in logs)
     t.spread_target = 1e6  # an unreachable target makes the hinge active on the identity-sharing steps
     assert max(t.train_step()["g_spread"] for _ in range(2)) > 0
+
+
+def test_motion_spread_target_and_hinge(small_dataset, tmp_path):
+    from facemodel.data.dataset import FaceDataset
+    from facemodel.training.rigidity import expression_motion_mm, rigidity_weights, same_identity_motion
+
+    ds = FaceDataset(small_dataset, split="train")
+    w = rigidity_weights(expression_motion_mm(ds, identities=5, per_identity=40))
+    same = same_identity_motion(ds, w, pairs=200)
+    assert same > 0
+    assert same_identity_motion(ds, np.ones_like(w), pairs=200) == 0  # nothing mobile, nothing moves
+    t = Trainer(tiny(small_dataset, lambda_motion_spread=1.0, max_steps=4), tmp_path / "run", progress=False)
+    assert t.motion_target > 0 and t.rigidity is not None
+    t.motion_target = 1e6  # unreachable: the hinge is active on the identity-sharing steps
+    assert max(t.train_step()["g_mspread"] for _ in range(2)) > 0

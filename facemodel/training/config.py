@@ -81,6 +81,9 @@ class TrainConfig(BaseModel):
     # read weights at least as different as two random meshes of one identity in the data do
     # (a hinge), so the expression code has to carry the expressions
     lambda_expression_spread: float = Field(0.0, ge=0)
+    # ...or, by geometry: pairs sharing only the identity code must differ where expressions
+    # move the face at least as much as two meshes of one person do in the data (a hinge)
+    lambda_motion_spread: float = Field(0.0, ge=0)
     rigidity_scale_mm: float = Field(0.5, gt=0)
     prior_pairs: float = Field(0.0, ge=0, le=1)
     # ablations (paper Table 1)

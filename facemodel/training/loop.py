@@ -33,7 +33,7 @@ from .config import ConfigError, TrainConfig
 from .discriminator import Critic
 from .labels import factor_labels, factor_targets
 from .expression_meter import BlendshapeMeter, fit_blendshape_meter, same_identity_spread
-from .rigidity import expression_motion_mm, rigidity_loss, rigidity_weights
+from .rigidity import expression_motion_mm, rigidity_loss, rigidity_weights, same_identity_motion
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
 from .sampler import EpochSampler
 
@@ -114,9 +114,13 @@ class Trainer:
             self.spread_target = same_identity_spread(self.data, self.meter, seed=config.seed)
             log.info("blendshape meter: validation MAE %.4f; same-identity spread %.4f", mae, self.spread_target)
         self.rigidity: torch.Tensor | None = None
-        if config.lambda_rigidity > 0:
+        self.motion_target = 0.0
+        if config.lambda_rigidity > 0 or config.lambda_motion_spread > 0:
             motion = expression_motion_mm(self.data, seed=config.seed)
-            self.rigidity = torch.from_numpy(rigidity_weights(motion, config.rigidity_scale_mm)).to(self.device)
+            w = rigidity_weights(motion, config.rigidity_scale_mm)
+            self.rigidity = torch.from_numpy(w).to(self.device)
+            if config.lambda_motion_spread > 0:
+                self.motion_target = same_identity_motion(self.data, w, scale=config.displacement_scale_mm, seed=config.seed)
         # ---- models -------------------------------------------------------------------
         self.G = Generator(self.gen_config).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -247,10 +251,13 @@ class Trainer:
                 if f.name != batch.labelled and f.name in out.regression:
                     r = out.regression[f.name].float()
                     cons = cons + (r[a] - r[b]).square().mean()
-        rigid = d.sum() * 0
+        rigid = mspread = d.sum() * 0
         if self.rigidity is not None and batch.labelled != self.gen_config.factors[0].name:
             a, b = batch.pairs[:, 0], batch.pairs[:, 1]  # these pairs share the identity code
             rigid = rigidity_loss(d[a], d[b], self.rigidity, scale=c.displacement_scale_mm)
+            if c.lambda_motion_spread > 0:
+                moved = rigidity_loss(d[a], d[b], 1.0 - self.rigidity, scale=c.displacement_scale_mm)
+                mspread = torch.relu(self.motion_target - moved)
         bcons = spread = d.sum() * 0
         expression = self.gen_config.factors[1].name if len(self.gen_config.factors) > 1 else None
         if self.meter is not None:
@@ -262,7 +269,7 @@ class Trainer:
                 spread = torch.relu(self.spread_target - gap.mean())
         reg = laplacian_loss(self.laplacian, d, scale=c.displacement_scale_mm) if c.use_reg else d.sum() * 0
         loss = (c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread + c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
-                + c.lambda_consistency * cons + c.lambda_rigidity * rigid)
+                + c.lambda_consistency * cons + c.lambda_rigidity * rigid + c.lambda_motion_spread * mspread)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.G)
@@ -270,7 +277,7 @@ class Trainer:
         self._update_ema()
         return {"g_loss": loss.item(), "g_gan": gan.item(), "g_cls": float(cls.detach()), "g_feat": float(feat.detach()), "g_reg": float(reg.detach()),
                 **({"g_cons": float(cons.detach())} if c.lambda_consistency > 0 else {}),
-                **({"g_rigid": float(rigid.detach())} if self.rigidity is not None else {}),
+                **({"g_rigid": float(rigid.detach()), "g_mspread": float(mspread.detach())} if self.rigidity is not None else {}),
                 **({"g_bcons": float(bcons.detach()), "g_spread": float(spread.detach())} if self.meter is not None else {})}
 
     @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 
 from ..data.dataset import FaceDataset
 
-__all__ = ["expression_motion_mm", "rigidity_weights", "rigidity_loss"]
+__all__ = ["expression_motion_mm", "rigidity_weights", "rigidity_loss", "same_identity_motion"]
 
 
 def expression_motion_mm(dataset: FaceDataset, *, identities: int = 60, per_identity: int = 64, seed: int = 0) -> np.ndarray:
@@ -54,4 +54,18 @@ def rigidity_loss(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor, *, sc
         scalar: ``sum_v w_v |a_v - b_v|^2 / sum_v w_v``, averaged over pairs.
     """
     d = ((a - b) / scale).square().sum(-1)  # (P, V)
-    return (d * weights).sum(1).mean() / weights.sum()
+    return (d * weights).sum(1).mean() / weights.sum().clamp_min(1e-12)  # all-zero weights: 0, not NaN
+
+
+def same_identity_motion(dataset: FaceDataset, weights: np.ndarray, *, pairs: int = 2000, scale: float = 10.0, seed: int = 0) -> float:
+    """How far two meshes of one person differ where expressions move the face, in the units
+    of :func:`rigidity_loss` with weights ``1 - weights``: the target of the motion-spread term
+    (pairs sharing only the identity code must move at least this much)."""
+    rng = np.random.default_rng(seed)
+    classes = dataset.identity_classes()
+    a = np.sort(rng.integers(0, len(dataset), pairs))
+    by_class = {c: np.flatnonzero(classes == c) for c in np.unique(classes[a])}
+    b = np.array([rng.choice(by_class[classes[r]]) for r in a])
+    mobile = torch.from_numpy(1.0 - np.asarray(weights, np.float32))
+    va, vb = torch.from_numpy(dataset.vertices(a)), torch.from_numpy(dataset.vertices(b))
+    return float(rigidity_loss(va, vb, mobile, scale=scale))
