@@ -20,7 +20,7 @@ def tiny(small_dataset, **overrides):
 
 
 def test_config_files_round_trip(tmp_path):
-    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml"):
+    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml"):
         cfg = load_config(REPO_CONFIGS / name)
         cfg.to_file(tmp_path / f"{name}.json")
         assert load_config(tmp_path / f"{name}.json") == cfg
@@ -370,3 +370,11 @@ def test_motion_spread_target_and_hinge(small_dataset, tmp_path):
     assert t.motion_target > 0 and t.rigidity is not None
     t.motion_target = 1e6  # unreachable: the hinge is active on the identity-sharing steps
     assert max(t.train_step()["g_mspread"] for _ in range(2)) > 0
+
+
+def test_release_recipe_turns_on_the_measured_deviations():
+    cfg = load_config(REPO_CONFIGS / "release.yaml")
+    paper = load_config(REPO_CONFIGS / "paper.yaml")
+    assert cfg.lambda_rigidity > 0 and cfg.lambda_motion_spread > 0 and cfg.lambda_regress > 0 and cfg.prior_pairs > 0
+    assert paper.lambda_rigidity == paper.lambda_motion_spread == paper.lambda_regress == paper.prior_pairs == 0
+    assert (cfg.lambda_c, cfg.lambda_gan, cfg.lambda_cls, cfg.lambda_feat, cfg.lambda_reg) == (0.1, 1, 1, 0.5, 100)

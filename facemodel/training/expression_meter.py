@@ -93,13 +93,9 @@ def same_identity_spread(dataset: FaceDataset, meter: BlendshapeMeter, *, pairs:
     """Mean squared read-out difference ``E ||meter(a) - meter(b)||^2`` over random pairs of
     training meshes of the same identity: how different two expressions of one person read
     in the data (the target of ``lambda_expression_spread``)."""
-    rng = np.random.default_rng(seed)
-    classes = dataset.identity_classes()
-    a = rng.integers(0, len(dataset), pairs)
-    b = np.empty_like(a)
-    by_class = {c: np.flatnonzero(classes == c) for c in np.unique(classes[a])}
-    for i, row in enumerate(a):
-        b[i] = rng.choice(by_class[classes[row]])
-    va = meter(torch.from_numpy(dataset.vertices(np.sort(a))))
-    vb = meter(torch.from_numpy(dataset.vertices(b[np.argsort(a)])))
+    from .rigidity import same_identity_pairs
+
+    a, b = same_identity_pairs(dataset, pairs, seed=seed)
+    va = meter(torch.from_numpy(dataset.vertices(a)))
+    vb = meter(torch.from_numpy(dataset.vertices(b)))
     return float((va - vb).square().sum(1).mean())

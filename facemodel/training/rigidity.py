@@ -14,7 +14,7 @@ import torch
 
 from ..data.dataset import FaceDataset
 
-__all__ = ["expression_motion_mm", "rigidity_weights", "rigidity_loss", "same_identity_motion"]
+__all__ = ["expression_motion_mm", "rigidity_weights", "rigidity_loss", "same_identity_pairs", "same_identity_motion"]
 
 
 def expression_motion_mm(dataset: FaceDataset, *, identities: int = 60, per_identity: int = 64, seed: int = 0) -> np.ndarray:
@@ -57,15 +57,21 @@ def rigidity_loss(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor, *, sc
     return (d * weights).sum(1).mean() / weights.sum().clamp_min(1e-12)  # all-zero weights: 0, not NaN
 
 
-def same_identity_motion(dataset: FaceDataset, weights: np.ndarray, *, pairs: int = 2000, scale: float = 10.0, seed: int = 0) -> float:
-    """How far two meshes of one person differ where expressions move the face, in the units
-    of :func:`rigidity_loss` with weights ``1 - weights``: the target of the motion-spread term
-    (pairs sharing only the identity code must move at least this much)."""
+def same_identity_pairs(dataset: FaceDataset, pairs: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``(a, b)``, each (pairs,), of random training-mesh pairs of the same identity
+    (``a`` sorted; ``b`` may equal ``a``)."""
     rng = np.random.default_rng(seed)
     classes = dataset.identity_classes()
     a = np.sort(rng.integers(0, len(dataset), pairs))
     by_class = {c: np.flatnonzero(classes == c) for c in np.unique(classes[a])}
-    b = np.array([rng.choice(by_class[classes[r]]) for r in a])
+    return a, np.array([rng.choice(by_class[classes[r]]) for r in a], dtype=np.int64)
+
+
+def same_identity_motion(dataset: FaceDataset, weights: np.ndarray, *, pairs: int = 2000, scale: float = 10.0, seed: int = 0) -> float:
+    """How far two meshes of one person differ where expressions move the face, in the units
+    of :func:`rigidity_loss` with weights ``1 - weights``: the target of the motion-spread term
+    (pairs sharing only the identity code must move at least this much)."""
+    a, b = same_identity_pairs(dataset, pairs, seed=seed)
     mobile = torch.from_numpy(1.0 - np.asarray(weights, np.float32))
     va, vb = torch.from_numpy(dataset.vertices(a)), torch.from_numpy(dataset.vertices(b))
     return float(rigidity_loss(va, vb, mobile, scale=scale))
