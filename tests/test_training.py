@@ -378,3 +378,29 @@ def test_release_recipe_turns_on_the_measured_deviations():
     assert cfg.lambda_rigidity > 0 and cfg.lambda_motion_spread > 0 and cfg.lambda_regress > 0 and cfg.prior_pairs > 0
     assert paper.lambda_rigidity == paper.lambda_motion_spread == paper.lambda_regress == paper.prior_pairs == 0
     assert (cfg.lambda_c, cfg.lambda_gan, cfg.lambda_cls, cfg.lambda_feat, cfg.lambda_reg) == (0.1, 1, 1, 0.5, 100)
+
+
+def test_expression_cluster_labels_cover_every_mesh_and_keep_the_names(small_dataset, tmp_path):
+    from facemodel.data.dataset import FaceDataset
+    from facemodel.training.labels import expression_cluster_labels
+
+    ds = FaceDataset(small_dataset, split="train")
+    labels, names = expression_cluster_labels(ds, 8)
+    assert (labels >= 0).all() and names[:7] == ds.expression_labels and names[7:] == [f"cluster_{k:02d}" for k in range(8)]
+    given = ds.meta("expression")
+    assert np.array_equal(labels[given >= 0], given[given >= 0])  # the data's labels are kept
+    w = ds.meta("blendshapes")
+    free = given < 0
+    # clusters group similar expressions: within-cluster spread well below the overall spread
+    within = np.mean([w[free & (labels == c)].var(0).sum() for c in range(7, 15) if (free & (labels == c)).sum() > 1])
+    assert within < 0.7 * w[free].var(0).sum()
+    factors = [{"name": "identity", "code_dim": 8, "labels": "identity"},
+               {"name": "expression", "code_dim": 4, "labels": "expression_clusters", "clusters": 8}]  # fmt: skip
+    base = Trainer(tiny(small_dataset, max_steps=2), tmp_path / "base", progress=False)
+    base.train()
+    t = Trainer(tiny(small_dataset, factors=factors, max_steps=4), tmp_path / "run", progress=False)
+    assert t.gen_config.factors[1].num_labels == 15
+    fresh = t.warm_start(tmp_path / "base" / "checkpoint.pt")  # 7 -> 15 expression labels: the head starts fresh
+    assert "heads.expression.weight" in fresh
+    t.train()
+    assert FaceModel.from_pretrained(t.export()).config.label_names["expression"][4] == "happiness"

@@ -25,9 +25,12 @@ class FactorSpec(BaseModel):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     code_dim: int = Field(gt=0)
-    labels: Literal["identity", "expression", "viseme"] = Field(
-        description="label source: dataset identity classes, expression labels, or visemes derived from ICT mouth shapes"
+    labels: Literal["identity", "expression", "viseme", "expression_clusters"] = Field(
+        description="label source: dataset identity classes, expression labels, visemes derived from ICT mouth "
+        "shapes, or expression labels where the data has them and k-means clusters of the blendshape weights "
+        "everywhere else (every mesh labelled)"
     )
+    clusters: int = Field(32, ge=2, description="number of blendshape clusters (labels: expression_clusters)")
 
 
 class TrainConfig(BaseModel):

@@ -88,7 +88,7 @@ class Trainer:
         self.template_t = torch.from_numpy(self.template.vertices).to(self.device)
         labels, names = {}, {}
         for spec in config.factors:
-            labels[spec.name], names[spec.name] = factor_labels(self.data, spec.labels)
+            labels[spec.name], names[spec.name] = factor_labels(self.data, spec.labels, clusters=spec.clusters, seed=config.seed)
         self.label_names = names
         self.real_labels = {k: torch.from_numpy(v) for k, v in labels.items()}
         self.real_targets: dict[str, torch.Tensor] = {}
@@ -399,11 +399,15 @@ class Trainer:
         try:
             self.G.load_state_dict(state["G"])
             self.G_ema.load_state_dict(state["G_ema"])
-            self.codes.load_state_dict(state["codes"])
             self.opt_G.load_state_dict(state["opt_G"])
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} has a generator of another shape: {exc}") from exc
-        result = self.D.load_state_dict(state["D"], strict=False)
+        # label codes and critic entries of another shape (a factor with more labels) start fresh
+        own_codes = self.codes.state_dict()
+        self.codes.load_state_dict({k: v if v.shape == own_codes[k].shape else own_codes[k] for k, v in state["codes"].items()})
+        own = self.D.state_dict()
+        resized = [k for k, v in state["D"].items() if k in own and v.shape != own[k].shape]
+        result = self.D.load_state_dict({k: v for k, v in state["D"].items() if k not in resized}, strict=False)
         if result.unexpected_keys:
             raise CheckpointError(f"checkpoint {str(path)!r} has critic parameters this recipe lacks: "
                                   f"{result.unexpected_keys[:4]}; use the same factors and resolution")  # fmt: skip
@@ -411,7 +415,7 @@ class Trainer:
             self.opt_D.load_state_dict(state["opt_D"])
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
-        return list(result.missing_keys)
+        return list(result.missing_keys)  # includes the resized entries
 
     def _truncate_log(self) -> None:
         """Drop metric lines written after the checkpoint (by a run that was then killed)."""
