@@ -10,7 +10,7 @@ from ..errors import DatasetFormatError
 
 __all__ = ["VISEMES", "IDENTITY_TARGET_DIMS", "viseme_labels", "expression_cluster_labels", "factor_labels", "factor_targets"]
 
-#: Identity coefficients regressed by the critic's identity branch (``regress`` in the config):
+#: Identity coefficients regressed by the critic's identity branch (``lambda_regress`` in the config):
 #: the first 40 of ICT's 100 unit-variance PCA modes (together 97 % of the identity variance
 #: of the face area; the later modes move it by < 0.4 mm RMS).
 IDENTITY_TARGET_DIMS = 40
@@ -96,7 +96,7 @@ def factor_targets(dataset: FaceDataset, source: str) -> np.ndarray:
     """(N, T) float32 regression targets of the dataset's rows for a factor's label source.
 
     Our ICT 4D data knows more than the paper's discrete labels: every mesh records its
-    identity's PCA coefficients and its 53 blendshape weights. With ``regress`` on, the
+    identity's PCA coefficients and its 53 blendshape weights. With ``lambda_regress`` > 0, the
     critic's identity branch regresses the first :data:`IDENTITY_TARGET_DIMS` identity
     coefficients and its expression (or viseme) branch the 53 blendshape weights of *every*
     real mesh, so the branch features that the feature loss compares describe the whole
@@ -113,5 +113,5 @@ def factor_targets(dataset: FaceDataset, source: str) -> np.ndarray:
     except KeyError as exc:
         raise DatasetFormatError(
             f"regression targets for {source!r} need an ICT 4D dataset (identity PCA weights and blendshape "
-            "weights); build one with `facemodel data build-ict`, or set regress=false") from exc
+            "weights); build one with `facemodel data build-ict`, or set lambda_regress=0") from exc
     raise DatasetFormatError(f"unknown label source {source!r}")

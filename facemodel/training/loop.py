@@ -114,11 +114,13 @@ class Trainer:
             self.spread_target = same_identity_spread(self.data, self.meter, seed=config.seed)
             log.info("blendshape meter: validation MAE %.4f; same-identity spread %.4f", mae, self.spread_target)
         self.rigidity: torch.Tensor | None = None
+        self.mobility: torch.Tensor | None = None
         self.motion_target = 0.0
         if config.lambda_rigidity > 0 or config.lambda_motion_spread > 0:
             motion = expression_motion_mm(self.data, seed=config.seed)
             w = rigidity_weights(motion, config.rigidity_scale_mm)
             self.rigidity = torch.from_numpy(w).to(self.device)
+            self.mobility = 1.0 - self.rigidity  # where the data's expressions move the face
             if config.lambda_motion_spread > 0:
                 self.motion_target = same_identity_motion(self.data, w, scale=config.displacement_scale_mm, seed=config.seed)
         # ---- models -------------------------------------------------------------------
@@ -238,38 +240,35 @@ class Trainer:
         gan = -out.score.float().mean()
         cls = (classification_loss(out.logits[batch.labelled].float(), batch.labels[batch.labelled])
                if batch.labelled else d.sum() * 0)  # fmt: skip
+        a, b = batch.pairs[:, 0], batch.pairs[:, 1]  # pairs share every factor's code but the labelled one
         feat = d.sum() * 0
         if c.use_feature_loss:
-            a, b = batch.pairs[:, 0], batch.pairs[:, 1]
             for f in self.gen_config.factors:
                 if f.name != batch.labelled:
                     feat = feat + feature_loss(out.features[f.name][a].float(), out.features[f.name][b].float())
-        cons = d.sum() * 0
+        cons = rigid = mspread = bcons = spread = d.sum() * 0
         if c.lambda_consistency > 0 and out.regression:
-            a, b = batch.pairs[:, 0], batch.pairs[:, 1]
             for f in self.gen_config.factors:
                 if f.name != batch.labelled and f.name in out.regression:
                     r = out.regression[f.name].float()
                     cons = cons + (r[a] - r[b]).square().mean()
-        rigid = mspread = d.sum() * 0
-        if self.rigidity is not None and batch.labelled != self.gen_config.factors[0].name:
-            a, b = batch.pairs[:, 0], batch.pairs[:, 1]  # these pairs share the identity code
+        if self.rigidity is not None and batch.labelled != self.gen_config.factors[0].name:  # pairs share the identity code
             rigid = rigidity_loss(d[a], d[b], self.rigidity, scale=c.displacement_scale_mm)
             if c.lambda_motion_spread > 0:
-                moved = rigidity_loss(d[a], d[b], 1.0 - self.rigidity, scale=c.displacement_scale_mm)
+                moved = rigidity_loss(d[a], d[b], self.mobility, scale=c.displacement_scale_mm)
                 mspread = torch.relu(self.motion_target - moved)
-        bcons = spread = d.sum() * 0
-        expression = self.gen_config.factors[1].name if len(self.gen_config.factors) > 1 else None
         if self.meter is not None:
-            a, b = batch.pairs[:, 0], batch.pairs[:, 1]
-            gap = (self.meter(d + self.template_t)[a] - self.meter(d + self.template_t)[b]).square().sum(1)
+            read = self.meter(d + self.template_t)
+            gap = (read[a] - read[b]).square().sum(1)
+            expression = self.gen_config.factors[1].name if len(self.gen_config.factors) > 1 else None
             if batch.labelled != expression:  # these pairs share the expression code
                 bcons = gap.mean()
             else:  # these pairs share the identity code, not the expression code
                 spread = torch.relu(self.spread_target - gap.mean())
         reg = laplacian_loss(self.laplacian, d, scale=c.displacement_scale_mm) if c.use_reg else d.sum() * 0
-        loss = (c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread + c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
-                + c.lambda_consistency * cons + c.lambda_rigidity * rigid + c.lambda_motion_spread * mspread)
+        loss = (c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
+                + c.lambda_consistency * cons + c.lambda_rigidity * rigid + c.lambda_motion_spread * mspread
+                + c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.G)
