@@ -54,7 +54,7 @@ def main() -> None:
                    help="model: meshes decoded at z ~ N(0, I); dataset: meshes of a dataset folder's test split")
     p.add_argument("--data", default=str(Path.home() / ".cache" / "facemodel" / "ict4d"), help="dataset for --targets dataset")
     p.add_argument("--reg", type=float, default=0.01)
-    p.add_argument("--max-iters", type=int, nargs="*", default=[10, 6], help="Gauss-Newton settings to time")
+    p.add_argument("--max-iters", type=int, nargs="*", default=[6, 10], help="Gauss-Newton settings to time")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -62,7 +63,7 @@ SOLVERS = ("gauss-newton", "lbfgs", "adam")
 ALIGNMENTS = ("similarity", "rigid", "none")
 CAMERAS = ("scaled_orthographic",)
 DEFAULT_MAX_ITERS = {"gauss-newton": 6, "lbfgs": 20, "adam": 1000}
-_CHUNK = 256  # faces per Gauss-Newton chunk (bounds memory: ~20 MB of Jacobians)
+_CHUNK = 128  # faces per Gauss-Newton chunk (bounds memory: ~10 MB of Jacobians per thread)
 _DECODE_CHUNK = 256
 _MAX_REJECTS = 6  # consecutive rejected steps before stopping
 _GRID = (1.0, 0.8, 0.6, 0.45, 0.3, 0.2, 0.1, 0.04)
@@ -184,7 +185,6 @@ class _Head:
         self.slope = float(g.act.negative_slope)
         self.K, self.H, self.D = K, H, self.W1.shape[1]
         self.dtype = np.dtype(dtype)
-        self._J0: np.ndarray | None = None
         self._bases: tuple[np.ndarray, np.ndarray] | None = None
         self._m0: np.ndarray | None = None
         self._reg: tuple[np.ndarray, np.ndarray] | None = None
@@ -227,20 +227,23 @@ class _Head:
     def jacobian_at_zero(self, n: int) -> np.ndarray:
         return self.jacobian_init(np.repeat((self.b1 > 0)[None], n, 0))
 
-    def jacobian_init(self, mask: np.ndarray) -> np.ndarray:
-        """(n, H) bool positive units -> (n, 3K, D) Jacobian, built per face from the cheapest
-        of three cached Jacobians (all units positive ``A W1``, all negative ``slope A W1``,
-        the mean face's ``z = 0``) plus a rank-1 term per unit whose branch differs: at most
-        H / 2 terms instead of H."""
-        if self._J0 is None:
+    def bases(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cached Jacobians of :meth:`jacobian_init`: masks (3, H), Jacobians (3, 3K, D)."""
+        if self._bases is None:
             A64, W64 = self.A.astype(np.float64), self.W1.astype(np.float64)
             P = A64 @ W64
             m0 = self.b1 > 0
             J0 = (A64 * np.where(m0, 1.0, self.slope)) @ W64
             self._bases = (np.stack([np.ones(self.H, bool), np.zeros(self.H, bool), m0]),
                            np.stack([P, self.slope * P, J0]).astype(self.dtype))  # fmt: skip
-            self._J0 = self._bases[1][2]
-        masks, Js = self._bases
+        return self._bases
+
+    def jacobian_init(self, mask: np.ndarray) -> np.ndarray:
+        """(n, H) bool positive units -> (n, 3K, D) Jacobian, built per face from the cheapest
+        of three cached Jacobians (all units positive ``A W1``, all negative ``slope A W1``,
+        the mean face's ``z = 0``) plus a rank-1 term per unit whose branch differs: at most
+        H / 2 terms instead of H."""
+        masks, Js = self.bases()
         flips = (mask[:, None, :] != masks[None]).sum(2)  # (n, 3)
         k = flips.argmin(1)
         return self.update_jacobian(Js[k], masks[k], mask)
@@ -558,8 +561,10 @@ class _Pose3D:
         m3 = m.reshape(n, -1, 3)
         md = wn[:, None] @ m3
         C = (m3 - md).transpose(0, 2, 1) @ scw  # sum_k w_k (m_k - md)(p_k - ms)^T
-        if n == 1:  # one face: one 3x3 SVD, the determinant in plain Python
-            U, S, Vh = np.linalg.svd(C[0])
+        if n == 1:  # one face: one 3x3 SVD (LAPACK directly, cheaper to call), the determinant in plain Python
+            U, S, Vh, info = _lapack.dgesvd(C[0].astype(np.float64))
+            if info != 0:
+                U, S, Vh = np.linalg.svd(C[0].astype(np.float64))
             (a, b, c), (d, e, f), (g, h, i) = C[0].tolist()
             neg = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g) < 0
             if neg:
@@ -703,18 +708,21 @@ def _ray_search(head: _Head, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, d
     moving = (mask ^ (d > 0)) & (d != 0)
     tj = np.divide(-pre, d, out=np.full(pre.shape, 2.0, pre.dtype), where=moving)
     nf = int((tj < 1.0).sum(1).max())
-    lam = reg * np.stack([(z * dz).sum(1), (dz * dz).sum(1)], 1)  # reg [z.dz, dz.dz]
+    lz = reg * np.einsum("nd,nd->n", z, dz)[:, None]  # reg z.dz, (n, 1)
+    ld = reg * np.einsum("nd,nd->n", dz, dz)[:, None]  # reg dz.dz
     u = uz + up
     if nf == 0:  # one quadratic on [0, 1]
-        a2 = np.einsum("nm,nm->n", u, u) + lam[:, 1]
-        return np.clip(-(np.einsum("nm,nm->n", rw, u) + lam[:, 0]) / np.maximum(a2, 1e-30), 0.0, 1.0)
+        a2 = np.einsum("nm,nm->n", u, u) + ld[:, 0]
+        return np.clip(-(np.einsum("nm,nm->n", rw, u) + lz[:, 0]) / np.maximum(a2, 1e-30), 0.0, 1.0)
     if nf > _EXACT_MAX_BREAKS:
         steps = np.asarray(_GRID, z.dtype)
         T = steps.size
-        zc = (z[:, None] + steps[:, None] * dz[:, None]).reshape(n * T, D)
-        rc = pm.residual(np.repeat(P, T, 0), head.forward(zc), np.repeat(X, T, 0)).reshape(n, T, -1)
+        # the pre-activations are linear along the ray: pre + t d, no product with W1
+        mc = head.from_pre((pre[:, None] + steps[:, None] * d[:, None]).reshape(n * T, -1))
+        rc = pm.residual(np.repeat(P, T, 0), mc, np.repeat(X, T, 0)).reshape(n, T, -1)
         rc = rc * sw_m[:, None] + steps[:, None] * up[:, None]
-        Ec = (rc * rc).sum(-1) + reg * (zc * zc).sum(1).reshape(n, T)
+        # ||z + t dz||^2 = |z|^2 + 2 t z.dz + t^2 |dz|^2 (the constant |z|^2 does not move the argmin)
+        Ec = (rc * rc).sum(-1) + (2 * lz + ld * steps) * steps
         return steps[Ec.argmin(1)]
     if n == 1:
         cand = np.flatnonzero(tj[0] < 1.0)
@@ -745,8 +753,8 @@ def _ray_search(head: _Head, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, d
     q12 = (TG * trit).sum(-1)  # C1_k . C2_k
     q22 = ((trit @ G) * trit).sum(-1)  # |C2_k|^2
     pad = np.zeros((n, 1), z.dtype)
-    a2 = (u * u).sum(1)[:, None] + lam[:, 1:] + np.concatenate([pad, 2 * c[..., 0] + q11], 1)
-    a1 = (rw * u).sum(1)[:, None] + lam[:, :1] + np.concatenate([pad, c[..., 1] - c[..., 2] - q12], 1)
+    a2 = (u * u).sum(1)[:, None] + ld + np.concatenate([pad, 2 * c[..., 0] + q11], 1)
+    a1 = (rw * u).sum(1)[:, None] + lz + np.concatenate([pad, c[..., 1] - c[..., 2] - q12], 1)
     a0 = np.concatenate([pad, q22 - 2 * c[..., 3]], 1)  # + a constant
     lo, hi = np.concatenate([pad, tv], 1), np.concatenate([tv, pad + 1], 1)  # the pieces' ends
     t = np.minimum(np.maximum(-a1 / np.maximum(a2, 1e-30), lo), hi)
@@ -760,15 +768,21 @@ def _energy(rw, z, reg):
     return np.einsum("nm,nm->n", r64, r64) + reg * np.einsum("nd,nd->n", z64, z64)
 
 
+def _diagonal(N: np.ndarray) -> np.ndarray:
+    """(n, M, M) C-contiguous -> writable (n, M) view of the diagonals."""
+    n, M = N.shape[:2]
+    return N.reshape(n, M * M)[:, :: M + 1]
+
+
 def _damped_solve(N, g, mu):
     """Solve (N + mu diag(N)) delta = -g in float64 (N symmetric positive semi-definite; a
     little more damping where a system is singular)."""
-    ar = np.arange(N.shape[1])
-    diag = N[:, ar, ar]
+    diag = _diagonal(N).copy()
     if N.shape[0] == 1:  # one face: no bookkeeping
         for extra in (1e-12, 1e-8, 1e-4, 1e-1):
-            Nd = N[0].copy()
-            Nd[ar, ar] += mu[0] * diag[0] + extra * diag[0].max() + 1e-300
+            Nd = N.copy()
+            _diagonal(Nd)[0] += mu[0] * diag[0] + extra * diag[0].max() + 1e-300
+            Nd = Nd[0]
             _, x, info = _lapack.dposv(Nd, -g[0], lower=True, overwrite_a=True)
             if info == 0:
                 return x[None]
@@ -780,7 +794,7 @@ def _damped_solve(N, g, mu):
     # for these ~100 x 100 systems); the faces it refuses are retried with more damping
     for extra in (1e-12, 1e-8, 1e-4, 1e-1):
         Nd = N[todo]
-        Nd[:, ar, ar] += mu[todo, None] * diag[todo] + (extra * dmax[todo])[:, None] + 1e-300
+        _diagonal(Nd)[:] += mu[todo, None] * diag[todo] + (extra * dmax[todo])[:, None] + 1e-300
         ng = -g[todo]
         failed = []
         for j, i in enumerate(todo):
@@ -839,7 +853,7 @@ def _gn_chunk(head: _Head, pm, P, w, z0, reg, max_iters, tol, damping):
         if npar:
             J = np.concatenate([J, pm.pose_jac(P, m, X) * sw_m[..., None]], 2)
         N = (J.transpose(0, 2, 1) @ J).astype(np.float64)
-        N[:, np.arange(D), np.arange(D)] += reg
+        _diagonal(N)[:, :D] += reg
         g = (rw[:, None] @ J)[:, 0].astype(np.float64)
         g[:, :D] += reg * z
         delta = _damped_solve(N, g, mu)
@@ -884,11 +898,28 @@ def _gn_chunk(head: _Head, pm, P, w, z0, reg, max_iters, tol, damping):
 
 
 def _solve_gn(head, pm, P, w, z0, reg, max_iters, tol, opts):
+    """Gauss-Newton on chunks of ``_CHUNK`` faces, spread over ``torch.get_num_threads()``
+    Python threads when there are several chunks (NumPy's BLAS and LAPACK calls release the
+    GIL; BLAS is held to one thread meanwhile, process-wide, through threadpoolctl). The
+    chunking is fixed, so the result does not depend on the thread count."""
     damping = float(opts["damping"])
-    parts = [
-        _gn_chunk(head, pm, P[i : i + _CHUNK], w[i : i + _CHUNK], z0[i : i + _CHUNK], reg, max_iters, tol, damping)
-        for i in range(0, P.shape[0], _CHUNK)
-    ]
+    B = P.shape[0]
+    starts = range(0, B, _CHUNK)
+    workers = min(torch.get_num_threads(), len(starts))
+
+    def run(i):
+        j = i + _CHUNK
+        return _gn_chunk(head, pm, P[i:j], w[i:j], z0[i:j], reg, max_iters, tol, damping)
+
+    if workers > 1:
+        from threadpoolctl import threadpool_limits
+
+        head.bases()  # fill the shared caches before the threads read them
+        # one BLAS thread per worker: threaded BLAS inside threaded chunks oversubscribes the cores
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(run, starts))
+    else:
+        parts = [run(i) for i in starts]
     return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

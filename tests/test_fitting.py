@@ -207,6 +207,25 @@ def test_batch_equals_single_fits(model):
     torch.testing.assert_close(big.codes[[0, 69]], small.codes, atol=1e-4, rtol=0)
 
 
+def test_batch_over_threads_equals_one_thread(model):
+    # more faces than one chunk: with two threads the chunks run in parallel (BLAS held to one
+    # thread); the answers are those of the serial run
+    from facemodel import fitting
+
+    _, _, pts, _, _ = _faces(model, fitting._CHUNK + 20, seed=8, noise_mm=0.5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = fit_landmarks(model, pts, decode=False)
+        torch.set_num_threads(2)
+        parallel = fit_landmarks(model, pts, decode=False)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(parallel.codes, serial.codes, atol=1e-3, rtol=0)
+    torch.testing.assert_close(parallel.objective, serial.objective, rtol=1e-4, atol=0)
+    assert torch.equal(parallel.iterations, serial.iterations)
+
+
 def test_regularisation_shrinks_codes(model):
     _, _, pts, _, _ = _faces(model, 2, seed=7, noise_mm=1.0)
     free = fit_landmarks(model, pts, reg=0.0)
