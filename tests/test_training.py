@@ -404,3 +404,69 @@ def test_expression_cluster_labels_cover_every_mesh_and_keep_the_names(small_dat
     assert "heads.expression.weight" in fresh
     t.train()
     assert FaceModel.from_pretrained(t.export()).config.label_names["expression"][4] == "happiness"
+
+
+# ---- snapshots and checkpoint selection (facemodel.training.select) --------------------------
+def test_choose_keeps_good_specificity_then_best_decoupling():
+    from facemodel.training.select import SelectionError, choose
+
+    recs = [
+        {"step": 1000, "val_specificity_mm": 3.00, "dec_identity": 99.0, "dec_expression": 10.0, "spill_mm": 0.5},
+        {"step": 2000, "val_specificity_mm": 3.10, "dec_identity": 95.0, "dec_expression": 30.0, "spill_mm": 0.6},
+        {"step": 3000, "val_specificity_mm": 3.50, "dec_identity": 99.0, "dec_expression": 90.0, "spill_mm": 0.1},
+    ]
+    # 3000 decouples best but its specificity is 17 % worse than the best: out
+    assert choose(recs) == 1
+    assert choose(recs, tolerance=0.2) == 2
+    assert choose(recs, tolerance=0.0) == 0
+    # equal decoupling: the lower spill, then the later step
+    tie = [dict(recs[0], dec_expression=30.0, dec_identity=95.0, spill_mm=0.7), recs[1]]
+    assert choose(tie) == 1
+    assert choose([dict(recs[1], step=500), recs[1]]) == 1
+    # specificity only (no probe): the best specificity within the slack, the later step on ties
+    assert choose([{"step": 1, "val_specificity_mm": 3.0}, {"step": 2, "val_specificity_mm": 3.05}]) == 1
+    with pytest.raises(SelectionError, match="no candidates"):
+        choose([])
+    with pytest.raises(SelectionError, match="eval_every"):
+        choose([{"step": 1, "val_specificity_mm": None}])
+
+
+def test_snapshots_are_scored_and_one_is_selected(small_dataset, tmp_path, capsys):
+    from facemodel.training.select import SelectionError, candidates, main as select_main, select
+
+    with pytest.raises(SelectionError, match="snapshot_every"):
+        candidates(tmp_path)
+    cfg = tiny(small_dataset, max_steps=40, eval_every=20, eval_samples=32, snapshot_every=20)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.train()
+    snaps = tmp_path / "run" / "snapshots"
+    assert sorted(p.name for p in snaps.iterdir()) == ["step0000020", "step0000040"]
+    # a snapshot is the EMA generator of its step
+    model = FaceModel.from_pretrained(snaps / "step0000040")
+    z = torch.randn(2, trainer.gen_config.code_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(model(z), trainer.G_ema(z) + trainer.template_t, rtol=0, atol=0)
+    assert model.config.training["step"] == 40
+    trainer.export()  # model/ at step 40 repeats the last snapshot: not a second candidate
+    assert [s for s, _ in candidates(tmp_path / "run")] == [20, 40]
+
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["eval"]["ema"]["val_specificity_mm"] for r in logged if "eval" in r}
+    result = select(tmp_path / "run", data=small_dataset, spill_vertices=np.arange(0, 9409, 50), n=4, log=lambda s: None)
+    recs = result["records"]
+    assert [r["step"] for r in recs] == [20, 40]
+    assert [r["val_specificity_mm"] for r in recs] == [val[20], val[40]]
+    assert all(r["spill_mm"] >= 0 and r["motion_mm"] > 0 for r in recs)
+    best = min(val.values())
+    assert result["chosen"]["val_specificity_mm"] <= best * 1.05
+    saved = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert saved["chosen"]["step"] == result["chosen"]["step"]
+
+    # the command line copies the chosen folder; a step without a logged evaluation is recomputed
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    assert select_main(["--run", str(tmp_path / "run"), "--data", str(small_dataset), "--export", str(tmp_path / "chosen")]) == 0
+    saved = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert all(r["val_specificity_source"] == "recomputed" and r["val_specificity_mm"] > 0 for r in saved["records"])
+    assert sorted(p.name for p in (tmp_path / "chosen").iterdir()) == ["config.json", "model.safetensors"]
+    assert "chosen: step" in capsys.readouterr().out
+    assert select_main(["--run", str(tmp_path / "nothing"), "--data", str(small_dataset)]) == 2

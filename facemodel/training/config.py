@@ -110,6 +110,7 @@ class TrainConfig(BaseModel):
     log_every: int = 20
     sample_every: int = 1000
     eval_every: int = 1000
+    snapshot_every: int = 0  # export the EMA generator to OUT/snapshots/stepNNNNNNN every N steps (0: off)
     eval_samples: int = 256
 
     @classmethod

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .._fs import atomic_file
+from .._fs import atomic_dir, atomic_file
 from ..data.dataset import FaceDataset
 from ..evaluation.metrics import diversity, specificity
 from ..model import FaceModel, FaceModelConfig
@@ -55,7 +55,8 @@ class Trainer:
     Args:
         config: :class:`TrainConfig`.
         out: run folder (created); holds ``config.json``, ``checkpoint.pt``,
-            ``metrics.jsonl``, ``samples/`` and, after :meth:`export`, ``model/``.
+            ``metrics.jsonl``, ``samples/``, ``snapshots/`` (``snapshot_every``) and, after
+            :meth:`export`, ``model/``.
         resume: continue from ``out/checkpoint.pt`` (models, optimisers, EMA, sampler, RNG).
         progress: show a progress bar.
     """
@@ -498,6 +499,11 @@ class Trainer:
                     self._log({"step": self.step, "eval": self.evaluate()})
                 if self.is_main and c.sample_every and self.step % c.sample_every == 0:
                     self.render_samples(self.out / "samples" / f"step{self.step:07d}.png")
+                if self.is_main and c.snapshot_every and self.step % c.snapshot_every == 0:
+                    # EMA exports for picking the release by validation metrics (training.select)
+                    (self.out / "snapshots").mkdir(exist_ok=True)
+                    with atomic_dir(self.out / "snapshots" / f"step{self.step:07d}", overwrite=True) as tmp:
+                        self.export(tmp)
                 if self.step % c.checkpoint_every == 0:
                     self.save()
                 if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:

@@ -1,0 +1,222 @@
+"""Pick the released checkpoint by validation metrics: ``python -m facemodel.training.select``.
+
+    python -m facemodel.training.select --run RUN --data ~/.cache/facemodel/ict4d \\
+        --ict ../shared/data/ict-facekit [--n 40] [--export RUN/selected]
+
+A run trained with ``snapshot_every`` keeps EMA exports in ``RUN/snapshots/stepNNNNNNN``; the
+final export is ``RUN/model``. Every candidate is scored on
+
+- ``val_specificity_mm``: mean distance of 256 EMA samples to the closest *validation* mesh
+  (identities never trained on), read from the run's ``metrics.jsonl`` (the in-training
+  evaluation at the same step; recomputed when the step has none);
+- ``dec_identity`` / ``dec_expression``: the paper's decoupling percentages with the cached
+  full embedding networks of the evaluation suite, ``n`` faces x ``n`` samples (seeded, the
+  same codes for every candidate);
+- ``spill_mm``: identity spill (``n`` faces x 5 expression codes).
+
+Rule (:func:`choose`): keep the candidates whose validation specificity is within
+``tolerance`` (5 %) of the best, then take the highest mean decoupling; ties go to the lower
+spill, then to the later step. The scores and the choice are written to
+``RUN/selection.json`` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .._fs import atomic_dir, atomic_file
+from ..errors import FaceModelError
+
+__all__ = ["SelectionError", "candidates", "choose", "score_candidate", "select", "main"]
+
+_SNAPSHOT = re.compile(r"^step(\d{7})$")
+
+
+class SelectionError(FaceModelError, ValueError):
+    """A run cannot be scored (no candidates, missing dataset...)."""
+
+
+def candidates(run: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every EMA export of ``run``, ascending by step: ``snapshots/step*``
+    and ``model/`` (its step read from its config; skipped when it repeats a snapshot's step).
+
+    Raises:
+        SelectionError: the run has no export.
+    """
+    run = Path(run).expanduser()
+    found: dict[int, Path] = {}
+    snap = run / "snapshots"
+    if snap.is_dir():
+        for p in snap.iterdir():
+            m = _SNAPSHOT.match(p.name)
+            if m and (p / "config.json").is_file() and (p / "model.safetensors").is_file():
+                found[int(m.group(1))] = p
+    final = run / "model"
+    if (final / "config.json").is_file() and (final / "model.safetensors").is_file():
+        step = json.loads((final / "config.json").read_text()).get("training", {}).get("step")
+        if isinstance(step, int) and step not in found:
+            found[step] = final
+    if not found:
+        raise SelectionError(
+            f"{str(run)!r} has no exported model (snapshots/stepNNNNNNN or model/); train with "
+            "snapshot_every=N, or export with `facemodel train --out RUN --resume --export-only`"
+        )
+    return sorted(found.items())
+
+
+def _logged_val_specificity(run: Path) -> dict[int, float]:
+    out: dict[int, float] = {}
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        value = rec.get("eval", {}).get("ema", {}).get("val_specificity_mm")
+        if isinstance(value, (int, float)):
+            out[int(rec["step"])] = float(value)
+    return out
+
+
+def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05) -> int:
+    """Index of the record to release (see the module docstring for the rule).
+
+    Args:
+        records: dicts with ``step`` and ``val_specificity_mm``; optional ``dec_identity``,
+            ``dec_expression`` (percent) and ``spill_mm`` (missing ones count as unknown:
+            decoupling 0, spill infinite).
+        tolerance: relative slack on the best validation specificity.
+
+    Raises:
+        SelectionError: no records, or one without a finite ``val_specificity_mm``.
+    """
+    if not records:
+        raise SelectionError("no candidates to choose from")
+    specs = [r.get("val_specificity_mm") for r in records]
+    if not all(isinstance(s, (int, float)) and math.isfinite(s) for s in specs):
+        raise SelectionError("every candidate needs a finite val_specificity_mm (run with eval_every > 0)")
+    best = min(specs)
+    keep = [i for i, s in enumerate(specs) if s <= best * (1.0 + tolerance)]
+
+    def key(i: int) -> tuple[float, float, int]:
+        r = records[i]
+        dec = 0.5 * (r.get("dec_identity", 0.0) + r.get("dec_expression", 0.0))
+        return (dec, -r.get("spill_mm", math.inf), int(r["step"]))
+
+    return max(keep, key=key)
+
+
+def score_candidate(path: Path, *, nets=None, spill_vertices=None, n: int = 40) -> dict[str, Any]:
+    """Decoupling (when ``nets`` are given) and identity spill (when ``spill_vertices`` are)
+    of one exported model, with fixed seeds (the same codes for every candidate)."""
+    from ..evaluation.decoupling import decoupling_scores
+    from ..evaluation.protocol import FaceModelAdapter
+    from ..evaluation.spill import identity_spill
+    from ..model import FaceModel
+
+    model = FaceModelAdapter(FaceModel.from_pretrained(path))
+    out: dict[str, Any] = {}
+    if nets is not None:
+        d = decoupling_scores(model, nets, n=n, m=n, generator=torch.Generator().manual_seed(0))
+        out.update(dec_identity=float(d["identity"]), dec_expression=float(d["expression"]))
+    if spill_vertices is not None:
+        s = identity_spill(model, spill_vertices, num_faces=n, variants=5, generator=torch.Generator().manual_seed(1))
+        out.update(spill_mm=float(s["mean_mm"]), motion_mm=float(s["motion_mm"]))
+    return out
+
+
+def _val_specificity(path: Path, data: Path, samples: int = 256) -> float:
+    """Validation specificity of one export when the run's log has none for its step."""
+    from ..data.dataset import FaceDataset
+    from ..evaluation.metrics import specificity
+    from ..model import FaceModel
+
+    ds = FaceDataset(data, split="val")
+    rows = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:1000].sort().values.numpy()
+    ref = torch.from_numpy(np.asarray(ds.vertices(rows), dtype=np.float32))
+    model = FaceModel.from_pretrained(path).eval()
+    with torch.no_grad():
+        v = model.sample(samples, seed=1234).vertices.float()
+    return float(specificity(v, ref).mean())
+
+
+def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None, n: int = 40,
+           tolerance: float = 0.05, log=print) -> dict[str, Any]:  # fmt: skip
+    """Score every candidate of ``run``, choose one and write ``run/selection.json``.
+
+    Returns:
+        ``{"chosen": {...record...}, "records": [...], "rule": str}``; each record has
+        ``step``, ``path``, ``val_specificity_mm`` and the scores of :func:`score_candidate`.
+    """
+    run = Path(run).expanduser()
+    logged = _logged_val_specificity(run)
+    records = []
+    for step, path in candidates(run):
+        rec: dict[str, Any] = {"step": step, "path": str(path)}
+        rec["val_specificity_mm"] = logged.get(step)
+        if rec["val_specificity_mm"] is None:
+            rec["val_specificity_mm"] = _val_specificity(path, Path(data))
+            rec["val_specificity_source"] = "recomputed"
+        rec.update(score_candidate(path, nets=nets, spill_vertices=spill_vertices, n=n))
+        log(json.dumps(rec))
+        records.append(rec)
+    i = choose(records, tolerance=tolerance)
+    result = {
+        "chosen": records[i],
+        "records": records,
+        "rule": f"val_specificity_mm within {tolerance:.0%} of the best, then the highest mean of "
+        "dec_identity and dec_expression, then the lower spill_mm, then the later step",
+        "n": n,
+    }
+    with atomic_file(run / "selection.json", "w") as f:
+        f.write(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m facemodel.training.select", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="training run folder (snapshots/, model/, metrics.jsonl)")
+    p.add_argument("--data", required=True, help="the run's dataset folder (validation split, embedding nets' cache key)")
+    p.add_argument("--ict", default=None, help="ICT-FaceKit folder: decoupling and identity spill (omit: specificity only)")
+    p.add_argument("--n", type=int, default=40, help="faces x samples of the decoupling probe (default 40)")
+    p.add_argument("--tolerance", type=float, default=0.05)
+    p.add_argument("--export", default=None, help="copy the chosen model folder here (replaced atomically)")
+    args = p.parse_args(argv)
+    try:
+        nets = verts = None
+        if args.ict is not None:
+            from ..data.ict import ICTSource
+            from ..evaluation.embedding import load_or_train_decoupling_nets
+            from ..evaluation.spill import identity_only_vertices
+
+            source = ICTSource(args.ict)
+            nets = load_or_train_decoupling_nets(args.data, source)
+            verts = identity_only_vertices(source)
+        result = select(args.run, data=args.data, nets=nets, spill_vertices=verts, n=args.n, tolerance=args.tolerance)
+        chosen = result["chosen"]
+        print(f"chosen: step {chosen['step']} ({chosen['path']})")
+        if args.export:
+            with atomic_dir(args.export, overwrite=True) as tmp:
+                for f in Path(chosen["path"]).iterdir():
+                    shutil.copy2(f, tmp / f.name)
+            print(f"copied to {args.export}")
+    except FaceModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
