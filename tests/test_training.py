@@ -461,6 +461,10 @@ def test_snapshots_are_scored_and_one_is_selected(small_dataset, tmp_path, capsy
     assert result["chosen"]["val_specificity_mm"] <= best * 1.05
     saved = json.loads((tmp_path / "run" / "selection.json").read_text())
     assert saved["chosen"]["step"] == result["chosen"]["step"]
+    # a second call with the same settings reuses the scored records (runs while training adds snapshots)
+    scored = []
+    again = select(tmp_path / "run", data=small_dataset, spill_vertices=np.arange(0, 9409, 50), n=4, log=scored.append)
+    assert scored == [] and again["records"] == recs
 
     # the command line copies the chosen folder; a step without a logged evaluation is recomputed
     (tmp_path / "run" / "metrics.jsonl").write_text("")

@@ -153,8 +153,12 @@ def _val_specificity(path: Path, data: Path, samples: int = 256) -> float:
 
 
 def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None, n: int = 40,
-           tolerance: float = 0.05, log=print) -> dict[str, Any]:  # fmt: skip
+           tolerance: float = 0.05, reuse: bool = True, log=print) -> dict[str, Any]:  # fmt: skip
     """Score every candidate of ``run``, choose one and write ``run/selection.json``.
+
+    With ``reuse``, candidates already scored in ``run/selection.json`` with the same settings
+    (``n``, decoupling, spill) keep their records, so the command can run while a training run
+    adds snapshots, and again at its end.
 
     Returns:
         ``{"chosen": {...record...}, "records": [...], "rule": str}``; each record has
@@ -162,8 +166,20 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
     """
     run = Path(run).expanduser()
     logged = _logged_val_specificity(run)
+    wanted = {"n": n, "decoupling": nets is not None, "spill": spill_vertices is not None}
+    previous: dict[tuple[int, str], dict] = {}
+    if reuse and (run / "selection.json").is_file():  # records of an earlier call with the same settings
+        try:
+            old = json.loads((run / "selection.json").read_text())
+            if old.get("settings") == wanted:
+                previous = {(r["step"], r["path"]): r for r in old["records"]}
+        except (json.JSONDecodeError, KeyError, TypeError):
+            previous = {}
     records = []
     for step, path in candidates(run):
+        if (step, str(path)) in previous:
+            records.append(previous[(step, str(path))])
+            continue
         rec: dict[str, Any] = {"step": step, "path": str(path)}
         rec["val_specificity_mm"] = logged.get(step)
         if rec["val_specificity_mm"] is None:
@@ -178,7 +194,7 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
         "records": records,
         "rule": f"val_specificity_mm within {tolerance:.0%} of the best, then the highest mean of "
         "dec_identity and dec_expression, then the lower spill_mm, then the later step",
-        "n": n,
+        "settings": wanted,
     }
     with atomic_file(run / "selection.json", "w") as f:
         f.write(json.dumps(result, indent=2) + "\n")
@@ -193,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=40, help="faces x samples of the decoupling probe (default 40)")
     p.add_argument("--tolerance", type=float, default=0.05)
     p.add_argument("--export", default=None, help="copy the chosen model folder here (replaced atomically)")
+    p.add_argument("--rescore", action="store_true", help="score every candidate again (default: reuse selection.json)")
     args = p.parse_args(argv)
     try:
         nets = verts = None
@@ -204,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = ICTSource(args.ict)
             nets = load_or_train_decoupling_nets(args.data, source)
             verts = identity_only_vertices(source)
-        result = select(args.run, data=args.data, nets=nets, spill_vertices=verts, n=args.n, tolerance=args.tolerance)
+        result = select(args.run, data=args.data, nets=nets, spill_vertices=verts, n=args.n, tolerance=args.tolerance,
+                        reuse=not args.rescore)
         chosen = result["chosen"]
         print(f"chosen: step {chosen['step']} ({chosen['path']})")
         if args.export:
