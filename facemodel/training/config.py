@@ -87,6 +87,10 @@ class TrainConfig(BaseModel):
     # ...or, by geometry: pairs sharing only the identity code must differ where expressions
     # move the face at least as much as two meshes of one person do in the data (a hinge)
     lambda_motion_spread: float = Field(0.0, ge=0)
+    # ...or adversarially: a pair critic per factor tells real pairs sharing it (same person;
+    # another person with the nearest blendshape weights) from generated pairs sharing its code
+    # (facemodel.training.pairs); lambda_pair weighs its Wasserstein term for both networks
+    lambda_pair: float = Field(0.0, ge=0)
     rigidity_scale_mm: float = Field(0.5, gt=0)
     prior_pairs: float = Field(0.0, ge=0, le=1)
     # ablations (paper Table 1)

@@ -32,6 +32,7 @@ from .codes import CodeBatch, LabelCodes, sample_codes
 from .config import ConfigError, TrainConfig
 from .discriminator import Critic
 from .labels import factor_labels, factor_targets
+from .pairs import PairSampler, pair_images
 from .expression_meter import BlendshapeMeter, fit_blendshape_meter, same_identity_spread
 from .rigidity import expression_motion_mm, rigidity_loss, rigidity_weights, same_identity_motion
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
@@ -124,6 +125,9 @@ class Trainer:
             self.mobility = 1.0 - self.rigidity  # where the data's expressions move the face
             if config.lambda_motion_spread > 0:
                 self.motion_target = same_identity_motion(self.data, w, scale=config.displacement_scale_mm, seed=config.seed)
+        self.pairs: PairSampler | None = None
+        if config.lambda_pair > 0:
+            self.pairs = PairSampler(self.data, tuple(f.name for f in self.gen_config.factors), seed=config.seed)
         # ---- models -------------------------------------------------------------------
         self.G = Generator(self.gen_config).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -135,6 +139,7 @@ class Trainer:
             resolution=config.resolution,
             displacement_scale_mm=config.displacement_scale_mm,
             targets={k: int(v.shape[1]) for k, v in self.real_targets.items()} or None,
+            pairs=tuple(self.pairs.kinds) if self.pairs is not None else (),
         ).to(self.device)
         self.codes = LabelCodes(self.gen_config, seed=config.seed).to(self.device)
         if self.world > 1:  # identical start everywhere; then per-rank noise for codes and instance noise
@@ -184,12 +189,33 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _real_batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def _real_batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], np.ndarray]:
         rows = self.sampler.next()
         v = torch.from_numpy(self.data.vertices(rows)).to(self.device, non_blocking=True)
         labels = {k: self.real_labels[k][rows].to(self.device) for k in self.classified}
         targets = {k: t[rows].to(self.device) for k, t in self.real_targets.items()}
-        return v - self.template_t, labels, targets
+        return v - self.template_t, labels, targets, rows
+
+    def _shared_factor(self, batch: CodeBatch) -> str | None:
+        """The factor whose code the batch's pairs share (the pair critics' factor), or None."""
+        shared = [f.name for f in self.gen_config.factors if f.name != batch.labelled]
+        return shared[0] if len(shared) == 1 and self.pairs is not None and shared[0] in self.pairs.kinds else None
+
+    def _pair_critic_loss(self, batch: CodeBatch, fake: torch.Tensor, real: torch.Tensor, rows: np.ndarray):
+        """Wasserstein distance and gradient penalty of the pair critic of the factor the
+        generated pairs share: real pairs (the first P real meshes and their partners) against
+        the generated pairs."""
+        factor = self._shared_factor(batch)
+        if factor is None:
+            return None, None
+        P = batch.pairs.shape[0]
+        partner = self.pairs.partners(rows[:P], factor)
+        other = torch.from_numpy(self.data.vertices(partner)).to(self.device) - self.template_t
+        real_img = torch.cat([self.D.image(real[:P]), self.D.image(other)], 1)
+        fake_img = pair_images(self.D.image(fake), batch.pairs)
+        w = self.D.pair_score(factor, real_img).mean() - self.D.pair_score(factor, fake_img).mean()
+        gp = gradient_penalty(lambda x: self.D.pair_score(factor, x), real_img, fake_img)
+        return w, gp
 
     def _codes(self) -> CodeBatch:
         return sample_codes(self.step, self.batch, self.gen_config, self.codes, classified=self.classified,
@@ -212,9 +238,10 @@ class Trainer:
     # ---- steps --------------------------------------------------------------------------
     def critic_step(self) -> dict[str, float]:
         c = self.config
-        real, labels, targets = self._real_batch()
+        real, labels, targets, rows = self._real_batch()
+        cb = self._codes()
         with torch.no_grad(), self._autocast():
-            fake = self._G_fwd(self._codes().z).float()
+            fake = self._G_fwd(cb.z).float()
         out_r = self._critic(real, c.instance_noise)
         out_f = self._critic(fake, c.instance_noise)
         wdist = out_r.score.float().mean() - out_f.score.float().mean()
@@ -226,6 +253,11 @@ class Trainer:
             reg = sum(F.mse_loss(out_r.regression[k].float(), t) for k, t in targets.items())
             loss = loss + c.lambda_regress * reg
             logs["d_regress"] = float(reg.detach())
+        if self.pairs is not None:
+            pw, pgp = self._pair_critic_loss(cb, fake, real, rows)
+            if pw is not None:
+                loss = loss + c.lambda_pair * (-pw + c.gp_weight * pgp)
+                logs.update(pair_wdist=float(pw.detach()), pair_gp=float(pgp.detach()))
         self.opt_D.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.D)
@@ -247,7 +279,10 @@ class Trainer:
             for f in self.gen_config.factors:
                 if f.name != batch.labelled:
                     feat = feat + feature_loss(out.features[f.name][a].float(), out.features[f.name][b].float())
-        cons = rigid = mspread = bcons = spread = d.sum() * 0
+        cons = rigid = mspread = bcons = spread = pair = d.sum() * 0
+        factor = self._shared_factor(batch)
+        if factor is not None:
+            pair = -self.D.pair_score(factor, pair_images(self.D.image(d), batch.pairs)).mean()
         if c.lambda_consistency > 0 and out.regression:
             for f in self.gen_config.factors:
                 if f.name != batch.labelled and f.name in out.regression:
@@ -269,7 +304,8 @@ class Trainer:
         reg = laplacian_loss(self.laplacian, d, scale=c.displacement_scale_mm) if c.use_reg else d.sum() * 0
         loss = (c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
                 + c.lambda_consistency * cons + c.lambda_rigidity * rigid + c.lambda_motion_spread * mspread
-                + c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread)
+                + c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread
+                + c.lambda_pair * pair)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.G)
@@ -278,7 +314,8 @@ class Trainer:
         return {"g_loss": loss.item(), "g_gan": gan.item(), "g_cls": float(cls.detach()), "g_feat": float(feat.detach()), "g_reg": float(reg.detach()),
                 **({"g_cons": float(cons.detach())} if c.lambda_consistency > 0 else {}),
                 **({"g_rigid": float(rigid.detach()), "g_mspread": float(mspread.detach())} if self.rigidity is not None else {}),
-                **({"g_bcons": float(bcons.detach()), "g_spread": float(spread.detach())} if self.meter is not None else {})}
+                **({"g_bcons": float(bcons.detach()), "g_spread": float(spread.detach())} if self.meter is not None else {}),
+                **({"g_pair": float(pair.detach())} if self.pairs is not None else {})}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -355,6 +392,7 @@ class Trainer:
             "opt_D": self.opt_D.state_dict(),
             "codes": self.codes.state_dict(),
             "sampler": self.sampler.state_dict(),
+            **({"pairs": self.pairs.state_dict()} if self.pairs is not None else {}),
             "rng": rng_state(),
             "config": self.config.model_dump(mode="json"),
             "dataset_checksum": self.data.manifest.checksum,
@@ -376,6 +414,8 @@ class Trainer:
         self.opt_D.load_state_dict(state["opt_D"])
         self.codes.load_state_dict(state["codes"])
         self.sampler.load_state_dict(state["sampler"])
+        if self.pairs is not None and "pairs" in state:
+            self.pairs.load_state_dict(state["pairs"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
         self._resumed = True  # train() drops log lines written after this checkpoint
