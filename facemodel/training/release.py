@@ -94,9 +94,13 @@ def model_card(model, results: dict | None, run_info: dict, notes: str) -> str:
         "```",
         "",
     ]
-    step = (run_info.get("last_step") or {}).get("step")
+    step = (getattr(cfg, "training", None) or {}).get("step")
+    last = (run_info.get("last_step") or {}).get("step")
     if step is not None:
-        body += [f"Last logged generator step: {step} (EMA generator exported).", ""]
+        ran = f" of a run that reached step {last}" if last is not None and last != step else ""
+        body += [f"Exported: the EMA generator at generator step {step}{ran}.", ""]
+    elif last is not None:
+        body += [f"Last logged generator step: {last} (EMA generator exported).", ""]
     body += [notes.strip(), ""]
     if results:
         report = render_report(results)
