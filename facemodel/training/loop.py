@@ -207,7 +207,7 @@ class Trainer:
         the generated pairs."""
         factor = self._shared_factor(batch)
         if factor is None:
-            return None, None
+            return None, None, None
         P = batch.pairs.shape[0]
         partner = self.pairs.partners(rows[:P], factor)
         other = torch.from_numpy(self.data.vertices(partner)).to(self.device) - self.template_t
@@ -215,7 +215,7 @@ class Trainer:
         fake_img = pair_images(self.D.image(fake), batch.pairs)
         w = self.D.pair_score(factor, real_img).mean() - self.D.pair_score(factor, fake_img).mean()
         gp = gradient_penalty(lambda x: self.D.pair_score(factor, x), real_img, fake_img)
-        return w, gp
+        return factor, w, gp
 
     def _codes(self) -> CodeBatch:
         return sample_codes(self.step, self.batch, self.gen_config, self.codes, classified=self.classified,
@@ -254,10 +254,10 @@ class Trainer:
             loss = loss + c.lambda_regress * reg
             logs["d_regress"] = float(reg.detach())
         if self.pairs is not None:
-            pw, pgp = self._pair_critic_loss(cb, fake, real, rows)
-            if pw is not None:
+            factor, pw, pgp = self._pair_critic_loss(cb, fake, real, rows)
+            if factor is not None:  # logged per factor: the steps alternate between them
                 loss = loss + c.lambda_pair * (-pw + c.gp_weight * pgp)
-                logs.update(pair_wdist=float(pw.detach()), pair_gp=float(pgp.detach()))
+                logs.update({f"pair_wdist_{factor}": float(pw.detach()), f"pair_gp_{factor}": float(pgp.detach())})
         self.opt_D.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.D)
@@ -315,7 +315,7 @@ class Trainer:
                 **({"g_cons": float(cons.detach())} if c.lambda_consistency > 0 else {}),
                 **({"g_rigid": float(rigid.detach()), "g_mspread": float(mspread.detach())} if self.rigidity is not None else {}),
                 **({"g_bcons": float(bcons.detach()), "g_spread": float(spread.detach())} if self.meter is not None else {}),
-                **({"g_pair": float(pair.detach())} if self.pairs is not None else {})}
+                **({f"g_pair_{factor}": float(pair.detach())} if factor is not None else {})}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
