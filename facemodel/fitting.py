@@ -901,7 +901,8 @@ def _solve_gn(head, pm, P, w, z0, reg, max_iters, tol, opts):
     """Gauss-Newton on chunks of ``_CHUNK`` faces, spread over ``torch.get_num_threads()``
     Python threads when there are several chunks (NumPy's BLAS and LAPACK calls release the
     GIL; BLAS is held to one thread meanwhile, process-wide, through threadpoolctl). The
-    chunking is fixed, so the result does not depend on the thread count."""
+    chunking is fixed, so every thread count solves the same chunks; results can differ in the
+    last bits (and, for unconverged noisy fits, by more) when BLAS's own threading differs."""
     damping = float(opts["damping"])
     B = P.shape[0]
     starts = range(0, B, _CHUNK)
