@@ -82,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Trainer(cfg, tmp, progress=False)
         ours = timed(t.train_step, a.steps, t.device)
-        real, labels = t._real_batch()
+        real, labels, *_ = t._real_batch()  # (vertices, labels, targets, rows)
         bare = timed(lambda: bare_step(t, real, labels), a.steps, t.device)
     steps_per_epoch = len(t.data) / (cfg.batch_size * cfg.critic_steps)
     total = math.ceil(cfg.epochs * steps_per_epoch)

@@ -519,3 +519,93 @@ def test_pair_critic_trains_and_resumes(small_dataset, tmp_path):
     state = trainer.pairs.state_dict()
     resumed = Trainer(cfg, tmp_path / "run", resume=True, progress=False)
     assert resumed.pairs.state_dict() == state
+
+
+# ---- transfer consistency (lambda_transfer) -------------------------------------------------
+def test_deformation_gradients_match_the_numpy_reference(template):
+    from facemodel.geometry.deformation_transfer import deformation_gradients as reference
+    from facemodel.training.transfer import deformation_gradients
+
+    rng = np.random.default_rng(0)
+    rest = np.asarray(template.vertices, np.float64)
+    deformed = rest + rng.normal(0, 0.3, (2,) + rest.shape)
+    faces = np.asarray(template.faces, np.int64)[:500]
+    got = deformation_gradients(torch.from_numpy(rest), torch.from_numpy(deformed), torch.from_numpy(faces))
+    np.testing.assert_allclose(got.numpy(), reference(rest, deformed, faces), rtol=1e-6, atol=1e-8)
+
+
+def test_transfer_consistency_is_zero_only_when_every_face_deforms_alike(template):
+    from facemodel.training.transfer import transfer_consistency, transfer_triangles
+
+    rng = np.random.default_rng(1)
+    keep = transfer_triangles(template.vertices, template.faces)
+    assert 0.8 * len(template.faces) < len(keep) <= len(template.faces)
+    faces = torch.from_numpy(np.asarray(template.faces, np.int64)[keep])
+    base = torch.from_numpy(np.asarray(template.vertices, np.float64))
+    identities = torch.stack([base + torch.from_numpy(rng.normal(0, 2.0, (1, 3))) * base / 50 for _ in range(3)])
+    # expression e: the same similarity (scaled rotation) of every identity's face -> the same
+    # gradient on every triangle of every face (a similarity maps the scaled normal along)
+    def similarity(scale, axis, angle):
+        k = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]], dtype=torch.float64)
+        k = k / np.linalg.norm(axis)
+        return scale * (torch.eye(3, dtype=torch.float64) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k)
+
+    maps = [torch.eye(3, dtype=torch.float64), similarity(1.05, (0, 1, 0.2), 0.1), similarity(0.97, (1, 0, 0), -0.15)]
+    alike = torch.stack([torch.stack([v @ m.T for m in maps]) for v in identities])  # (3, 3, V, 3)
+    loss, motion = transfer_consistency(alike, faces)
+    assert float(loss) < 1e-8 and float(motion) > 0.01
+    # one identity deforms differently: the spread shows up
+    other = alike.clone()
+    other[0, 1] = identities[0] @ maps[2].T
+    assert float(transfer_consistency(other, faces)[0]) > 1e-4
+    # displacements: equal when every face moves by the same offsets, whatever its shape
+    offsets = torch.from_numpy(rng.normal(0, 1.0, (1, 3) + base.shape))
+    moved = identities[:, None] + torch.cat([torch.zeros_like(offsets[:, :1]), offsets[:, 1:]], 1)
+    loss, motion = transfer_consistency(moved, faces, space="displacement")
+    assert float(loss) < 1e-12 and 1.0 < float(motion) < 2.0  # mean |N(0, I_3)| ~ 1.6 mm
+    assert float(transfer_consistency(alike, faces, space="displacement")[0]) > 1e-3  # similarities move big faces more
+    # relative: scale-free (twice the motion, the same value), zero when alike
+    noisy = moved + torch.from_numpy(rng.normal(0, 0.2, moved.shape)) * (torch.arange(3) > 0).view(1, 3, 1, 1)
+    r1 = float(transfer_consistency(noisy, faces, space="displacement", relative=True)[0])
+    doubled = noisy[:, :1] + 2 * (noisy - noisy[:, :1])
+    r2 = float(transfer_consistency(doubled, faces, space="displacement", relative=True)[0])
+    assert r1 > 0.01 and abs(r1 - r2) < 1e-9
+    assert float(transfer_consistency(moved, faces, space="displacement", relative=True)[0]) < 1e-9
+    # pseudo-Huber: quadratic below the knee, linear above it
+    from facemodel.training.transfer import _pseudo_huber
+
+    r = torch.tensor([1e-3, 10.0], dtype=torch.float64)
+    got = _pseudo_huber(r, 0.5)
+    assert abs(float(got[0]) - 1e-6 / 1.0) < 1e-9 and abs(float(got[1]) - (10.0 - 0.5)) < 0.02
+    with pytest.raises(ValueError, match="I>=2"):
+        transfer_consistency(alike[:1], faces)
+    with pytest.raises(ValueError, match="space"):
+        transfer_consistency(alike, faces, space="vertices")
+
+
+def test_transfer_codes_share_rows_and_columns():
+    from facemodel.training.transfer import transfer_codes
+
+    slices = {"identity": slice(0, 4), "expression": slice(4, 7), "noise": slice(7, 9)}
+    z = transfer_codes(slices, 9, 3, 2, generator=torch.Generator().manual_seed(0)).view(3, 3, 9)
+    ident, expr, noise = z[..., 0:4], z[..., 4:7], z[..., 7:9]
+    assert torch.equal(ident, ident[:, :1].expand_as(ident)) and not torch.equal(ident[0], ident[1])
+    assert torch.equal(noise, noise[:, :1].expand_as(noise))
+    assert torch.equal(expr, expr[:1].expand_as(expr)) and not torch.equal(expr[:, 0], expr[:, 1])
+
+
+@pytest.mark.parametrize("space, weight, relative", [("displacement", 300.0, False), ("gradient", 1000.0, False),
+                                                     ("displacement", 100.0, True)])  # fmt: skip
+def test_transfer_term_trains_and_lowers_the_spread(small_dataset, tmp_path, space, weight, relative):
+    cfg = tiny(small_dataset, max_steps=40, log_every=5, lambda_transfer=weight, transfer_identities=3,
+               transfer_expressions=2, transfer_triangles=2048, transfer_space=space, transfer_relative=relative)  # fmt: skip
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.transfer_faces is not None and trainer.transfer_faces.shape[1] == 3
+    trainer.train()
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["g_transfer"]) and np.isfinite(r["transfer_motion"]) for r in logs)
+    # the term is optimised: the spread falls from its value at initialisation
+    assert np.mean([r["g_transfer"] for r in logs[-2:]]) < 0.8 * logs[0]["g_transfer"]
+    with pytest.raises(ConfigError, match="two factors"):
+        Trainer(tiny(small_dataset, lambda_transfer=1.0, factors=[{"name": "identity", "code_dim": 8, "labels": "identity"}]),
+                tmp_path / "run2", progress=False)  # fmt: skip

@@ -91,6 +91,16 @@ class TrainConfig(BaseModel):
     # another person with the nearest blendshape weights) from generated pairs sharing its code
     # (facemodel.training.pairs); lambda_pair weighs its Wasserstein term for both networks
     lambda_pair: float = Field(0.0, ge=0)
+    # ...or by local geometry: an expression code must deform every face alike; the spread over
+    # identities of per-triangle deformation gradients (facemodel.training.transfer) on a grid of
+    # transfer_identities x (transfer_expressions + 1) prior codes, transfer_triangles of them a step
+    lambda_transfer: float = Field(0.0, ge=0)
+    transfer_identities: int = Field(4, ge=2)
+    transfer_expressions: int = Field(4, ge=1)
+    transfer_triangles: int = Field(4096, ge=0)  # triangles sampled per step (0: all)
+    transfer_space: Literal["gradient", "displacement"] = "gradient"
+    transfer_delta: float | None = Field(None, gt=0)  # pseudo-Huber knee (default 0.02 / 0.5 mm)
+    transfer_relative: bool = False  # spread / deformation: shrinking expressions does not pay
     rigidity_scale_mm: float = Field(0.5, gt=0)
     prior_pairs: float = Field(0.0, ge=0, le=1)
     # ablations (paper Table 1)

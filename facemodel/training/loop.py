@@ -37,6 +37,7 @@ from .expression_meter import BlendshapeMeter, fit_blendshape_meter, same_identi
 from .rigidity import expression_motion_mm, rigidity_loss, rigidity_weights, same_identity_motion
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
 from .sampler import EpochSampler
+from .transfer import transfer_codes, transfer_consistency, transfer_triangles
 
 __all__ = ["Trainer"]
 
@@ -128,6 +129,12 @@ class Trainer:
         self.pairs: PairSampler | None = None
         if config.lambda_pair > 0:
             self.pairs = PairSampler(self.data, tuple(f.name for f in self.gen_config.factors), seed=config.seed)
+        self.transfer_faces: torch.Tensor | None = None
+        if config.lambda_transfer > 0:
+            if len(config.factors) < 2:
+                raise ConfigError("lambda_transfer needs an identity and an expression factor (two factors in `factors`)")
+            keep = transfer_triangles(self.template.vertices, self.template.faces)
+            self.transfer_faces = torch.from_numpy(np.asarray(self.template.faces, np.int64)[keep]).to(self.device)
         # ---- models -------------------------------------------------------------------
         self.G = Generator(self.gen_config).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -301,11 +308,14 @@ class Trainer:
                 bcons = gap.mean()
             else:  # these pairs share the identity code, not the expression code
                 spread = torch.relu(self.spread_target - gap.mean())
+        transfer = tmag = d.sum() * 0
+        if self.transfer_faces is not None:
+            transfer, tmag = self._transfer_loss()
         reg = laplacian_loss(self.laplacian, d, scale=c.displacement_scale_mm) if c.use_reg else d.sum() * 0
         loss = (c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
                 + c.lambda_consistency * cons + c.lambda_rigidity * rigid + c.lambda_motion_spread * mspread
                 + c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread
-                + c.lambda_pair * pair)
+                + c.lambda_pair * pair + c.lambda_transfer * transfer)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.G)
@@ -315,7 +325,24 @@ class Trainer:
                 **({"g_cons": float(cons.detach())} if c.lambda_consistency > 0 else {}),
                 **({"g_rigid": float(rigid.detach()), "g_mspread": float(mspread.detach())} if self.rigidity is not None else {}),
                 **({"g_bcons": float(bcons.detach()), "g_spread": float(spread.detach())} if self.meter is not None else {}),
-                **({f"g_pair_{factor}": float(pair.detach())} if factor is not None else {})}
+                **({f"g_pair_{factor}": float(pair.detach())} if factor is not None else {}),
+                **({"g_transfer": float(transfer.detach()), "transfer_motion": float(tmag)} if self.transfer_faces is not None else {})}
+
+    def _transfer_loss(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transfer consistency (facemodel.training.transfer) on a fresh grid of prior codes."""
+        c = self.config
+        ident, expr = self.gen_config.factors[0].name, self.gen_config.factors[1].name
+        I, E = c.transfer_identities, c.transfer_expressions
+        z = transfer_codes(self.gen_config.code_slices(), self.gen_config.code_dim, I, E, identity=ident,
+                           expression=expr, device=self.device)  # fmt: skip
+        with self._autocast():
+            d = self._G_fwd(z).float()
+        meshes = (d + self.template_t).view(I, E + 1, -1, 3)
+        faces = self.transfer_faces
+        if 0 < c.transfer_triangles < len(faces):
+            faces = faces[torch.randperm(len(faces), device=self.device)[: c.transfer_triangles]]
+        return transfer_consistency(meshes, faces, space=c.transfer_space, delta=c.transfer_delta,
+                                    relative=c.transfer_relative)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
