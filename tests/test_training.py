@@ -20,7 +20,7 @@ def tiny(small_dataset, **overrides):
 
 
 def test_config_files_round_trip(tmp_path):
-    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml"):
+    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "transfer.yaml"):
         cfg = load_config(REPO_CONFIGS / name)
         cfg.to_file(tmp_path / f"{name}.json")
         assert load_config(tmp_path / f"{name}.json") == cfg
@@ -408,7 +408,7 @@ def test_expression_cluster_labels_cover_every_mesh_and_keep_the_names(small_dat
 
 # ---- snapshots and checkpoint selection (facemodel.training.select) --------------------------
 def test_choose_keeps_good_specificity_then_best_decoupling():
-    from facemodel.training.select import SelectionError, choose
+    from facemodel.training.select import SelectionError, choose, motion_floor_met
 
     recs = [
         {"step": 1000, "val_specificity_mm": 3.00, "dec_identity": 99.0, "dec_expression": 10.0, "spill_mm": 0.5},
@@ -425,6 +425,13 @@ def test_choose_keeps_good_specificity_then_best_decoupling():
     assert choose([dict(recs[1], step=500), recs[1]]) == 1
     # specificity only (no probe): the best specificity within the slack, the later step on ties
     assert choose([{"step": 1, "val_specificity_mm": 3.0}, {"step": 2, "val_specificity_mm": 3.05}]) == 1
+    # motion floor: a candidate whose expressions barely move is out, however it scores
+    weak = {"step": 4000, "val_specificity_mm": 2.9, "dec_identity": 100.0, "dec_expression": 100.0, "motion_mm": 0.1}
+    moving = [dict(r, motion_mm=0.8) for r in recs]
+    assert choose(moving + [weak]) == 3
+    assert choose(moving + [weak], min_motion_mm=0.4) == 1  # the floor also resets the best specificity
+    assert motion_floor_met(moving + [weak], 0.4) and not motion_floor_met([weak], 0.4)
+    assert choose([weak, dict(weak, step=5000, dec_expression=50.0)], min_motion_mm=0.4) == 0  # none pass: all stay
     with pytest.raises(SelectionError, match="no candidates"):
         choose([])
     with pytest.raises(SelectionError, match="eval_every"):
@@ -465,6 +472,13 @@ def test_snapshots_are_scored_and_one_is_selected(small_dataset, tmp_path, capsy
     scored = []
     again = select(tmp_path / "run", data=small_dataset, spill_vertices=np.arange(0, 9409, 50), n=4, log=scored.append)
     assert scored == [] and again["records"] == recs
+    assert again["min_motion_mm"] is None and again["motion_floor_met"] is True
+    # a floor nobody reaches: said in the log and the result, and the choice is still made
+    warned = []
+    floor = select(tmp_path / "run", data=small_dataset, spill_vertices=np.arange(0, 9409, 50), n=4,
+                   min_motion_mm=1e6, log=warned.append)  # fmt: skip
+    assert floor["motion_floor_met"] is False and any("motion floor" in w for w in warned)
+    assert floor["chosen"]["step"] == result["chosen"]["step"]
 
     # the command line copies the chosen folder; a step without a logged evaluation is recomputed
     (tmp_path / "run" / "metrics.jsonl").write_text("")
@@ -474,6 +488,19 @@ def test_snapshots_are_scored_and_one_is_selected(small_dataset, tmp_path, capsy
     assert sorted(p.name for p in (tmp_path / "chosen").iterdir()) == ["config.json", "model.safetensors"]
     assert "chosen: step" in capsys.readouterr().out
     assert select_main(["--run", str(tmp_path / "nothing"), "--data", str(small_dataset)]) == 2
+    assert select_main(["--run", str(tmp_path / "run"), "--data", str(small_dataset), "--min-motion-fraction", "-1"]) == 2
+    assert "min-motion-fraction" in capsys.readouterr().err
+
+
+def test_reference_motion_is_the_ground_truth_expressions(small_dataset, ict):
+    from facemodel.evaluation.spill import identity_only_vertices
+    from facemodel.training.select import reference_motion
+
+    source = ict
+    verts = identity_only_vertices(source)
+    ref = reference_motion(small_dataset, source, verts, n=4)
+    assert 0.2 < ref < 10.0  # mm: ICT expressions move the mobile face by about a millimetre on average
+    assert reference_motion(small_dataset, source, verts, n=4) == ref  # seeded
 
 
 # ---- pair critic (lambda_pair) -------------------------------------------------------------

@@ -14,9 +14,14 @@ final export is ``RUN/model``. Every candidate is scored on
   same codes for every candidate);
 - ``spill_mm``: identity spill (``n`` faces x 5 expression codes).
 
-Rule (:func:`choose`): keep the candidates whose validation specificity is within
-``tolerance`` (5 %) of the best, then take the highest mean decoupling; ties go to the lower
-spill, then to the later step. The scores and the choice are written to
+Rule (:func:`choose`): first drop the candidates whose expression codes barely move the face
+(``motion_mm`` under ``min_motion_mm``: by default half the motion of the ICT ground truth on
+the validation identities under the same probe): a generator whose expressions do nothing is
+decoupled trivially and is closest to the mean face, so it would otherwise win on both
+counts. Then keep the candidates whose validation specificity is within ``tolerance`` (5 %)
+of the best, then take the highest mean decoupling; ties go to the lower spill, then to the
+later step. When no candidate reaches the motion floor, the rule runs on all of them and the
+result says ``"motion_floor_met": false``. The scores and the choice are written to
 ``RUN/selection.json`` (atomically).
 """
 
@@ -37,7 +42,7 @@ import torch
 from .._fs import atomic_dir, atomic_file
 from ..errors import FaceModelError
 
-__all__ = ["SelectionError", "candidates", "choose", "score_candidate", "select", "main"]
+__all__ = ["SelectionError", "candidates", "choose", "motion_floor_met", "reference_motion", "score_candidate", "select", "main"]
 
 _SNAPSHOT = re.compile(r"^step(\d{7})$")
 
@@ -90,14 +95,16 @@ def _logged_val_specificity(run: Path) -> dict[int, float]:
     return out
 
 
-def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05) -> int:
+def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_motion_mm: float | None = None) -> int:
     """Index of the record to release (see the module docstring for the rule).
 
     Args:
         records: dicts with ``step`` and ``val_specificity_mm``; optional ``dec_identity``,
-            ``dec_expression`` (percent) and ``spill_mm`` (missing ones count as unknown:
-            decoupling 0, spill infinite).
+            ``dec_expression`` (percent), ``spill_mm`` and ``motion_mm`` (missing ones count as
+            unknown: decoupling 0, spill infinite, motion passing the floor).
         tolerance: relative slack on the best validation specificity.
+        min_motion_mm: candidates whose ``motion_mm`` is below it are left out, unless that
+            leaves none (then every candidate stays; see :func:`motion_floor_met`).
 
     Raises:
         SelectionError: no records, or one without a finite ``val_specificity_mm``.
@@ -107,8 +114,9 @@ def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05) -> int
     specs = [r.get("val_specificity_mm") for r in records]
     if not all(isinstance(s, (int, float)) and math.isfinite(s) for s in specs):
         raise SelectionError("every candidate needs a finite val_specificity_mm (run with eval_every > 0)")
-    best = min(specs)
-    keep = [i for i, s in enumerate(specs) if s <= best * (1.0 + tolerance)]
+    pool = [i for i in range(len(records)) if _moves(records[i], min_motion_mm)] or list(range(len(records)))
+    best = min(specs[i] for i in pool)
+    keep = [i for i in pool if specs[i] <= best * (1.0 + tolerance)]
 
     def key(i: int) -> tuple[float, float, int]:
         r = records[i]
@@ -116,6 +124,31 @@ def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05) -> int
         return (dec, -r.get("spill_mm", math.inf), int(r["step"]))
 
     return max(keep, key=key)
+
+
+def _moves(record: dict[str, Any], min_motion_mm: float | None) -> bool:
+    m = record.get("motion_mm")
+    return min_motion_mm is None or not isinstance(m, (int, float)) or m >= min_motion_mm
+
+
+def motion_floor_met(records: Sequence[dict[str, Any]], min_motion_mm: float | None) -> bool:
+    """Whether any candidate reaches the motion floor (:func:`choose` ignores it otherwise)."""
+    return any(_moves(r, min_motion_mm) for r in records)
+
+
+def reference_motion(data: str | Path, source, spill_vertices, *, n: int = 40) -> float:
+    """Motion (mm) of the ICT ground truth under the selection probe: the validation identities
+    with the validation meshes' blendshape weights, the same seeds as :func:`score_candidate`."""
+    from ..data.builder import ICTFaceGenerator
+    from ..data.dataset import FaceDataset
+    from ..evaluation.protocol import ICTGroundTruth
+    from ..evaluation.spill import identity_spill
+
+    val = FaceDataset(data, split="val")
+    ids = val.identity_table("pca_weights")[val.identity_table("split") == 1]
+    gt = ICTGroundTruth(ICTFaceGenerator(source), ids, np.asarray(val.meta("blendshapes")))
+    s = identity_spill(gt, spill_vertices, num_faces=n, variants=5, generator=torch.Generator().manual_seed(1))
+    return float(s["motion_mm"])
 
 
 def score_candidate(path: Path, *, nets=None, spill_vertices=None, n: int = 40) -> dict[str, Any]:
@@ -153,7 +186,8 @@ def _val_specificity(path: Path, data: Path, samples: int = 256) -> float:
 
 
 def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None, n: int = 40,
-           tolerance: float = 0.05, reuse: bool = True, log=print) -> dict[str, Any]:  # fmt: skip
+           tolerance: float = 0.05, min_motion_mm: float | None = None, reuse: bool = True,
+           log=print) -> dict[str, Any]:  # fmt: skip
     """Score every candidate of ``run``, choose one and write ``run/selection.json``.
 
     With ``reuse``, candidates already scored in ``run/selection.json`` with the same settings
@@ -188,12 +222,19 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
         rec.update(score_candidate(path, nets=nets, spill_vertices=spill_vertices, n=n))
         log(json.dumps(rec))
         records.append(rec)
-    i = choose(records, tolerance=tolerance)
+    i = choose(records, tolerance=tolerance, min_motion_mm=min_motion_mm)
+    met = motion_floor_met(records, min_motion_mm)
+    if not met:
+        log(f"WARNING: no candidate's expressions move the face by {min_motion_mm:.3f} mm (motion_mm); "
+            "the choice ignores the motion floor")  # fmt: skip
     result = {
         "chosen": records[i],
         "records": records,
-        "rule": f"val_specificity_mm within {tolerance:.0%} of the best, then the highest mean of "
+        "rule": ("motion_mm at least min_motion_mm, then " if min_motion_mm is not None else "")
+        + f"val_specificity_mm within {tolerance:.0%} of the best, then the highest mean of "
         "dec_identity and dec_expression, then the lower spill_mm, then the later step",
+        "min_motion_mm": min_motion_mm,
+        "motion_floor_met": met,
         "settings": wanted,
     }
     with atomic_file(run / "selection.json", "w") as f:
@@ -208,11 +249,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ict", default=None, help="ICT-FaceKit folder: decoupling and identity spill (omit: specificity only)")
     p.add_argument("--n", type=int, default=40, help="faces x samples of the decoupling probe (default 40)")
     p.add_argument("--tolerance", type=float, default=0.05)
+    p.add_argument("--min-motion-fraction", type=float, default=0.5,
+                   help="leave out candidates whose expressions move the face less than this fraction of the ICT "
+                        "ground truth's motion under the same probe (needs --ict; 0: no floor)")  # fmt: skip
     p.add_argument("--export", default=None, help="copy the chosen model folder here (replaced atomically)")
     p.add_argument("--rescore", action="store_true", help="score every candidate again (default: reuse selection.json)")
     args = p.parse_args(argv)
     try:
-        nets = verts = None
+        nets = verts = floor = None
+        if args.min_motion_fraction < 0:
+            raise SelectionError("--min-motion-fraction must be >= 0 (0 turns the motion floor off)")
         if args.ict is not None:
             from ..data.ict import ICTSource
             from ..evaluation.embedding import load_or_train_decoupling_nets
@@ -221,8 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = ICTSource(args.ict)
             nets = load_or_train_decoupling_nets(args.data, source)
             verts = identity_only_vertices(source)
+            if args.min_motion_fraction > 0:
+                ref = reference_motion(args.data, source, verts, n=args.n)
+                floor = args.min_motion_fraction * ref
+                print(f"motion floor: {floor:.3f} mm ({args.min_motion_fraction:g} x the ICT ground truth's {ref:.3f} mm)")
         result = select(args.run, data=args.data, nets=nets, spill_vertices=verts, n=args.n, tolerance=args.tolerance,
-                        reuse=not args.rescore)
+                        min_motion_mm=floor, reuse=not args.rescore)
         chosen = result["chosen"]
         print(f"chosen: step {chosen['step']} ({chosen['path']})")
         if args.export:
