@@ -9,7 +9,10 @@
 # Environment: OUT (where the results go), WORK (scratch, default /tmp/fm), ICT (ICT-FaceKit
 # folder, default .devdata/ict), EMB (cached decoupling nets, default .devdata/emb), DATA (an
 # existing ICT 4D dataset; built from ICT when absent), CONFIG (default configs/release.yaml),
-# TRAIN_MIN (minutes of training per run), DEVICE (default cuda), KEEP (models packed, 3).
+# TRAIN_MIN (minutes of training per run), DEVICE (default cuda), KEEP (models packed, 3),
+# THREADS (per run, 3), WHEELS (folder of wheels to install first, default .whl; "none"),
+# BENCH_STEPS / BENCH_S (step benchmark), SELECT_S (selection time limit), SELECT_ICT=none
+# (select by validation specificity alone), BUILD_ARGS (extra `data build-ict` arguments).
 #
 # Writes to OUT: log.txt, results.tar.gz (every run's config, metrics, selection, log, last
 # sample render) and, for the KEEP runs whose chosen snapshot decouples best, NAME.st.part-aa,
@@ -87,9 +90,11 @@ pack_logs() {
 pack_logs  # early, in case the selection runs out of time
 
 pids=()
+ict_arg="--ict $ICT"
+[ "${SELECT_ICT:-yes}" = none ] && ict_arg=""  # specificity only (no decoupling nets needed)
 log "selection (validation specificity, 40x40 decoupling probe, spill)"
 for name in "${names[@]}"; do
-    OMP_NUM_THREADS=$THREADS timeout "${SELECT_S:-150}" python3 -m facemodel.training.select --run "$WORK/runs/$name" --data "$DATA" --ict "$ICT" \
+    OMP_NUM_THREADS=$THREADS timeout "${SELECT_S:-150}" python3 -m facemodel.training.select --run "$WORK/runs/$name" --data "$DATA" $ict_arg \
         --export "$WORK/runs/$name/selected" > "$WORK/runs/$name.select.log" 2>&1 &
     pids+=($!)
 done
