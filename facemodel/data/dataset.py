@@ -127,6 +127,15 @@ class FaceDataset(Dataset):
         """Per-identity data (``names``, ``split``, ``pca_weights`` for ICT 4D)."""
         return self._identities[key]
 
+    def offsets(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """(M, V, 3) stored offsets from the template (mm, the dataset's storage dtype, e.g.
+        float16) of selected rows (positions in this dataset); all rows when ``rows`` is None."""
+        idx = self.indices if rows is None else self.indices[rows]
+        order = np.argsort(idx)
+        out = np.empty((len(idx), self.manifest.num_vertices, 3), self._offsets.dtype)
+        out[order] = self._offsets[idx[order]]
+        return out
+
     def vertices(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """(M, V, 3) float32 vertices (mm) of selected rows (positions in this dataset)."""
         idx = self.indices if rows is None else self.indices[rows]

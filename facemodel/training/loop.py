@@ -89,6 +89,9 @@ class Trainer:
         self.data = FaceDataset(config.data, split="train")
         self.template = self.data.template
         self.template_t = torch.from_numpy(self.template.vertices).to(self.device)
+        self._offsets_t: torch.Tensor | None = None
+        if config.data_on_device:
+            self._offsets_t = torch.from_numpy(self.data.offsets()).to(self.device)
         labels, names = {}, {}
         for spec in config.factors:
             labels[spec.name], names[spec.name] = factor_labels(self.data, spec.labels, clusters=spec.clusters, seed=config.seed)
@@ -196,12 +199,18 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _displacements(self, rows: np.ndarray) -> torch.Tensor:
+        """(M, V, 3) float32 displacements (mm) of training rows, on the training device."""
+        if self._offsets_t is not None:
+            return self._offsets_t[torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)].float()
+        v = torch.from_numpy(self.data.vertices(rows)).to(self.device, non_blocking=True)
+        return v - self.template_t
+
     def _real_batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], np.ndarray]:
         rows = self.sampler.next()
-        v = torch.from_numpy(self.data.vertices(rows)).to(self.device, non_blocking=True)
         labels = {k: self.real_labels[k][rows].to(self.device) for k in self.classified}
         targets = {k: t[rows].to(self.device) for k, t in self.real_targets.items()}
-        return v - self.template_t, labels, targets, rows
+        return self._displacements(rows), labels, targets, rows
 
     def _shared_factor(self, batch: CodeBatch) -> str | None:
         """The factor whose code the batch's pairs share (the pair critics' factor), or None."""
@@ -217,7 +226,7 @@ class Trainer:
             return None, None, None
         P = batch.pairs.shape[0]
         partner = self.pairs.partners(rows[:P], factor)
-        other = torch.from_numpy(self.data.vertices(partner)).to(self.device) - self.template_t
+        other = self._displacements(partner)
         real_img = torch.cat([self.D.image(real[:P]), self.D.image(other)], 1)
         fake_img = pair_images(self.D.image(fake), batch.pairs)
         w = self.D.pair_score(factor, real_img).mean() - self.D.pair_score(factor, fake_img).mean()
