@@ -95,6 +95,10 @@ class TrainConfig(BaseModel):
     # identities of per-triangle deformation gradients (facemodel.training.transfer) on a grid of
     # transfer_identities x (transfer_expressions + 1) prior codes, transfer_triangles of them a step
     lambda_transfer: float = Field(0.0, ge=0)
+    # ...and, against the identity collapse transfer consistency causes in displacement space:
+    # pairs sharing only the expression code must differ where expressions leave the face still
+    # at least as much as two people do in the data (a hinge; the identity twin of motion spread)
+    lambda_identity_spread: float = Field(0.0, ge=0)
     transfer_identities: int = Field(4, ge=2)
     transfer_expressions: int = Field(4, ge=1)
     transfer_triangles: int = Field(4096, ge=0)  # triangles sampled per step (0: all)

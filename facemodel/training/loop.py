@@ -34,7 +34,7 @@ from .discriminator import Critic
 from .labels import factor_labels, factor_targets
 from .pairs import PairSampler, pair_images
 from .expression_meter import BlendshapeMeter, fit_blendshape_meter, same_identity_spread
-from .rigidity import expression_motion_mm, rigidity_loss, rigidity_weights, same_identity_motion
+from .rigidity import between_identity_shape, expression_motion_mm, rigidity_loss, rigidity_weights, same_identity_motion
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
 from .sampler import EpochSampler
 from .transfer import transfer_codes, transfer_consistency, transfer_triangles
@@ -122,13 +122,17 @@ class Trainer:
         self.rigidity: torch.Tensor | None = None
         self.mobility: torch.Tensor | None = None
         self.motion_target = 0.0
-        if config.lambda_rigidity > 0 or config.lambda_motion_spread > 0:
+        self.identity_target = 0.0
+        if config.lambda_rigidity > 0 or config.lambda_motion_spread > 0 or config.lambda_identity_spread > 0:
             motion = expression_motion_mm(self.data, seed=config.seed)
             w = rigidity_weights(motion, config.rigidity_scale_mm)
             self.rigidity = torch.from_numpy(w).to(self.device)
             self.mobility = 1.0 - self.rigidity  # where the data's expressions move the face
             if config.lambda_motion_spread > 0:
                 self.motion_target = same_identity_motion(self.data, w, scale=config.displacement_scale_mm, seed=config.seed)
+            if config.lambda_identity_spread > 0:
+                self.identity_target = between_identity_shape(self.data, w, scale=config.displacement_scale_mm,
+                                                              seed=config.seed)  # fmt: skip
         self.pairs: PairSampler | None = None
         if config.lambda_pair > 0:
             self.pairs = PairSampler(self.data, tuple(f.name for f in self.gen_config.factors), seed=config.seed)
@@ -309,6 +313,10 @@ class Trainer:
             if c.lambda_motion_spread > 0:
                 moved = rigidity_loss(d[a], d[b], self.mobility, scale=c.displacement_scale_mm)
                 mspread = torch.relu(self.motion_target - moved)
+        ispread = d.sum() * 0
+        if c.lambda_identity_spread > 0 and batch.labelled == self.gen_config.factors[0].name:  # pairs share the expression code
+            shaped = rigidity_loss(d[a], d[b], self.rigidity, scale=c.displacement_scale_mm)
+            ispread = torch.relu(self.identity_target - shaped)
         if self.meter is not None:
             read = self.meter(d + self.template_t)
             gap = (read[a] - read[b]).square().sum(1)
@@ -324,7 +332,7 @@ class Trainer:
         loss = (c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
                 + c.lambda_consistency * cons + c.lambda_rigidity * rigid + c.lambda_motion_spread * mspread
                 + c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread
-                + c.lambda_pair * pair + c.lambda_transfer * transfer)
+                + c.lambda_pair * pair + c.lambda_transfer * transfer + c.lambda_identity_spread * ispread)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.G)
@@ -335,7 +343,8 @@ class Trainer:
                 **({"g_rigid": float(rigid.detach()), "g_mspread": float(mspread.detach())} if self.rigidity is not None else {}),
                 **({"g_bcons": float(bcons.detach()), "g_spread": float(spread.detach())} if self.meter is not None else {}),
                 **({f"g_pair_{factor}": float(pair.detach())} if factor is not None else {}),
-                **({"g_transfer": float(transfer.detach()), "transfer_motion": float(tmag)} if self.transfer_faces is not None else {})}
+                **({"g_transfer": float(transfer.detach()), "transfer_motion": float(tmag)} if self.transfer_faces is not None else {}),
+                **({"g_ispread": float(ispread.detach())} if c.lambda_identity_spread > 0 else {})}
 
     def _transfer_loss(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Transfer consistency (facemodel.training.transfer) on a fresh grid of prior codes."""

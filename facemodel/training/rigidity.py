@@ -75,3 +75,27 @@ def same_identity_motion(dataset: FaceDataset, weights: np.ndarray, *, pairs: in
     mobile = torch.from_numpy(1.0 - np.asarray(weights, np.float32))
     va, vb = torch.from_numpy(dataset.vertices(a)), torch.from_numpy(dataset.vertices(b))
     return float(rigidity_loss(va, vb, mobile, scale=scale))
+
+
+def other_identity_pairs(dataset: FaceDataset, pairs: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``(a, b)``, each (pairs,), of random training-mesh pairs of two different identities."""
+    rng = np.random.default_rng(seed)
+    classes = dataset.identity_classes()
+    if len(np.unique(classes)) < 2:
+        raise ValueError("other_identity_pairs needs a dataset with at least two identities")
+    a = rng.integers(0, len(dataset), pairs)
+    b = rng.integers(0, len(dataset), pairs)
+    while (bad := classes[a] == classes[b]).any():
+        b[bad] = rng.integers(0, len(dataset), int(bad.sum()))
+    return a, b
+
+
+def between_identity_shape(dataset: FaceDataset, weights: np.ndarray, *, pairs: int = 2000, scale: float = 10.0,
+                           seed: int = 0) -> float:  # fmt: skip
+    """How far meshes of two different people differ where expressions leave the face still, in
+    the units of :func:`rigidity_loss` with ``weights``: the target of the identity-spread term
+    (pairs sharing only the expression code must differ at least this much there)."""
+    a, b = other_identity_pairs(dataset, pairs, seed=seed)
+    va, vb = torch.from_numpy(dataset.vertices(a)), torch.from_numpy(dataset.vertices(b))
+    return float(rigidity_loss(va, vb, torch.from_numpy(np.asarray(weights, np.float32)), scale=scale))
+
