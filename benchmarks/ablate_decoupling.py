@@ -28,6 +28,7 @@ import torch
 
 def probe(path: Path, nets, spill_vertices, meter, *, n: int = 40) -> dict:
     from facemodel.evaluation.decoupling import decoupling_scores
+    from facemodel.evaluation.metrics import model_diversity
     from facemodel.evaluation.protocol import FaceModelAdapter
     from facemodel.evaluation.spill import identity_spill
     from facemodel.model import FaceModel
@@ -53,8 +54,10 @@ def probe(path: Path, nets, spill_vertices, meter, *, n: int = 40) -> dict:
             other[:, a:b] = z[:, a:b]
             read[f"share_{name}"] = float((meter(model.template + model.generator(other)) - base).abs().mean())
         read["share_nothing"] = float((base - base.roll(1, 0)).abs().mean())
+    div = model_diversity(m, 10_000, generator=torch.Generator().manual_seed(0))
     return {"model": str(path), "dec_identity": d["identity"], "dec_expression": d["expression"],
             "spill_mm": s["mean_mm"], "motion_mm": s["motion_mm"], "blendshape_readout_mad": read,
+            "diversity_mm": {k: round(float(v), 3) for k, v in div.items()},
             "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
 
 
