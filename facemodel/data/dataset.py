@@ -127,22 +127,22 @@ class FaceDataset(Dataset):
         """Per-identity data (``names``, ``split``, ``pca_weights`` for ICT 4D)."""
         return self._identities[key]
 
-    def offsets(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
-        """(M, V, 3) stored offsets from the template (mm, the dataset's storage dtype, e.g.
-        float16) of selected rows (positions in this dataset); all rows when ``rows`` is None."""
+    def _gather(self, rows: np.ndarray | slice | None, dtype) -> np.ndarray:
+        """(M, V, 3) stored offsets of selected rows, converted to ``dtype`` while reading."""
         idx = self.indices if rows is None else self.indices[rows]
-        order = np.argsort(idx)
-        out = np.empty((len(idx), self.manifest.num_vertices, 3), self._offsets.dtype)
+        order = np.argsort(idx)  # sorted reads are faster on a memory map
+        out = np.empty((len(idx), self.manifest.num_vertices, 3), dtype)
         out[order] = self._offsets[idx[order]]
         return out
 
+    def offsets(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """(M, V, 3) stored offsets from the template (mm, the dataset's storage dtype, e.g.
+        float16) of selected rows (positions in this dataset); all rows when ``rows`` is None."""
+        return self._gather(rows, self._offsets.dtype)
+
     def vertices(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """(M, V, 3) float32 vertices (mm) of selected rows (positions in this dataset)."""
-        idx = self.indices if rows is None else self.indices[rows]
-        order = np.argsort(idx)  # sorted reads are faster on a memory map
-        out = np.empty((len(idx), self.manifest.num_vertices, 3), np.float32)
-        out[order] = self._offsets[idx[order]]
-        return out + self.template.vertices[None]
+        return self._gather(rows, np.float32) + self.template.vertices[None]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = int(self.indices[i])
