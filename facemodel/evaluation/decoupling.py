@@ -15,12 +15,13 @@ net. Codes come from the model's own prior (:meth:`ShapeModel.sample_codes`); me
 decoded in chunks without gradients, rendered (:mod:`.normal_render`) and embedded
 (:mod:`.embedding`).
 
-Reference points (full nets, ICT 4D test identities, n = m = 100, ~40 s per model on one
-core): the ground-truth generator scores 97.6% identity / 77.5% expression with the test
-meshes' own expressions (mostly near-neutral frames, which the expression net does not
-always match across faces) and 92.3% / 92.3% with 40 visibly different test expressions
-(:func:`~facemodel.evaluation.embedding.diverse_expressions`); a model that ignores its
-identity (expression) code scores 3.2% (12.4%).
+Reference points (full nets of 2026-11-26, ICT 4D test identities, n = m = 100, seed 0, ~45 s
+per model on one core): the ground-truth generator scores 99.3% identity / 82.5% expression
+with the test meshes' own expressions (mostly near-neutral frames, which the expression net
+does not always match across faces) and 96.5% / 96.3% with 40 visibly different test
+expressions (:func:`~facemodel.evaluation.embedding.diverse_expressions`; 96.2-98.1% /
+94.7-97.0% over seeds 0-3); a model that ignores its identity (expression) code scores 3.4%
+(16.9%). The first full nets (shorter training) gave 97.6 / 77.5, 92.3 / 92.3 and 3.2 (12.4).
 
 Example:
     >>> nets = load_or_train_decoupling_nets(dataset_root, ICTSource(ict_dir))
