@@ -295,6 +295,14 @@ def test_save_load_roundtrip(quick_nets, tmp_path, template):
     for f in ("identity", "expression"):
         assert back[f].threshold == quick_nets[f].threshold
         assert torch.allclose(back[f].embed(v), quick_nets[f].embed(v), atol=1e-6)
+    # the fingerprint survives a round trip and changes with any threshold or weight
+    assert back.fingerprint() == quick_nets.fingerprint() and len(back.fingerprint()) == 16
+    back.expression.threshold += 0.01
+    assert back.fingerprint() != quick_nets.fingerprint()
+    back.expression.threshold = quick_nets.expression.threshold
+    with torch.no_grad():
+        next(back.identity.network.parameters()).view(-1)[0] += 1e-3
+    assert back.fingerprint() != quick_nets.fingerprint()
     with pytest.raises(EvaluationError, match="meta.json"):
         DecouplingNets.load(tmp_path / "missing")
     (path / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))

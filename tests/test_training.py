@@ -480,6 +480,24 @@ def test_snapshots_are_scored_and_one_is_selected(small_dataset, tmp_path, capsy
     assert floor["motion_floor_met"] is False and any("motion floor" in w for w in warned)
     assert floor["chosen"]["step"] == result["chosen"]["step"]
 
+    # decoupling scores are reused only from the same embedding nets: other nets rescore
+    from facemodel.data.dataset import FaceDataset
+    from facemodel.evaluation.embedding import DecouplingNets, EmbeddingNet, ResNet18
+    from facemodel.evaluation.normal_render import NormalRenderer
+
+    renderer = NormalRenderer.from_template(FaceDataset(small_dataset, split="train").template, size=16)
+    torch.manual_seed(0)
+    nets_a = DecouplingNets(EmbeddingNet("identity", ResNet18(4, 8).eval(), renderer, 0.5),
+                            EmbeddingNet("expression", ResNet18(4, 8).eval(), renderer, 0.5))  # fmt: skip
+    nets_b = DecouplingNets(nets_a.identity, EmbeddingNet("expression", nets_a.expression.network, renderer, 2.5))
+    calls = []
+    for nets in (nets_a, nets_a, nets_b):
+        calls.append([])
+        res = select(tmp_path / "run", data=small_dataset, nets=nets, n=2, log=calls[-1].append)
+    assert [len(c) for c in calls] == [2, 0, 2]  # scored, reused, scored again
+    assert all(r["dec_expression"] == 100.0 for r in res["records"])  # threshold 2.5 > any distance (unit vectors)
+    assert json.loads((tmp_path / "run" / "selection.json").read_text())["settings"]["nets"] == nets_b.fingerprint()
+
     # the command line copies the chosen folder; a step without a logged evaluation is recomputed
     (tmp_path / "run" / "metrics.jsonl").write_text("")
     assert select_main(["--run", str(tmp_path / "run"), "--data", str(small_dataset), "--export", str(tmp_path / "chosen")]) == 0

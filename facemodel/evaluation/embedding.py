@@ -66,6 +66,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -538,6 +539,21 @@ class DecouplingNets:
     def num_vertices(self) -> int:
         """Vertex count of the template topology the nets render."""
         return self.identity.renderer.num_vertices
+
+    def fingerprint(self) -> str:
+        """16 hex digits identifying these nets: their weights, thresholds and frames.
+
+        Scores from nets with different fingerprints are not comparable (e.g. the cached
+        records of ``python -m facemodel.training.select`` are rescored when it changes).
+        """
+        h = hashlib.sha256()
+        for f in FACTORS:
+            net = self[f]
+            h.update(f"{f}:{net.threshold!r}:{json.dumps(net.renderer.metadata(), sort_keys=True, default=str)}".encode())
+            for k, v in sorted(net.network.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def summary(self) -> dict:
         """Per factor: threshold, validation accuracy, FAR, TAR (the supplement's table)."""

@@ -191,8 +191,10 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
     """Score every candidate of ``run``, choose one and write ``run/selection.json``.
 
     With ``reuse``, candidates already scored in ``run/selection.json`` with the same settings
-    (``n``, decoupling, spill) keep their records, so the command can run while a training run
-    adds snapshots, and again at its end.
+    (``n``, decoupling, spill, the embedding nets'
+    :meth:`~facemodel.evaluation.embedding.DecouplingNets.fingerprint`) keep their records, so
+    the command can run while a training run adds snapshots, and again at its end; records
+    scored by other nets are scored again.
 
     Returns:
         ``{"chosen": {...record...}, "records": [...], "rule": str}``; each record has
@@ -200,7 +202,8 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
     """
     run = Path(run).expanduser()
     logged = _logged_val_specificity(run)
-    wanted = {"n": n, "decoupling": nets is not None, "spill": spill_vertices is not None}
+    wanted = {"n": n, "decoupling": nets is not None, "spill": spill_vertices is not None,
+              "nets": nets.fingerprint() if nets is not None else None}
     previous: dict[tuple[int, str], dict] = {}
     if reuse and (run / "selection.json").is_file():  # records of an earlier call with the same settings
         try:
