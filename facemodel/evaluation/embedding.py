@@ -549,7 +549,8 @@ class DecouplingNets:
         h = hashlib.sha256()
         for f in FACTORS:
             net = self[f]
-            h.update(f"{f}:{net.threshold!r}:{json.dumps(net.renderer.metadata(), sort_keys=True, default=str)}".encode())
+            frame = json.dumps(net.renderer.metadata(), sort_keys=True, default=str)
+            h.update(f"{f}:{net.threshold!r}:{frame}".encode())
             for k, v in sorted(net.network.state_dict().items()):
                 h.update(k.encode())
                 h.update(v.detach().cpu().contiguous().numpy().tobytes())
