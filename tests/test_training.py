@@ -693,6 +693,10 @@ def test_identity_spread_target_is_what_tells_people_apart(small_dataset, tmp_pa
     a, b = other_identity_pairs(ds, 300, seed=0)
     ident = ds.identity_classes()
     assert (ident[a] != ident[b]).all()
+    one_person = FaceDataset(small_dataset, split="train")
+    one_person.identity_classes = lambda: np.zeros(len(one_person), np.int64)
+    with pytest.raises(ConfigError, match="at least two identities"):
+        other_identity_pairs(one_person, 10)
     w = rigidity_weights(expression_motion_mm(ds, identities=6, per_identity=16), 0.5)
     target = between_identity_shape(ds, w, pairs=300)
     sa, sb = same_identity_pairs(ds, 300)

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 
 from ..data.dataset import FaceDataset
+from .config import ConfigError
 
-__all__ = ["expression_motion_mm", "rigidity_weights", "rigidity_loss", "same_identity_pairs", "same_identity_motion"]
+__all__ = ["expression_motion_mm", "rigidity_weights", "rigidity_loss", "same_identity_pairs", "same_identity_motion",
+           "other_identity_pairs", "between_identity_shape"]
 
 
 def expression_motion_mm(dataset: FaceDataset, *, identities: int = 60, per_identity: int = 64, seed: int = 0) -> np.ndarray:
@@ -82,7 +84,8 @@ def other_identity_pairs(dataset: FaceDataset, pairs: int, *, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     classes = dataset.identity_classes()
     if len(np.unique(classes)) < 2:
-        raise ValueError("other_identity_pairs needs a dataset with at least two identities")
+        raise ConfigError("the identity-spread term (lambda_identity_spread) needs a training split with at least two "
+                          "identities; set lambda_identity_spread=0 or train on a dataset with more people")
     a = rng.integers(0, len(dataset), pairs)
     b = rng.integers(0, len(dataset), pairs)
     while (bad := classes[a] == classes[b]).any():
@@ -98,4 +101,3 @@ def between_identity_shape(dataset: FaceDataset, weights: np.ndarray, *, pairs: 
     a, b = other_identity_pairs(dataset, pairs, seed=seed)
     va, vb = torch.from_numpy(dataset.vertices(a)), torch.from_numpy(dataset.vertices(b))
     return float(rigidity_loss(va, vb, torch.from_numpy(np.asarray(weights, np.float32)), scale=scale))
-
