@@ -713,3 +713,31 @@ def test_identity_spread_target_is_what_tells_people_apart(small_dataset, tmp_pa
     assert all(np.isfinite(r["g_ispread"]) and r["g_ispread"] >= 0 for r in logs)
     # an untrained generator's faces are nearly alike: the hinge is active at first
     assert logs[0]["g_ispread"] > 0
+
+
+def test_factorised_generator_trains_resumes_exports_and_fits(small_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="one width per factor"):
+        tiny(small_dataset, factor_hidden=[32])
+    with pytest.raises(ConfigError, match="sums to 80 > hidden 64"):
+        tiny(small_dataset, factor_hidden=[48, 32])
+    cfg = tiny(small_dataset, max_steps=20, factor_hidden=[40, 24])  # no interaction units
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.train()
+    resumed = Trainer(cfg.model_copy(update={"max_steps": 30}), tmp_path / "run", progress=False, resume=True)
+    resumed.train()
+    assert resumed.step == 30
+    for g in (resumed.G, resumed.G_ema):
+        assert (g.fc1.weight.detach() * (1 - g.fc1_mask)).abs().max() == 0
+    model = FaceModel.from_pretrained(resumed.export())
+    assert model.generator.config.factor_hidden == (40, 24)
+    # one expression code moves two identities alike, however the critic trained the weights
+    d_exp = model.generator.config.factor("expression").code_dim
+    a, b = model.sample(2, seed=1, expression=torch.randn(d_exp)), model.sample(1, seed=2)
+    moved = model.transfer_expression(b, a)
+    delta = moved.vertices - a.vertices
+    assert float(delta.abs().max()) > 1e-3
+    torch.testing.assert_close(delta[0], delta[1], rtol=0, atol=1e-4)
+    # fitting, which reads fc1 directly, finds the generated face's landmarks again
+    points = model.sample(seed=5).vertices[0, model.landmarks]
+    fit = model.fit_landmarks(points)
+    assert float(fit.rmse) < 0.5  # mm

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["Factor", "GeneratorConfig"]
+__all__ = ["Factor", "GeneratorConfig", "check_factor_hidden"]
+
+
+def check_factor_hidden(widths: tuple[int, ...] | list[int], num_factors: int, hidden: int) -> None:
+    """Raise ``ValueError`` naming the fix unless ``widths`` gives one width >= 1 per factor
+    and leaves at most ``hidden`` units in all."""
+    if len(widths) != num_factors:
+        raise ValueError(f"factor_hidden needs one width per factor ({num_factors}), got {list(widths)}")
+    if min(widths) < 1:
+        raise ValueError(f"factor_hidden widths must be >= 1, got {list(widths)} (use None for the dense layer)")
+    if sum(widths) > hidden:
+        raise ValueError(
+            f"factor_hidden {list(widths)} sums to {sum(widths)} > hidden {hidden}: lower the widths or raise hidden"
+        )
 
 
 class Factor(BaseModel):
@@ -34,6 +47,12 @@ class GeneratorConfig(BaseModel):
         negative_slope: LeakyReLU slope (paper: 0.2).
         displacement_scale_mm: the raw network output is multiplied by this to give
             displacements in mm; keeps the network's numbers near unit scale.
+        factor_hidden: ``None`` (the paper): every hidden unit sees the whole code. Otherwise one
+            width per factor, in factor order: that many hidden units see only their factor's
+            code (the first factor's units also see the noise code), and the remaining
+            ``hidden - sum(factor_hidden)`` units see the whole code and carry the interaction
+            (identity-dependent expression). With no interaction units the output is a sum of
+            one function per factor, so an expression code moves every identity alike.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -44,13 +63,21 @@ class GeneratorConfig(BaseModel):
     hidden: int = Field(512, gt=0)
     negative_slope: float = 0.2
     displacement_scale_mm: float = Field(10.0, gt=0)
+    factor_hidden: tuple[int, ...] | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> "GeneratorConfig":
         names = [f.name for f in self.factors]
         if len(set(names)) != len(names):
             raise ValueError(f"factor names must be unique, got {names}")
+        if self.factor_hidden is not None:
+            check_factor_hidden(self.factor_hidden, len(self.factors), self.hidden)
         return self
+
+    @property
+    def interaction_hidden(self) -> int:
+        """Hidden units that see the whole code (all of them for the paper's dense layer)."""
+        return self.hidden - sum(self.factor_hidden or ())
 
     @property
     def code_dim(self) -> int:

@@ -8,7 +8,7 @@ from torch import nn
 from ..errors import FaceModelError
 from .config import GeneratorConfig
 
-__all__ = ["Generator"]
+__all__ = ["Generator", "first_layer_mask"]
 
 
 class Generator(nn.Module):
@@ -38,6 +38,20 @@ class Generator(nn.Module):
         with torch.no_grad():  # start near the template: small output layer (stable early critic)
             self.fc2.weight.mul_(0.1)
             self.fc2.bias.zero_()
+        # Factorised first layer (config.factor_hidden): the masked weights are zero and stay zero
+        # (their gradient is masked, Adam then leaves them alone, the EMA averages zeros, loading
+        # re-masks), so every reader of fc1 (fitting, protocol, blendshape map) sees the structure.
+        mask = first_layer_mask(config) if config.factor_hidden is not None else None
+        self.register_buffer("fc1_mask", mask, persistent=False)
+        if mask is not None:
+            with torch.no_grad():  # same pre-activation scale as the dense layer's units
+                fan_in = mask.sum(1, keepdim=True)
+                self.fc1.weight.mul_(mask * (config.code_dim / fan_in).sqrt())
+            self.fc1.weight.register_hook(self._mask_gradient)
+            self.register_load_state_dict_post_hook(_remask_after_load)
+
+    def _mask_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * self.fc1_mask
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.config.code_dim:
@@ -50,3 +64,25 @@ class Generator(nn.Module):
         landmark fitting: only those rows need evaluating)."""
         rows = (vertices[:, None] * 3 + torch.arange(3, device=vertices.device)).reshape(-1)
         return self.fc2.weight[rows] * self.scale, self.fc2.bias[rows] * self.scale
+
+
+def first_layer_mask(config: GeneratorConfig) -> torch.Tensor:
+    """(hidden, code_dim) 0/1 mask of a factorised first layer (see ``GeneratorConfig.factor_hidden``):
+    each factor's block of hidden units sees its own code (the first factor's also the noise),
+    the last ``config.interaction_hidden`` units see everything."""
+    if config.factor_hidden is None:
+        return torch.ones(config.hidden, config.code_dim)
+    mask = torch.zeros(config.hidden, config.code_dim)
+    slices, row = config.code_slices(), 0
+    for k, (factor, width) in enumerate(zip(config.factors, config.factor_hidden)):
+        mask[row : row + width, slices[factor.name]] = 1
+        if k == 0:
+            mask[row : row + width, slices["noise"]] = 1
+        row += width
+    mask[row:] = 1
+    return mask
+
+
+def _remask_after_load(module: Generator, incompatible_keys) -> None:
+    with torch.no_grad():
+        module.fc1.weight.mul_(module.fc1_mask)

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import FaceModelError
+from ..networks.config import check_factor_hidden
 
 __all__ = ["FactorSpec", "TrainConfig", "load_config", "ConfigError"]
 
@@ -52,6 +53,10 @@ class TrainConfig(BaseModel):
     hidden: int = 512
     resolution: int = 64
     displacement_scale_mm: float = 10.0
+    # factorised first layer (docs/training.md "Factorised generator"): one hidden width per
+    # factor whose units see only that factor's code; the rest of `hidden` see the whole code.
+    # None: the paper's dense layer.
+    factor_hidden: list[int] | None = None
     # geometry image: edges among vertices with index >= uv_face_vertices (ICT: back of the head,
     # neck, ears) are made `uv_stiffness` times stiffer in the harmonic map, so the face proper
     # covers more of the critic's pixels (1 = the paper's plain harmonic map).
@@ -134,6 +139,12 @@ class TrainConfig(BaseModel):
     eval_every: int = 1000
     snapshot_every: int = 0  # export the EMA generator to OUT/snapshots/stepNNNNNNN every N steps (0: off)
     eval_samples: int = 256
+
+    @model_validator(mode="after")
+    def _check_factor_hidden(self) -> "TrainConfig":
+        if self.factor_hidden is not None:
+            check_factor_hidden(self.factor_hidden, len(self.factors), self.hidden)
+        return self
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "TrainConfig":

@@ -108,6 +108,7 @@ class Trainer:
             noise_dim=config.noise_dim,
             hidden=config.hidden,
             displacement_scale_mm=config.displacement_scale_mm,
+            factor_hidden=tuple(config.factor_hidden) if config.factor_hidden is not None else None,
         )
         self.classified = tuple(s.name for s in config.factors) if config.classify == "all" else ("identity",)
         self.weights = {k: class_weights(self.real_labels[k], len(names[k])).to(self.device) for k in self.classified}
