@@ -85,6 +85,9 @@ class TrainConfig(BaseModel):
     # ...and two meshes sharing the expression code are asked to read the same blendshape
     # weights through a frozen linear read-out fitted on the data (facemodel.training.expression_meter)
     lambda_blendshape_consistency: float = Field(0.0, ge=0)
+    # ...and two meshes sharing the identity code (not the expression code) are asked to read
+    # the same identity PCA coefficients through a frozen linear read-out (the mirror image)
+    lambda_identity_consistency: float = Field(0.0, ge=0)
     # ...and two meshes sharing the identity code (but not the expression code) are asked to
     # read weights at least as different as two random meshes of one identity in the data do
     # (a hinge), so the expression code has to carry the expressions

@@ -6,6 +6,10 @@ training, by ridge regression on the training meshes (PCA of the face-area verti
 ridge map to the 53 weights), and never changes. With ``lambda_blendshape_consistency`` on,
 two generated meshes that share the expression code are asked to read the same weights, so
 the expression code, and not the identity code, decides the expression.
+
+:func:`fit_identity_meter` is the same read-out for the identity's PCA coefficients: with
+``lambda_identity_consistency`` on, two meshes that share the identity code (but not the
+expression code) are asked to read the same identity, so the expression code cannot carry it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import nn
 from ..data.dataset import FaceDataset
 from ..errors import DatasetFormatError
 
-__all__ = ["BlendshapeMeter", "fit_blendshape_meter", "same_identity_spread"]
+__all__ = ["BlendshapeMeter", "fit_blendshape_meter", "fit_identity_meter", "fit_linear_meter", "same_identity_spread"]
 
 
 class BlendshapeMeter(nn.Module):
@@ -42,8 +46,9 @@ class BlendshapeMeter(nn.Module):
         return x @ self.matrix + self.bias
 
 
-def fit_blendshape_meter(
+def fit_linear_meter(
     dataset: FaceDataset,
+    targets: np.ndarray,
     *,
     meshes: int = 4000,
     vertex_stride: int = 5,
@@ -52,13 +57,42 @@ def fit_blendshape_meter(
     ridge: float = 1e-2,
     seed: int = 0,
 ) -> tuple[BlendshapeMeter, float]:
-    """Fit the meter on ``meshes`` random training meshes (narrow face area, every
-    ``vertex_stride``-th vertex; ``components`` PCA modes; ridge ``ridge``).
+    """Fit a frozen linear read-out of per-mesh ``targets`` (N, T) on ``meshes`` random training
+    meshes (narrow face area, every ``vertex_stride``-th vertex; ``components`` PCA modes; ridge
+    ``ridge``).
 
     Returns:
-        the meter and its mean absolute error on up to 500 other training meshes (weights in
-        [0, 1]; about 0.004 on the ICT 4D data, where weights deviate from their mean by 0.056
-        on average).
+        the meter and its mean absolute error on up to 500 other training meshes.
+
+    Raises:
+        DatasetFormatError: fewer than 3 meshes.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(dataset))
+    n_fit = min(meshes, int(0.8 * len(dataset)))  # keep at least a fifth for validation
+    if n_fit < 2:
+        raise DatasetFormatError(f"a linear meter needs at least 3 training meshes, the dataset has {len(dataset)}")
+    fit_rows, val_rows = np.sort(order[:n_fit]), np.sort(order[n_fit:n_fit + 500])
+    vid = np.arange(0, min(face_vertices, dataset.manifest.num_vertices), vertex_stride)
+    X = dataset.vertices(fit_rows)[:, vid].reshape(len(fit_rows), -1).astype(np.float64)
+    Y = targets[fit_rows].astype(np.float64)
+    mean, bias = X.mean(0), Y.mean(0)
+    _, _, vt = np.linalg.svd(X - mean, full_matrices=False)
+    P = vt[: min(components, len(vt))]
+    Z = (X - mean) @ P.T
+    W = np.linalg.solve(Z.T @ Z + ridge * np.eye(len(P)), Z.T @ (Y - bias))
+    meter = BlendshapeMeter(vid, mean, P.T @ W, bias)
+    with torch.no_grad():
+        pred = meter(torch.from_numpy(dataset.vertices(val_rows))).numpy()
+    return meter, float(np.abs(pred - targets[val_rows]).mean())
+
+
+def fit_blendshape_meter(dataset: FaceDataset, **kwargs) -> tuple[BlendshapeMeter, float]:
+    """:func:`fit_linear_meter` of the 53 ICT blendshape weights of each mesh.
+
+    Returns:
+        the meter and its validation mean absolute error (weights in [0, 1]; about 0.004 on the
+        ICT 4D data, where weights deviate from their mean by 0.056 on average).
 
     Raises:
         DatasetFormatError: the dataset has no blendshape weights.
@@ -68,24 +102,22 @@ def fit_blendshape_meter(
     except KeyError as exc:
         raise DatasetFormatError("the blendshape meter needs an ICT 4D dataset (per-mesh blendshape weights); "
                                  "set lambda_blendshape_consistency=0 for other data") from exc  # fmt: skip
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(dataset))
-    n_fit = min(meshes, int(0.8 * len(dataset)))  # keep at least a fifth for validation
-    if n_fit < 2:
-        raise DatasetFormatError(f"the blendshape meter needs at least 3 training meshes, the dataset has {len(dataset)}")
-    fit_rows, val_rows = np.sort(order[:n_fit]), np.sort(order[n_fit:n_fit + 500])
-    vid = np.arange(0, min(face_vertices, dataset.manifest.num_vertices), vertex_stride)
-    X = dataset.vertices(fit_rows)[:, vid].reshape(len(fit_rows), -1).astype(np.float64)
-    Y = weights[fit_rows].astype(np.float64)
-    mean, bias = X.mean(0), Y.mean(0)
-    _, _, vt = np.linalg.svd(X - mean, full_matrices=False)
-    P = vt[: min(components, len(vt))]
-    Z = (X - mean) @ P.T
-    W = np.linalg.solve(Z.T @ Z + ridge * np.eye(len(P)), Z.T @ (Y - bias))
-    meter = BlendshapeMeter(vid, mean, P.T @ W, bias)
-    with torch.no_grad():
-        pred = meter(torch.from_numpy(dataset.vertices(val_rows))).numpy()
-    return meter, float(np.abs(pred - weights[val_rows]).mean())
+    return fit_linear_meter(dataset, weights, **kwargs)
+
+
+def fit_identity_meter(dataset: FaceDataset, *, dims: int = 40, **kwargs) -> tuple[BlendshapeMeter, float]:
+    """:func:`fit_linear_meter` of the first ``dims`` ICT identity PCA coefficients of each mesh
+    (unit variance each, so a read-out gap of 1 is one standard deviation of one mode).
+
+    Raises:
+        DatasetFormatError: the dataset has no identity coefficients.
+    """
+    try:
+        coeffs = dataset.identity_table("pca_weights")[dataset.meta("identity")][:, :dims]
+    except KeyError as exc:
+        raise DatasetFormatError("the identity meter needs an ICT 4D dataset (per-identity PCA coefficients); "
+                                 "set lambda_identity_consistency=0 for other data") from exc  # fmt: skip
+    return fit_linear_meter(dataset, coeffs, **kwargs)
 
 
 @torch.no_grad()

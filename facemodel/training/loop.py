@@ -33,7 +33,7 @@ from .config import ConfigError, TrainConfig
 from .discriminator import Critic
 from .labels import factor_labels, factor_targets
 from .pairs import PairSampler, pair_images
-from .expression_meter import BlendshapeMeter, fit_blendshape_meter, same_identity_spread
+from .expression_meter import BlendshapeMeter, fit_blendshape_meter, fit_identity_meter, same_identity_spread
 from .rigidity import between_identity_shape, expression_motion_mm, rigidity_loss, rigidity_weights, same_identity_motion
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
 from .sampler import EpochSampler
@@ -120,6 +120,11 @@ class Trainer:
             self.meter = self.meter.to(self.device)
             self.spread_target = same_identity_spread(self.data, self.meter, seed=config.seed)
             log.info("blendshape meter: validation MAE %.4f; same-identity spread %.4f", mae, self.spread_target)
+        self.identity_meter: BlendshapeMeter | None = None
+        if config.lambda_identity_consistency > 0:
+            self.identity_meter, mae = fit_identity_meter(self.data, seed=config.seed)
+            self.identity_meter = self.identity_meter.to(self.device)
+            log.info("identity meter: validation MAE %.4f (coefficients of unit variance)", mae)
         self.rigidity: torch.Tensor | None = None
         self.mobility: torch.Tensor | None = None
         self.motion_target = 0.0
@@ -326,6 +331,10 @@ class Trainer:
                 bcons = gap.mean()
             else:  # these pairs share the identity code, not the expression code
                 spread = torch.relu(self.spread_target - gap.mean())
+        icons = d.sum() * 0
+        if self.identity_meter is not None and batch.labelled != self.gen_config.factors[0].name:
+            read = self.identity_meter(d + self.template_t)  # these pairs share the identity code
+            icons = (read[a] - read[b]).square().sum(1).mean()
         transfer = tmag = d.sum() * 0
         if self.transfer_faces is not None:
             transfer, tmag = self._transfer_loss()
@@ -333,6 +342,7 @@ class Trainer:
         loss = (c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
                 + c.lambda_consistency * cons + c.lambda_rigidity * rigid + c.lambda_motion_spread * mspread
                 + c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread
+                + c.lambda_identity_consistency * icons
                 + c.lambda_pair * pair + c.lambda_transfer * transfer + c.lambda_identity_spread * ispread)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
@@ -343,6 +353,7 @@ class Trainer:
                 **({"g_cons": float(cons.detach())} if c.lambda_consistency > 0 else {}),
                 **({"g_rigid": float(rigid.detach()), "g_mspread": float(mspread.detach())} if self.rigidity is not None else {}),
                 **({"g_bcons": float(bcons.detach()), "g_spread": float(spread.detach())} if self.meter is not None else {}),
+                **({"g_icons": float(icons.detach())} if self.identity_meter is not None else {}),
                 **({f"g_pair_{factor}": float(pair.detach())} if factor is not None else {}),
                 **({"g_transfer": float(transfer.detach()), "transfer_motion": float(tmag)} if self.transfer_faces is not None else {}),
                 **({"g_ispread": float(ispread.detach())} if c.lambda_identity_spread > 0 else {})}
