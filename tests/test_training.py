@@ -758,3 +758,26 @@ def test_identity_meter_reads_coefficients_and_drives_the_identity_consistency_t
     # labelled expression codes (pairs share the identity code: the term is on)
     assert [s["g_icons"] > 0 for s in logs] == [False, True, False, True]
     assert all(np.isfinite(s["g_icons"]) for s in logs)
+
+
+def test_motion_subspace_holds_the_data_expressions_and_drives_its_term(small_dataset, tmp_path):
+    from facemodel.data.dataset import FaceDataset
+    from facemodel.training.rigidity import same_identity_pairs
+    from facemodel.training.subspace import fit_motion_subspace
+
+    ds = FaceDataset(small_dataset, split="train")
+    sub, stats = fit_motion_subspace(ds, pairs=400, components=48, seed=0)
+    assert stats["residual_mm"] < 0.15 * stats["motion_mm"]  # unseen same-identity pairs lie (nearly) inside
+    a, b = same_identity_pairs(ds, 50, seed=7)
+    va, vb = torch.from_numpy(ds.vertices(a)), torch.from_numpy(ds.vertices(b))
+    moved = float(((va - vb)[:, sub.rows]).square().sum(-1).mean())
+    assert float(sub.residual(va, vb).mean()) < 0.05 * moved
+    torch.manual_seed(0)
+    noise = torch.randn_like(va)  # 1 mm per axis: nothing like an expression
+    assert float(sub.residual(va + noise, vb).mean()) > 2.5  # ~3 mm^2 of it stays outside
+    with pytest.raises(Exception, match="lower components"):
+        fit_motion_subspace(ds, pairs=20, components=48)
+    t = Trainer(tiny(small_dataset, lambda_motion_subspace=1.0, motion_subspace_components=48, max_steps=4),
+                tmp_path / "run", progress=False)  # fmt: skip
+    logs = [t.train_step() for _ in range(4)]
+    assert [s["g_msub"] > 0 for s in logs] == [False, True, False, True]  # only pairs sharing the identity code

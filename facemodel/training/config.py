@@ -88,6 +88,11 @@ class TrainConfig(BaseModel):
     # ...and two meshes sharing the identity code (not the expression code) are asked to read
     # the same identity PCA coefficients through a frozen linear read-out (the mirror image)
     lambda_identity_consistency: float = Field(0.0, ge=0)
+    # ...and two meshes sharing the identity code (not the expression code) are asked to differ
+    # only inside the data's expression-motion subspace (PCA of same-identity mesh differences,
+    # `motion_subspace_components` modes; facemodel.training.subspace), in mm^2 per vertex
+    lambda_motion_subspace: float = Field(0.0, ge=0)
+    motion_subspace_components: int = Field(128, ge=1)
     # ...and two meshes sharing the identity code (but not the expression code) are asked to
     # read weights at least as different as two random meshes of one identity in the data do
     # (a hinge), so the expression code has to carry the expressions

@@ -34,6 +34,7 @@ from .discriminator import Critic
 from .labels import factor_labels, factor_targets
 from .pairs import PairSampler, pair_images
 from .expression_meter import BlendshapeMeter, fit_blendshape_meter, fit_identity_meter, same_identity_spread
+from .subspace import MotionSubspace, fit_motion_subspace
 from .rigidity import between_identity_shape, expression_motion_mm, rigidity_loss, rigidity_weights, same_identity_motion
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
 from .sampler import EpochSampler
@@ -125,6 +126,12 @@ class Trainer:
             self.identity_meter, mae = fit_identity_meter(self.data, seed=config.seed)
             self.identity_meter = self.identity_meter.to(self.device)
             log.info("identity meter: validation MAE %.4f (coefficients of unit variance)", mae)
+        self.subspace: MotionSubspace | None = None
+        if config.lambda_motion_subspace > 0:
+            self.subspace, stats = fit_motion_subspace(self.data, components=config.motion_subspace_components, seed=config.seed)
+            self.subspace = self.subspace.to(self.device)
+            log.info("motion subspace: %d modes; data pairs move %.3f mm, %.4f mm of it outside (RMS per vertex)",
+                     config.motion_subspace_components, stats["motion_mm"], stats["residual_mm"])  # fmt: skip
         self.rigidity: torch.Tensor | None = None
         self.mobility: torch.Tensor | None = None
         self.motion_target = 0.0
@@ -331,7 +338,9 @@ class Trainer:
                 bcons = gap.mean()
             else:  # these pairs share the identity code, not the expression code
                 spread = torch.relu(self.spread_target - gap.mean())
-        icons = d.sum() * 0
+        icons = msub = d.sum() * 0
+        if self.subspace is not None and batch.labelled != self.gen_config.factors[0].name:  # pairs share the identity code
+            msub = self.subspace.residual(d[a], d[b]).mean()
         if self.identity_meter is not None and batch.labelled != self.gen_config.factors[0].name:
             read = self.identity_meter(d + self.template_t)  # these pairs share the identity code
             icons = (read[a] - read[b]).square().sum(1).mean()
@@ -342,7 +351,7 @@ class Trainer:
         loss = (c.lambda_gan * gan + c.lambda_cls * cls + c.lambda_feat * feat + c.lambda_reg * reg
                 + c.lambda_consistency * cons + c.lambda_rigidity * rigid + c.lambda_motion_spread * mspread
                 + c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread
-                + c.lambda_identity_consistency * icons
+                + c.lambda_identity_consistency * icons + c.lambda_motion_subspace * msub
                 + c.lambda_pair * pair + c.lambda_transfer * transfer + c.lambda_identity_spread * ispread)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
@@ -354,6 +363,7 @@ class Trainer:
                 **({"g_rigid": float(rigid.detach()), "g_mspread": float(mspread.detach())} if self.rigidity is not None else {}),
                 **({"g_bcons": float(bcons.detach()), "g_spread": float(spread.detach())} if self.meter is not None else {}),
                 **({"g_icons": float(icons.detach())} if self.identity_meter is not None else {}),
+                **({"g_msub": float(msub.detach())} if self.subspace is not None else {}),
                 **({f"g_pair_{factor}": float(pair.detach())} if factor is not None else {}),
                 **({"g_transfer": float(transfer.detach()), "transfer_motion": float(tmag)} if self.transfer_faces is not None else {}),
                 **({"g_ispread": float(ispread.detach())} if c.lambda_identity_spread > 0 else {})}
