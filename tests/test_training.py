@@ -378,6 +378,13 @@ def test_release_recipe_turns_on_the_measured_deviations():
     assert cfg.lambda_rigidity > 0 and cfg.lambda_motion_spread > 0 and cfg.lambda_regress > 0 and cfg.prior_pairs > 0
     assert paper.lambda_rigidity == paper.lambda_motion_spread == paper.lambda_regress == paper.prior_pairs == 0
     assert (cfg.lambda_c, cfg.lambda_gan, cfg.lambda_cls, cfg.lambda_feat, cfg.lambda_reg) == (0.1, 1, 1, 0.5, 100)
+    # the candidate recipe: the release recipe plus an additive generator and the session-7 terms
+    cand = load_config(REPO_CONFIGS / "decoupled.yaml")
+    assert sum(cand.factor_hidden) == cand.hidden and paper.factor_hidden is None and cfg.factor_hidden is None
+    assert cand.lambda_motion_subspace > 0 and cand.lambda_blendshape_consistency > 0
+    same = {k for k, v in cfg.model_dump().items() if cand.model_dump()[k] == v}
+    assert set(cfg.model_dump()) - same == {"factor_hidden", "lambda_motion_subspace", "lambda_blendshape_consistency",
+                                            "lambda_expression_spread", "snapshot_every"}  # fmt: skip
 
 
 def test_expression_cluster_labels_cover_every_mesh_and_keep_the_names(small_dataset, tmp_path):
