@@ -439,6 +439,12 @@ def test_choose_keeps_good_specificity_then_best_decoupling():
     assert choose(moving + [weak], min_motion_mm=0.4) == 1  # the floor also resets the best specificity
     assert motion_floor_met(moving + [weak], 0.4) and not motion_floor_met([weak], 0.4)
     assert choose([weak, dict(weak, step=5000, dec_expression=50.0)], min_motion_mm=0.4) == 0  # none pass: all stay
+    # diversity floor: an early snapshot whose faces are all alike is out, however it scores
+    alike = {"step": 500, "val_specificity_mm": 2.9, "dec_identity": 100.0, "dec_expression": 95.0, "diversity_mm": 2.9}
+    varied = [dict(r, diversity_mm=6.0) for r in recs]
+    assert choose([alike] + varied) == 0
+    assert choose([alike] + varied, min_diversity_mm=5.5) == 2
+    assert choose([alike] + [recs[1]], min_diversity_mm=5.5) == 1  # a missing figure passes
     with pytest.raises(SelectionError, match="no candidates"):
         choose([])
     with pytest.raises(SelectionError, match="eval_every"):
@@ -470,6 +476,8 @@ def test_snapshots_are_scored_and_one_is_selected(small_dataset, tmp_path, capsy
     recs = result["records"]
     assert [r["step"] for r in recs] == [20, 40]
     assert [r["val_specificity_mm"] for r in recs] == [val[20], val[40]]
+    div = {r["step"]: r["eval"]["ema"]["diversity_mm"] for r in logged if "eval" in r}
+    assert [r["diversity_mm"] for r in recs] == [div[20], div[40]]
     assert all(r["spill_mm"] >= 0 and r["motion_mm"] > 0 for r in recs)
     best = min(val.values())
     assert result["chosen"]["val_specificity_mm"] <= best * 1.05
@@ -486,6 +494,13 @@ def test_snapshots_are_scored_and_one_is_selected(small_dataset, tmp_path, capsy
                    min_motion_mm=1e6, log=warned.append)  # fmt: skip
     assert floor["motion_floor_met"] is False and any("motion floor" in w for w in warned)
     assert floor["chosen"]["step"] == result["chosen"]["step"]
+    # the diversity floor is a fraction of the data's logged diversity; the later, more varied step wins
+    data_div = max(r["eval"]["data"]["diversity_mm"] for r in logged if "eval" in r)
+    mid = 0.5 * (div[20] + div[40]) / data_div
+    varied = select(tmp_path / "run", data=small_dataset, spill_vertices=np.arange(0, 9409, 50), n=4,
+                    min_diversity_fraction=mid, log=lambda s: None)  # fmt: skip
+    assert varied["min_diversity_mm"] == pytest.approx(mid * data_div)
+    assert varied["chosen"]["step"] == max((20, 40), key=div.get) and "diversity_mm at least" in varied["rule"]
 
     # decoupling scores are reused only from the same embedding nets: other nets rescore
     from facemodel.data.dataset import FaceDataset
@@ -515,6 +530,8 @@ def test_snapshots_are_scored_and_one_is_selected(small_dataset, tmp_path, capsy
     assert select_main(["--run", str(tmp_path / "nothing"), "--data", str(small_dataset)]) == 2
     assert select_main(["--run", str(tmp_path / "run"), "--data", str(small_dataset), "--min-motion-fraction", "-1"]) == 2
     assert "min-motion-fraction" in capsys.readouterr().err
+    assert select_main(["--run", str(tmp_path / "run"), "--data", str(small_dataset), "--min-diversity-fraction", "1.5"]) == 2
+    assert "min-diversity-fraction" in capsys.readouterr().err
 
 
 def test_reference_motion_is_the_ground_truth_expressions(small_dataset, ict):

@@ -18,7 +18,8 @@ Rule (:func:`choose`): first drop the candidates whose expression codes barely m
 (``motion_mm`` under ``min_motion_mm``: by default half the motion of the ICT ground truth on
 the validation identities under the same probe): a generator whose expressions do nothing is
 decoupled trivially and is closest to the mean face, so it would otherwise win on both
-counts. Then keep the candidates whose validation specificity is within ``tolerance`` (5 %)
+counts. Likewise drop the candidates whose in-training diversity (logged) is under 0.75 x the
+data's: early snapshots, all faces alike, are specific and decoupled for the same reason. Then keep the candidates whose validation specificity is within ``tolerance`` (5 %)
 of the best, then take the highest mean decoupling; ties go to the lower spill, then to the
 later step. When no candidate reaches the motion floor, the rule runs on all of them and the
 result says ``"motion_floor_met": false``. The scores and the choice are written to
@@ -79,7 +80,8 @@ def candidates(run: str | Path) -> list[tuple[int, Path]]:
     return sorted(found.items())
 
 
-def _logged_val_specificity(run: Path) -> dict[int, float]:
+def _logged_eval(run: Path, key: str, part: str = "ema") -> dict[int, float]:
+    """{step: value} of one in-training evaluation figure (``eval.<part>.<key>``) of the run's log."""
     out: dict[int, float] = {}
     path = run / "metrics.jsonl"
     if not path.is_file():
@@ -89,13 +91,18 @@ def _logged_val_specificity(run: Path) -> dict[int, float]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        value = rec.get("eval", {}).get("ema", {}).get("val_specificity_mm")
+        value = rec.get("eval", {}).get(part, {}).get(key)
         if isinstance(value, (int, float)):
             out[int(rec["step"])] = float(value)
     return out
 
 
-def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_motion_mm: float | None = None) -> int:
+def _logged_val_specificity(run: Path) -> dict[int, float]:
+    return _logged_eval(run, "val_specificity_mm")
+
+
+def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_motion_mm: float | None = None,
+           min_diversity_mm: float | None = None) -> int:
     """Index of the record to release (see the module docstring for the rule).
 
     Args:
@@ -105,6 +112,9 @@ def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_mo
         tolerance: relative slack on the best validation specificity.
         min_motion_mm: candidates whose ``motion_mm`` is below it are left out, unless that
             leaves none (then every candidate stays; see :func:`motion_floor_met`).
+        min_diversity_mm: likewise for ``diversity_mm`` (the in-training diversity of the EMA
+            samples; a missing one passes): early snapshots, whose faces are all alike, score
+            well on specificity and decoupling and would otherwise be chosen.
 
     Raises:
         SelectionError: no records, or one without a finite ``val_specificity_mm``.
@@ -114,7 +124,8 @@ def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_mo
     specs = [r.get("val_specificity_mm") for r in records]
     if not all(isinstance(s, (int, float)) and math.isfinite(s) for s in specs):
         raise SelectionError("every candidate needs a finite val_specificity_mm (run with eval_every > 0)")
-    pool = [i for i in range(len(records)) if _moves(records[i], min_motion_mm)] or list(range(len(records)))
+    pool = [i for i in range(len(records)) if _moves(records[i], min_motion_mm) and _varied(records[i], min_diversity_mm)]
+    pool = pool or list(range(len(records)))
     best = min(specs[i] for i in pool)
     keep = [i for i in pool if specs[i] <= best * (1.0 + tolerance)]
 
@@ -129,6 +140,11 @@ def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_mo
 def _moves(record: dict[str, Any], min_motion_mm: float | None) -> bool:
     m = record.get("motion_mm")
     return min_motion_mm is None or not isinstance(m, (int, float)) or m >= min_motion_mm
+
+
+def _varied(record: dict[str, Any], min_diversity_mm: float | None) -> bool:
+    d = record.get("diversity_mm")
+    return min_diversity_mm is None or not isinstance(d, (int, float)) or d >= min_diversity_mm
 
 
 def motion_floor_met(records: Sequence[dict[str, Any]], min_motion_mm: float | None) -> bool:
@@ -186,8 +202,8 @@ def _val_specificity(path: Path, data: Path, samples: int = 256) -> float:
 
 
 def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None, n: int = 40,
-           tolerance: float = 0.05, min_motion_mm: float | None = None, reuse: bool = True,
-           log=print) -> dict[str, Any]:  # fmt: skip
+           tolerance: float = 0.05, min_motion_mm: float | None = None, min_diversity_fraction: float = 0.0,
+           reuse: bool = True, log=print) -> dict[str, Any]:  # fmt: skip
     """Score every candidate of ``run``, choose one and write ``run/selection.json``.
 
     With ``reuse``, candidates already scored in ``run/selection.json`` with the same settings
@@ -196,12 +212,20 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
     the command can run while a training run adds snapshots, and again at its end; records
     scored by other nets are scored again.
 
+    ``min_diversity_fraction`` > 0 leaves out candidates whose logged in-training diversity is
+    under that fraction of the data's (logged beside it), see :func:`choose`.
+
     Returns:
         ``{"chosen": {...record...}, "records": [...], "rule": str}``; each record has
-        ``step``, ``path``, ``val_specificity_mm`` and the scores of :func:`score_candidate`.
+        ``step``, ``path``, ``val_specificity_mm``, ``diversity_mm`` (when logged) and the scores
+        of :func:`score_candidate`.
     """
     run = Path(run).expanduser()
     logged = _logged_val_specificity(run)
+    diversity = _logged_eval(run, "diversity_mm")
+    data_diversity = max(_logged_eval(run, "diversity_mm", part="data").values(), default=None)
+    min_diversity_mm = (min_diversity_fraction * data_diversity
+                        if min_diversity_fraction > 0 and data_diversity is not None else None)  # fmt: skip
     wanted = {"n": n, "decoupling": nets is not None, "spill": spill_vertices is not None,
               "nets": nets.fingerprint() if nets is not None else None}
     previous: dict[tuple[int, str], dict] = {}
@@ -215,17 +239,22 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
     records = []
     for step, path in candidates(run):
         if (step, str(path)) in previous:
-            records.append(previous[(step, str(path))])
+            rec = previous[(step, str(path))]
+            if step in diversity:  # cheap, read from the log: fills records of older versions too
+                rec["diversity_mm"] = diversity[step]
+            records.append(rec)
             continue
         rec: dict[str, Any] = {"step": step, "path": str(path)}
         rec["val_specificity_mm"] = logged.get(step)
+        if step in diversity:
+            rec["diversity_mm"] = diversity[step]
         if rec["val_specificity_mm"] is None:
             rec["val_specificity_mm"] = _val_specificity(path, Path(data))
             rec["val_specificity_source"] = "recomputed"
         rec.update(score_candidate(path, nets=nets, spill_vertices=spill_vertices, n=n))
         log(json.dumps(rec))
         records.append(rec)
-    i = choose(records, tolerance=tolerance, min_motion_mm=min_motion_mm)
+    i = choose(records, tolerance=tolerance, min_motion_mm=min_motion_mm, min_diversity_mm=min_diversity_mm)
     met = motion_floor_met(records, min_motion_mm)
     if not met:
         log(f"WARNING: no candidate's expressions move the face by {min_motion_mm:.3f} mm (motion_mm); "
@@ -234,9 +263,12 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
         "chosen": records[i],
         "records": records,
         "rule": ("motion_mm at least min_motion_mm, then " if min_motion_mm is not None else "")
+        + ("diversity_mm at least min_diversity_mm, then " if min_diversity_mm is not None else "")
         + f"val_specificity_mm within {tolerance:.0%} of the best, then the highest mean of "
         "dec_identity and dec_expression, then the lower spill_mm, then the later step",
         "min_motion_mm": min_motion_mm,
+        "min_diversity_mm": min_diversity_mm,
+        "data_diversity_mm": data_diversity,
         "motion_floor_met": met,
         "settings": wanted,
     }
@@ -255,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--min-motion-fraction", type=float, default=0.5,
                    help="leave out candidates whose expressions move the face less than this fraction of the ICT "
                         "ground truth's motion under the same probe (needs --ict; 0: no floor)")  # fmt: skip
+    p.add_argument("--min-diversity-fraction", type=float, default=0.75,
+                   help="leave out candidates whose in-training diversity (logged) is under this fraction of the "
+                        "data's (0: no floor)")  # fmt: skip
     p.add_argument("--export", default=None, help="copy the chosen model folder here (replaced atomically)")
     p.add_argument("--rescore", action="store_true", help="score every candidate again (default: reuse selection.json)")
     args = p.parse_args(argv)
@@ -262,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nets = verts = floor = None
         if args.min_motion_fraction < 0:
             raise SelectionError("--min-motion-fraction must be >= 0 (0 turns the motion floor off)")
+        if not 0 <= args.min_diversity_fraction < 1:
+            raise SelectionError("--min-diversity-fraction must be in [0, 1) (0 turns the diversity floor off)")
         if args.ict is not None:
             from ..data.ict import ICTSource
             from ..evaluation.embedding import load_or_train_decoupling_nets
@@ -275,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 floor = args.min_motion_fraction * ref
                 print(f"motion floor: {floor:.3f} mm ({args.min_motion_fraction:g} x the ICT ground truth's {ref:.3f} mm)")
         result = select(args.run, data=args.data, nets=nets, spill_vertices=verts, n=args.n, tolerance=args.tolerance,
-                        min_motion_mm=floor, reuse=not args.rescore)
+                        min_motion_mm=floor, min_diversity_fraction=args.min_diversity_fraction,
+                        reuse=not args.rescore)
         chosen = result["chosen"]
         print(f"chosen: step {chosen['step']} ({chosen['path']})")
         if args.export:
