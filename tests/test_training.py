@@ -311,7 +311,10 @@ def test_blendshape_meter_reads_weights_and_drives_the_consistency_term(small_da
     rows = np.arange(5)
     w = meter(torch.from_numpy(ds.vertices(rows)))
     assert w.shape == (5, 53)
-    t = Trainer(tiny(small_dataset, lambda_blendshape_consistency=1.0, max_steps=4), tmp_path / "run", progress=False)
+    t = Trainer(tiny(small_dataset, lambda_blendshape_consistency=1.0, max_steps=4, meter_components=20),
+                tmp_path / "run", progress=False)  # fmt: skip
+    sv = torch.linalg.svdvals(t.meter.matrix.double())
+    assert int((sv > 1e-4 * sv[0]).sum()) == 20  # the knob reaches the meter (rank of a float32 matrix)
     logs = [t.train_step() for _ in range(4)]
     assert any(s["g_bcons"] > 0 for s in logs) and all(np.isfinite(s["g_bcons"]) for s in logs)
 

@@ -85,6 +85,9 @@ class TrainConfig(BaseModel):
     # ...and two meshes sharing the expression code are asked to read the same blendshape
     # weights through a frozen linear read-out fitted on the data (facemodel.training.expression_meter)
     lambda_blendshape_consistency: float = Field(0.0, ge=0)
+    # PCA modes of the frozen blendshape read-out (fewer: a better-conditioned meter that
+    # high-frequency displacements cannot steer; docs/training.md "Session 7")
+    meter_components: int = Field(300, ge=1)
     # ...and two meshes sharing the identity code (not the expression code) are asked to read
     # the same identity PCA coefficients through a frozen linear read-out (the mirror image)
     lambda_identity_consistency: float = Field(0.0, ge=0)

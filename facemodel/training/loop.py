@@ -117,7 +117,7 @@ class Trainer:
         self.meter: BlendshapeMeter | None = None
         self.spread_target = 0.0
         if config.lambda_blendshape_consistency > 0 or config.lambda_expression_spread > 0:
-            self.meter, mae = fit_blendshape_meter(self.data, seed=config.seed)
+            self.meter, mae = fit_blendshape_meter(self.data, components=config.meter_components, seed=config.seed)
             self.meter = self.meter.to(self.device)
             self.spread_target = same_identity_spread(self.data, self.meter, seed=config.seed)
             log.info("blendshape meter: validation MAE %.4f; same-identity spread %.4f", mae, self.spread_target)
