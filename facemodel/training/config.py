@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
     hidden: int = 512
     resolution: int = 64
     displacement_scale_mm: float = 10.0
-    # factorised first layer (docs/training.md "Factorised generator"): one hidden width per
+    # factorised first layer (docs/training.md "Session 7"): one hidden width per
     # factor whose units see only that factor's code; the rest of `hidden` see the whole code.
     # None: the paper's dense layer.
     factor_hidden: list[int] | None = None

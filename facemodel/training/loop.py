@@ -339,11 +339,12 @@ class Trainer:
             else:  # these pairs share the identity code, not the expression code
                 spread = torch.relu(self.spread_target - gap.mean())
         icons = msub = d.sum() * 0
-        if self.subspace is not None and batch.labelled != self.gen_config.factors[0].name:  # pairs share the identity code
-            msub = self.subspace.residual(d[a], d[b]).mean()
-        if self.identity_meter is not None and batch.labelled != self.gen_config.factors[0].name:
-            read = self.identity_meter(d + self.template_t)  # these pairs share the identity code
-            icons = (read[a] - read[b]).square().sum(1).mean()
+        if batch.labelled != self.gen_config.factors[0].name:  # pairs share the identity code
+            if self.subspace is not None:
+                msub = self.subspace.residual(d[a], d[b]).mean()
+            if self.identity_meter is not None:
+                read = self.identity_meter(d + self.template_t)
+                icons = (read[a] - read[b]).square().sum(1).mean()
         transfer = tmag = d.sum() * 0
         if self.transfer_faces is not None:
             transfer, tmag = self._transfer_loss()

@@ -19,8 +19,8 @@ Rule (:func:`choose`): first drop the candidates whose expression codes barely m
 the validation identities under the same probe): a generator whose expressions do nothing is
 decoupled trivially and is closest to the mean face, so it would otherwise win on both
 counts. Likewise drop the candidates whose in-training diversity (logged) is under 0.75 x the
-data's: early snapshots, all faces alike, are specific and decoupled for the same reason. Then keep the candidates whose validation specificity is within ``tolerance`` (5 %)
-of the best, then take the highest mean decoupling; ties go to the lower spill, then to the
+data's: early snapshots, all faces alike, are specific and decoupled for the same reason. Then
+keep the candidates whose validation specificity is within ``tolerance`` (5 %) of the best, then take the highest mean decoupling; ties go to the lower spill, then to the
 later step. When no candidate reaches the motion floor, the rule runs on all of them and the
 result says ``"motion_floor_met": false``. The scores and the choice are written to
 ``RUN/selection.json`` (atomically).
@@ -95,10 +95,6 @@ def _logged_eval(run: Path, key: str, part: str = "ema") -> dict[int, float]:
         if isinstance(value, (int, float)):
             out[int(rec["step"])] = float(value)
     return out
-
-
-def _logged_val_specificity(run: Path) -> dict[int, float]:
-    return _logged_eval(run, "val_specificity_mm")
 
 
 def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_motion_mm: float | None = None,
@@ -221,7 +217,7 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
         of :func:`score_candidate`.
     """
     run = Path(run).expanduser()
-    logged = _logged_val_specificity(run)
+    logged = _logged_eval(run, "val_specificity_mm")
     diversity = _logged_eval(run, "diversity_mm")
     data_diversity = max(_logged_eval(run, "diversity_mm", part="data").values(), default=None)
     min_diversity_mm = (min_diversity_fraction * data_diversity
@@ -238,21 +234,16 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
             previous = {}
     records = []
     for step, path in candidates(run):
-        if (step, str(path)) in previous:
-            rec = previous[(step, str(path))]
-            if step in diversity:  # cheap, read from the log: fills records of older versions too
-                rec["diversity_mm"] = diversity[step]
-            records.append(rec)
-            continue
-        rec: dict[str, Any] = {"step": step, "path": str(path)}
-        rec["val_specificity_mm"] = logged.get(step)
-        if step in diversity:
+        rec: dict[str, Any] = previous.get((step, str(path)), {})
+        if not rec:
+            rec = {"step": step, "path": str(path), "val_specificity_mm": logged.get(step)}
+            if rec["val_specificity_mm"] is None:
+                rec["val_specificity_mm"] = _val_specificity(path, Path(data))
+                rec["val_specificity_source"] = "recomputed"
+            rec.update(score_candidate(path, nets=nets, spill_vertices=spill_vertices, n=n))
+            log(json.dumps(rec))
+        if step in diversity:  # read from the log, so reused records of older versions get it too
             rec["diversity_mm"] = diversity[step]
-        if rec["val_specificity_mm"] is None:
-            rec["val_specificity_mm"] = _val_specificity(path, Path(data))
-            rec["val_specificity_source"] = "recomputed"
-        rec.update(score_candidate(path, nets=nets, spill_vertices=spill_vertices, n=n))
-        log(json.dumps(rec))
         records.append(rec)
     i = choose(records, tolerance=tolerance, min_motion_mm=min_motion_mm, min_diversity_mm=min_diversity_mm)
     met = motion_floor_met(records, min_motion_mm)

@@ -69,13 +69,14 @@ def fit_motion_subspace(
     vid = np.arange(0, min(face_vertices, dataset.manifest.num_vertices), vertex_stride)
     diff = (dataset.vertices(a)[:, vid] - dataset.vertices(b)[:, vid]).reshape(len(a), -1).astype(np.float32)
     fit, val = diff[:pairs], diff[pairs:]
-    if int((np.abs(fit).max(1) > 0).sum()) <= components:
+    distinct = int((np.abs(fit).max(1) > 0).sum())
+    if distinct <= components:
         raise DatasetFormatError(f"the motion subspace needs more than {components} same-identity pairs of distinct "
-                                 f"meshes; the dataset gives {int((np.abs(fit).max(1) > 0).sum())}: "
+                                 f"meshes; the dataset gives {distinct}: "
                                  "lower components or set lambda_motion_subspace=0")  # fmt: skip
     _, _, vt = np.linalg.svd(fit, full_matrices=False)  # no centring: a zero difference is a valid motion
-    sub = MotionSubspace(vid, vt[:components])
     U = vt[:components]
+    sub = MotionSubspace(vid, U)
     res = val - (val @ U.T) @ U
     stats = {"motion_mm": float(np.sqrt((val**2).sum(1).mean() / len(vid))),
              "residual_mm": float(np.sqrt((res**2).sum(1).mean() / len(vid)))}  # fmt: skip
