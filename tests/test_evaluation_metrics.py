@@ -16,6 +16,7 @@ from facemodel.evaluation.metrics import (
     model_diversity,
     model_specificity,
     nearest_meshes,
+    roughness,
     specificity,
 )
 from facemodel.evaluation.protocol import Codes, EvaluationError, FaceModelAdapter, ICTGroundTruth, ShapeModel
@@ -237,6 +238,30 @@ def test_specificity_zero_for_training_meshes(small_dataset):
                        torch.from_numpy(ds.vertices()))  # fmt: skip
     np.testing.assert_allclose(out["per_sample"].numpy(), want.values.numpy(), rtol=1e-5, atol=1e-5)
     assert out["mean"] <= 2.0 + 1e-4
+
+
+def test_roughness_is_zero_for_smooth_motion_and_grows_with_bumps(small_dataset):
+    ds = FaceDataset(small_dataset, split="train")
+    template = ds.template
+    rest = torch.from_numpy(np.asarray(template.vertices, dtype=np.float32))
+    lap = template.laplacian()
+    # rigid motion (and the rest shape itself) has no high-frequency energy
+    shifted = torch.stack([rest, rest + torch.tensor([1.0, -2.0, 3.0])])
+    assert roughness(shifted, rest, lap).abs().max() < 1e-6
+    # the data's meshes have some; the same meshes with a bump of 0.5 mm on every 50th vertex have more
+    meshes = torch.from_numpy(np.asarray(ds.vertices(np.arange(0, len(ds), 97)), dtype=np.float32))
+    base = roughness(meshes, rest, lap)
+    bumps = torch.zeros_like(rest)
+    bumps[::50, 2] = 0.5
+    bumpy = roughness(meshes + bumps, rest, lap)
+    assert base.shape == (len(meshes),) and (base > 0).all() and (bumpy > base + 0.01).all()
+    # the figure is mean_v |(L d)_v|^2: one bumped vertex of height h against a flat neighbourhood
+    one = torch.zeros_like(rest)
+    one[100, 2] = 1.0
+    ld = torch.sparse.mm(lap, one)
+    assert roughness(rest[None] + one, rest, lap).item() == pytest.approx(float(ld.square().sum() / len(rest)), rel=1e-5)
+    with pytest.raises(EvaluationError, match="one topology"):
+        roughness(meshes[:, :-1], rest, lap)
 
 
 # ---- identity spill ---------------------------------------------------------------------------

@@ -418,7 +418,7 @@ def test_expression_cluster_labels_cover_every_mesh_and_keep_the_names(small_dat
 
 # ---- snapshots and checkpoint selection (facemodel.training.select) --------------------------
 def test_choose_keeps_good_specificity_then_best_decoupling():
-    from facemodel.training.select import SelectionError, choose, motion_floor_met
+    from facemodel.training.select import SelectionError, choose, motion_floor_met, roughness_ceiling_met
 
     recs = [
         {"step": 1000, "val_specificity_mm": 3.00, "dec_identity": 99.0, "dec_expression": 10.0, "spill_mm": 0.5},
@@ -448,6 +448,17 @@ def test_choose_keeps_good_specificity_then_best_decoupling():
     assert choose([alike] + varied) == 0
     assert choose([alike] + varied, min_diversity_mm=5.5) == 2
     assert choose([alike] + [recs[1]], min_diversity_mm=5.5) == 1  # a missing figure passes
+    # roughness ceiling: a bumpy candidate is out, however it scores; a missing figure passes
+    bumpy = dict(recs[2], val_specificity_mm=3.0, roughness_mm2=0.9)
+    smooth = [dict(r, roughness_mm2=0.3) for r in recs]
+    assert choose(smooth + [bumpy]) == 3
+    assert choose(smooth + [bumpy], max_roughness_mm2=0.5) == 1
+    assert choose([recs[1], bumpy], max_roughness_mm2=0.5) == 0
+    # nobody smooth enough: the ceiling goes, the floors stay (the early all-alike snapshot stays out)
+    rough = [dict(r, roughness_mm2=0.9, diversity_mm=6.0) for r in recs] + [dict(alike, roughness_mm2=0.9)]
+    assert choose(rough, max_roughness_mm2=0.5) == 3
+    assert choose(rough, max_roughness_mm2=0.5, min_diversity_mm=5.5) == 1
+    assert not roughness_ceiling_met(rough, 0.5) and roughness_ceiling_met(rough, None)
     with pytest.raises(SelectionError, match="no candidates"):
         choose([])
     with pytest.raises(SelectionError, match="eval_every"):
@@ -482,6 +493,13 @@ def test_snapshots_are_scored_and_one_is_selected(small_dataset, tmp_path, capsy
     div = {r["step"]: r["eval"]["ema"]["diversity_mm"] for r in logged if "eval" in r}
     assert [r["diversity_mm"] for r in recs] == [div[20], div[40]]
     assert all(r["spill_mm"] >= 0 and r["motion_mm"] > 0 for r in recs)
+    assert all(r["roughness_mm2"] > 0 for r in recs) and result["data_roughness_mm2"] > 0
+    assert result["max_roughness_mm2"] is None  # the ceiling is off unless asked for
+    rough = max(recs, key=lambda r: r["roughness_mm2"])
+    ceiling = select(tmp_path / "run", data=small_dataset, spill_vertices=np.arange(0, 9409, 50), n=4, log=lambda s: None,
+                     max_roughness_fraction=0.999 * rough["roughness_mm2"] / result["data_roughness_mm2"])  # fmt: skip
+    assert ceiling["chosen"]["step"] != rough["step"] and "roughness_mm2 at most" in ceiling["rule"]
+    assert ceiling["roughness_ceiling_met"] is True and result["roughness_ceiling_met"] is True
     best = min(val.values())
     assert result["chosen"]["val_specificity_mm"] <= best * 1.05
     saved = json.loads((tmp_path / "run" / "selection.json").read_text())
@@ -535,6 +553,8 @@ def test_snapshots_are_scored_and_one_is_selected(small_dataset, tmp_path, capsy
     assert "min-motion-fraction" in capsys.readouterr().err
     assert select_main(["--run", str(tmp_path / "run"), "--data", str(small_dataset), "--min-diversity-fraction", "1.5"]) == 2
     assert "min-diversity-fraction" in capsys.readouterr().err
+    assert select_main(["--run", str(tmp_path / "run"), "--data", str(small_dataset), "--max-roughness-fraction", "-1"]) == 2
+    assert "max-roughness-fraction" in capsys.readouterr().err
 
 
 def test_reference_motion_is_the_ground_truth_expressions(small_dataset, ict):

@@ -12,14 +12,18 @@ final export is ``RUN/model``. Every candidate is scored on
 - ``dec_identity`` / ``dec_expression``: the paper's decoupling percentages with the cached
   full embedding networks of the evaluation suite, ``n`` faces x ``n`` samples (seeded, the
   same codes for every candidate);
-- ``spill_mm``: identity spill (``n`` faces x 5 expression codes).
+- ``spill_mm``: identity spill (``n`` faces x 5 expression codes);
+- ``roughness_mm2``: high-frequency energy of 256 EMA samples
+  (:func:`~facemodel.evaluation.metrics.roughness`), beside the validation meshes' figure.
 
 Rule (:func:`choose`): first drop the candidates whose expression codes barely move the face
 (``motion_mm`` under ``min_motion_mm``: by default half the motion of the ICT ground truth on
 the validation identities under the same probe): a generator whose expressions do nothing is
 decoupled trivially and is closest to the mean face, so it would otherwise win on both
 counts. Likewise drop the candidates whose in-training diversity (logged) is under 0.75 x the
-data's: early snapshots, all faces alike, are specific and decoupled for the same reason. Then
+data's: early snapshots, all faces alike, are specific and decoupled for the same reason; and
+those whose samples are rougher than 1.5 x the data's meshes (bumpy surfaces: an auxiliary term
+steered by high-frequency displacement can buy decoupling that way). Then
 keep the candidates whose validation specificity is within ``tolerance`` (5 %) of the best, then take the highest mean decoupling; ties go to the lower spill, then to the
 later step. When no candidate reaches the motion floor, the rule runs on all of them and the
 result says ``"motion_floor_met": false``. The scores and the choice are written to
@@ -43,7 +47,8 @@ import torch
 from .._fs import atomic_dir, atomic_file
 from ..errors import FaceModelError
 
-__all__ = ["SelectionError", "candidates", "choose", "motion_floor_met", "reference_motion", "score_candidate", "select", "main"]
+__all__ = ["SelectionError", "candidates", "choose", "motion_floor_met", "reference_motion", "roughness_ceiling_met",
+           "score_candidate", "select", "main"]
 
 _SNAPSHOT = re.compile(r"^step(\d{7})$")
 
@@ -98,7 +103,7 @@ def _logged_eval(run: Path, key: str, part: str = "ema") -> dict[int, float]:
 
 
 def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_motion_mm: float | None = None,
-           min_diversity_mm: float | None = None) -> int:
+           min_diversity_mm: float | None = None, max_roughness_mm2: float | None = None) -> int:
     """Index of the record to release (see the module docstring for the rule).
 
     Args:
@@ -111,6 +116,9 @@ def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_mo
         min_diversity_mm: likewise for ``diversity_mm`` (the in-training diversity of the EMA
             samples; a missing one passes): early snapshots, whose faces are all alike, score
             well on specificity and decoupling and would otherwise be chosen.
+        max_roughness_mm2: then candidates whose ``roughness_mm2`` is above it are left out (a
+            missing one passes), unless that leaves none of those the floors kept (then the
+            ceiling is ignored, the floors are not; see :func:`roughness_ceiling_met`).
 
     Raises:
         SelectionError: no records, or one without a finite ``val_specificity_mm``.
@@ -122,6 +130,7 @@ def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_mo
         raise SelectionError("every candidate needs a finite val_specificity_mm (run with eval_every > 0)")
     pool = [i for i in range(len(records)) if _moves(records[i], min_motion_mm) and _varied(records[i], min_diversity_mm)]
     pool = pool or list(range(len(records)))
+    pool = [i for i in pool if _smooth(records[i], max_roughness_mm2)] or pool  # none smooth: the ceiling goes first
     best = min(specs[i] for i in pool)
     keep = [i for i in pool if specs[i] <= best * (1.0 + tolerance)]
 
@@ -141,6 +150,16 @@ def _moves(record: dict[str, Any], min_motion_mm: float | None) -> bool:
 def _varied(record: dict[str, Any], min_diversity_mm: float | None) -> bool:
     d = record.get("diversity_mm")
     return min_diversity_mm is None or not isinstance(d, (int, float)) or d >= min_diversity_mm
+
+
+def _smooth(record: dict[str, Any], max_roughness_mm2: float | None) -> bool:
+    r = record.get("roughness_mm2")
+    return max_roughness_mm2 is None or not isinstance(r, (int, float)) or r <= max_roughness_mm2
+
+
+def roughness_ceiling_met(records: Sequence[dict[str, Any]], max_roughness_mm2: float | None) -> bool:
+    """Whether any candidate is as smooth as the ceiling asks (:func:`choose` ignores it otherwise)."""
+    return any(_smooth(r, max_roughness_mm2) for r in records)
 
 
 def motion_floor_met(records: Sequence[dict[str, Any]], min_motion_mm: float | None) -> bool:
@@ -197,9 +216,34 @@ def _val_specificity(path: Path, data: Path, samples: int = 256) -> float:
     return float(specificity(v, ref).mean())
 
 
+def _roughness_probe(data: Path, samples: int = 256):
+    """(data's roughness in mm^2, a function: model folder -> its samples' roughness): the
+    validation meshes (``samples`` of them, seeded) and ``samples`` seeded model samples, under
+    the dataset template's cotangent Laplacian."""
+    from ..data.dataset import FaceDataset
+    from ..evaluation.metrics import roughness
+    from ..model import FaceModel
+
+    ds = FaceDataset(data, split="val")
+    template = ds.template
+    rest = torch.from_numpy(np.asarray(template.vertices, dtype=np.float32))
+    lap = template.laplacian()
+    rows = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:samples].sort().values.numpy()
+    ref = torch.from_numpy(np.asarray(ds.vertices(rows), dtype=np.float32))
+    data_value = float(roughness(ref, rest, lap).mean())
+
+    def of_model(path: Path) -> float:
+        model = FaceModel.from_pretrained(path).eval()
+        with torch.no_grad():
+            v = model.sample(samples, seed=1234).vertices.float()
+        return float(roughness(v, rest, lap).mean())
+
+    return data_value, of_model
+
+
 def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None, n: int = 40,
            tolerance: float = 0.05, min_motion_mm: float | None = None, min_diversity_fraction: float = 0.0,
-           reuse: bool = True, log=print) -> dict[str, Any]:  # fmt: skip
+           max_roughness_fraction: float = 0.0, reuse: bool = True, log=print) -> dict[str, Any]:  # fmt: skip
     """Score every candidate of ``run``, choose one and write ``run/selection.json``.
 
     With ``reuse``, candidates already scored in ``run/selection.json`` with the same settings
@@ -209,12 +253,15 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
     scored by other nets are scored again.
 
     ``min_diversity_fraction`` > 0 leaves out candidates whose logged in-training diversity is
-    under that fraction of the data's (logged beside it), see :func:`choose`.
+    under that fraction of the data's (logged beside it), and ``max_roughness_fraction`` > 0
+    those whose samples' roughness is above that multiple of the validation meshes', see
+    :func:`choose`. Roughness is measured for every candidate either way (about a second each).
 
     Returns:
         ``{"chosen": {...record...}, "records": [...], "rule": str}``; each record has
         ``step``, ``path``, ``val_specificity_mm``, ``diversity_mm`` (when logged) and the scores
-        of :func:`score_candidate`.
+        of :func:`score_candidate`, and ``roughness_mm2``; the result also has
+        ``data_roughness_mm2``.
     """
     run = Path(run).expanduser()
     logged = _logged_eval(run, "val_specificity_mm")
@@ -232,6 +279,8 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
                 previous = {(r["step"], r["path"]): r for r in old["records"]}
         except (json.JSONDecodeError, KeyError, TypeError):
             previous = {}
+    data_roughness, model_roughness = _roughness_probe(Path(data))
+    max_roughness_mm2 = max_roughness_fraction * data_roughness if max_roughness_fraction > 0 else None
     records = []
     for step, path in candidates(run):
         rec: dict[str, Any] = previous.get((step, str(path)), {})
@@ -241,26 +290,38 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
                 rec["val_specificity_mm"] = _val_specificity(path, Path(data))
                 rec["val_specificity_source"] = "recomputed"
             rec.update(score_candidate(path, nets=nets, spill_vertices=spill_vertices, n=n))
+            rec["roughness_mm2"] = model_roughness(path)
             log(json.dumps(rec))
+        elif "roughness_mm2" not in rec:  # a record of an older version
+            rec["roughness_mm2"] = model_roughness(path)
         if step in diversity:  # read from the log, so reused records of older versions get it too
             rec["diversity_mm"] = diversity[step]
         records.append(rec)
-    i = choose(records, tolerance=tolerance, min_motion_mm=min_motion_mm, min_diversity_mm=min_diversity_mm)
+    i = choose(records, tolerance=tolerance, min_motion_mm=min_motion_mm, min_diversity_mm=min_diversity_mm,
+               max_roughness_mm2=max_roughness_mm2)  # fmt: skip
     met = motion_floor_met(records, min_motion_mm)
     if not met:
         log(f"WARNING: no candidate's expressions move the face by {min_motion_mm:.3f} mm (motion_mm); "
             "the choice ignores the motion floor")  # fmt: skip
+    smooth = roughness_ceiling_met(records, max_roughness_mm2)
+    if not smooth:
+        log(f"WARNING: every candidate's samples are rougher than {max_roughness_mm2:.3f} mm^2 (roughness_mm2; the "
+            f"validation meshes: {data_roughness:.3f}); the choice ignores the roughness ceiling")  # fmt: skip
     result = {
         "chosen": records[i],
         "records": records,
         "rule": ("motion_mm at least min_motion_mm, then " if min_motion_mm is not None else "")
         + ("diversity_mm at least min_diversity_mm, then " if min_diversity_mm is not None else "")
+        + ("roughness_mm2 at most max_roughness_mm2, then " if max_roughness_mm2 is not None else "")
         + f"val_specificity_mm within {tolerance:.0%} of the best, then the highest mean of "
         "dec_identity and dec_expression, then the lower spill_mm, then the later step",
         "min_motion_mm": min_motion_mm,
         "min_diversity_mm": min_diversity_mm,
         "data_diversity_mm": data_diversity,
+        "max_roughness_mm2": max_roughness_mm2,
+        "data_roughness_mm2": data_roughness,
         "motion_floor_met": met,
+        "roughness_ceiling_met": smooth,
         "settings": wanted,
     }
     with atomic_file(run / "selection.json", "w") as f:
@@ -281,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--min-diversity-fraction", type=float, default=0.75,
                    help="leave out candidates whose in-training diversity (logged) is under this fraction of the "
                         "data's (0: no floor)")  # fmt: skip
+    p.add_argument("--max-roughness-fraction", type=float, default=1.5,
+                   help="leave out candidates whose samples are rougher (roughness_mm2) than this multiple of the "
+                        "validation meshes' (0: no ceiling)")  # fmt: skip
     p.add_argument("--export", default=None, help="copy the chosen model folder here (replaced atomically)")
     p.add_argument("--rescore", action="store_true", help="score every candidate again (default: reuse selection.json)")
     args = p.parse_args(argv)
@@ -290,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SelectionError("--min-motion-fraction must be >= 0 (0 turns the motion floor off)")
         if not 0 <= args.min_diversity_fraction < 1:
             raise SelectionError("--min-diversity-fraction must be in [0, 1) (0 turns the diversity floor off)")
+        if args.max_roughness_fraction < 0:
+            raise SelectionError("--max-roughness-fraction must be >= 0 (0 turns the roughness ceiling off)")
         if args.ict is not None:
             from ..data.ict import ICTSource
             from ..evaluation.embedding import load_or_train_decoupling_nets
@@ -304,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"motion floor: {floor:.3f} mm ({args.min_motion_fraction:g} x the ICT ground truth's {ref:.3f} mm)")
         result = select(args.run, data=args.data, nets=nets, spill_vertices=verts, n=args.n, tolerance=args.tolerance,
                         min_motion_mm=floor, min_diversity_fraction=args.min_diversity_fraction,
-                        reuse=not args.rescore)
+                        max_roughness_fraction=args.max_roughness_fraction, reuse=not args.rescore)
         chosen = result["chosen"]
         print(f"chosen: step {chosen['step']} ({chosen['path']})")
         if args.export:
