@@ -57,6 +57,14 @@ def test_ground_truth_generator_is_decoupled_and_random_model_is_not(quick_repor
     gt = next(v for k, v in t1.items() if k.startswith("ICT"))
     # the random generator mixes identity and expression in every code; the ICT generator does not
     assert gt["spill"] < t1["ours"]["spill"]
+    # an untrained generator's displacements are high-frequency noise; the linear model's samples are
+    # combinations of data meshes, as smooth as the data
+    results = json.loads((out / "results.json").read_text())
+    linear = next(v for k, v in t1.items() if k.lower().startswith("linear"))
+    data = results["data"]["roughness"]
+    assert data > 0 and 0.2 * data < linear["rough"] < 2 * data
+    assert t1["ours"]["rough"] > 3 * linear["rough"]
+    assert "Rough." in (out / "report.md").read_text()
 
 
 def test_second_run_reuses_cached_baselines(quick_report, random_model_dir, eval_dataset, ict_dir, tmp_path):

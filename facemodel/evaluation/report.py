@@ -30,7 +30,7 @@ PAPER_TABLE2: dict[str, dict[float, float]] = {
 
 _T1_COLUMNS = (("dec_id", "Dec-Id (%)", 1), ("dec_exp", "Dec-Exp (%)", 1), ("div", "Div (mm)", 2),
                ("div_id", "Div-Id (mm)", 2), ("div_exp", "Div-Exp (mm)", 2), ("spec", "Sp. (mm)", 2),
-               ("spill", "Id. spill (mm)", 3))  # fmt: skip
+               ("spill", "Id. spill (mm)", 3), ("rough", "Rough. (mm²)", 3))  # fmt: skip
 
 
 def _fmt(x: Any, digits: int) -> str:
@@ -77,7 +77,8 @@ def render_report(results: dict[str, Any]) -> str:
     data = results.get("data", {}).get("diversity")
     if data:
         rows.append(["Training data (labels)", "—", "—", _fmt(data.get("global"), 2), _fmt(data.get("identity"), 2),
-                     _fmt(data.get("expression"), 2), "—", "—"])  # fmt: skip
+                     _fmt(data.get("expression"), 2), "—", "—",
+                     _fmt(results.get("data", {}).get("roughness"), 3)])  # fmt: skip
     for name, r in results.get("table1", {}).items():
         rows.append([name] + [_fmt(r.get(k), d) for k, _, d in _T1_COLUMNS])
     out.append(_table(header, rows))
@@ -89,7 +90,10 @@ def render_report(results: dict[str, Any]) -> str:
             "far the vertices that no ICT expression moves by more than 1.5 mm travel when only the expression "
             "code changes (lower is better; ICT's blendshapes move every vertex a little, so even the ground-truth "
             "generator is above 0, and its row draws 40 strong test expressions rather than a prior, so its spill "
-            "is larger than that of models whose expressions are milder)."]
+            "is larger than that of models whose expressions are milder). Rough.: high-frequency energy of "
+            "samples, the mean over vertices of |L (v − template)|² with the template's cotangent Laplacian "
+            "(the paper's smoothness term as a measurement); the training data's row is the level of real "
+            "faces, and a model well above it has bumpy surfaces."]
     emb = results.get("embedding", {})
     if emb:
         out += ["", "Embedding networks (validation pairs of unseen identities, threshold chosen for the best "

@@ -49,6 +49,7 @@ class EvaluationSettings(BaseModel):
     decoupling_m: int = Field(100, ge=1)
     spill_faces: int = Field(100, ge=1)
     spill_variants: int = Field(10, ge=1)
+    roughness_samples: int = Field(256, ge=1)
     lambdas: tuple[float, ...] = (0.0, 0.01, 10.0)
     reconstruction_per_kind: int | None = Field(10, ge=1)  # None = every test mesh (hours for COMA)
     adam_iterations: int = Field(500, ge=1)
@@ -202,7 +203,7 @@ def evaluate(
     from ..model import FaceModel
     from .decoupling import decoupling_scores
     from .embedding import load_or_train_decoupling_nets
-    from .metrics import data_diversity, model_diversity, model_specificity
+    from .metrics import data_diversity, model_diversity, model_specificity, roughness
     from .reconstruction import load_test_meshes, sparse_reconstruction
     from .report import render_report
     from .spill import identity_only_vertices, identity_spill
@@ -280,6 +281,11 @@ def evaluate(
     results["data"] = {"diversity": {k: float(v) for k, v in data_diversity(train, settings.num_pairs, generator=g).items()
                                      if k in ("global", "identity", "expression")}}  # fmt: skip
     tick("data diversity", t0)
+    rest = torch.from_numpy(np.asarray(train.template.vertices, dtype=np.float32))
+    lap = train.template.laplacian()
+    rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))[: settings.roughness_samples]
+    ref = torch.from_numpy(np.asarray(train.vertices(rows.sort().values.numpy()), dtype=np.float32))
+    results["data"]["roughness"] = float(roughness(ref, rest, lap).mean())
     spill_vertices = identity_only_vertices(gen)
     results["settings"]["spill_vertices"] = int(len(spill_vertices))
     results["embedding"] = nets.summary() if hasattr(nets, "summary") else {}
@@ -306,6 +312,8 @@ def evaluate(
                                generator=torch.Generator().manual_seed(settings.seed))  # fmt: skip
         row.update(spill=spill["mean_mm"], spill_ratio=spill.get("ratio"))
         tick(f"{m.name}: identity spill", t0)
+        v = m.sample(settings.roughness_samples, generator=torch.Generator().manual_seed(settings.seed))
+        row["rough"] = float(roughness(v, rest, lap).mean()) if v.shape[1] == len(rest) else None
         results["table1"][m.name] = {k: (None if v is None else float(v)) for k, v in row.items()}
         if m is gt:
             continue
