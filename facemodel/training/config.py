@@ -96,6 +96,12 @@ class TrainConfig(BaseModel):
     # `motion_subspace_components` modes; facemodel.training.subspace), in mm^2 per vertex
     lambda_motion_subspace: float = Field(0.0, ge=0)
     motion_subspace_components: int = Field(128, ge=1)
+    # ...and expression anchoring (facemodel.training.anchoring): a fixed linear map A from the
+    # data's blendshape weights to expression codes (whitened principal axes of the expression
+    # displacements), and for `anchor_pairs` same-person training pairs a step,
+    # G(z, A(w_i)) - G(z, A(w_j)) must equal x_i - x_j (mm^2 per face-area vertex)
+    lambda_expression_anchor: float = Field(0.0, ge=0)
+    anchor_pairs: int = Field(32, ge=1)
     # ...and two meshes sharing the identity code (but not the expression code) are asked to
     # read weights at least as different as two random meshes of one identity in the data do
     # (a hinge), so the expression code has to carry the expressions

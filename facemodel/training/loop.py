@@ -35,6 +35,7 @@ from .labels import factor_labels, factor_targets
 from .pairs import PairSampler, pair_images
 from .expression_meter import BlendshapeMeter, fit_blendshape_meter, fit_identity_meter, same_identity_spread
 from .subspace import MotionSubspace, fit_motion_subspace
+from .anchoring import FACE_VERTICES, ExpressionAnchor, anchor_loss, fit_expression_anchor
 from .rigidity import between_identity_shape, expression_motion_mm, rigidity_loss, rigidity_weights, same_identity_motion
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
 from .sampler import EpochSampler
@@ -132,6 +133,22 @@ class Trainer:
             self.subspace = self.subspace.to(self.device)
             log.info("motion subspace: %d modes; data pairs move %.3f mm, %.4f mm of it outside (RMS per vertex)",
                      config.motion_subspace_components, stats["motion_mm"], stats["residual_mm"])  # fmt: skip
+        self.anchor: ExpressionAnchor | None = None
+        if config.lambda_expression_anchor > 0:
+            if len(self.gen_config.factors) < 2:
+                raise ConfigError("expression anchoring (lambda_expression_anchor) needs an expression factor (the "
+                                  "second of `factors`); set lambda_expression_anchor=0")  # fmt: skip
+            exp = self.gen_config.factors[1]
+            self.anchor, stats = fit_expression_anchor(self.data, exp.code_dim, seed=config.seed)
+            self.anchor = self.anchor.to(self.device)
+            self._anchor_slice = self.gen_config.code_slices()[exp.name]
+            classes = self.data.identity_classes()
+            self._anchor_rows = {int(k): np.flatnonzero(classes == k) for k in np.unique(classes)}
+            self._anchor_classes = classes
+            self._anchor_weights = torch.from_numpy(np.asarray(self.data.meta("blendshapes"), dtype=np.float32))
+            log.info("expression anchor: %d codes hold %.1f%% of the weights' displacement (%.3f mm RMS); the linear "
+                     "model misses same-person pairs by %.3f mm", exp.code_dim, 100 * stats["kept"], stats["motion_mm"],
+                     stats["fit_residual_mm"])  # fmt: skip
         self.rigidity: torch.Tensor | None = None
         self.mobility: torch.Tensor | None = None
         self.motion_target = 0.0
@@ -345,6 +362,9 @@ class Trainer:
             if self.identity_meter is not None:
                 read = self.identity_meter(d + self.template_t)
                 icons = (read[a] - read[b]).square().sum(1).mean()
+        anchor = d.sum() * 0
+        if self.anchor is not None:
+            anchor = self._anchor_loss()
         transfer = tmag = d.sum() * 0
         if self.transfer_faces is not None:
             transfer, tmag = self._transfer_loss()
@@ -353,7 +373,8 @@ class Trainer:
                 + c.lambda_consistency * cons + c.lambda_rigidity * rigid + c.lambda_motion_spread * mspread
                 + c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread
                 + c.lambda_identity_consistency * icons + c.lambda_motion_subspace * msub
-                + c.lambda_pair * pair + c.lambda_transfer * transfer + c.lambda_identity_spread * ispread)
+                + c.lambda_pair * pair + c.lambda_transfer * transfer + c.lambda_identity_spread * ispread
+                + c.lambda_expression_anchor * anchor)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.G)
@@ -365,9 +386,26 @@ class Trainer:
                 **({"g_bcons": float(bcons.detach()), "g_spread": float(spread.detach())} if self.meter is not None else {}),
                 **({"g_icons": float(icons.detach())} if self.identity_meter is not None else {}),
                 **({"g_msub": float(msub.detach())} if self.subspace is not None else {}),
+                **({"g_anchor": float(anchor.detach())} if self.anchor is not None else {}),
                 **({f"g_pair_{factor}": float(pair.detach())} if factor is not None else {}),
                 **({"g_transfer": float(transfer.detach()), "transfer_motion": float(tmag)} if self.transfer_faces is not None else {}),
                 **({"g_ispread": float(ispread.detach())} if c.lambda_identity_spread > 0 else {})}
+
+    def _anchor_loss(self) -> torch.Tensor:
+        """Expression anchoring (see :mod:`facemodel.training.anchoring`): ``anchor_pairs``
+        same-person training pairs (seeded by the step), their weights' anchor codes on random
+        prior identity and noise codes; mm^2 per face-area vertex."""
+        c, P = self.config, self.config.anchor_pairs
+        rng = np.random.default_rng([c.seed, self.step, 11])
+        a = rng.integers(0, len(self.data), P)
+        b = np.array([rng.choice(self._anchor_rows[int(self._anchor_classes[r])]) for r in a], dtype=np.int64)
+        rows = np.concatenate([a, b])
+        x = torch.from_numpy(self.data.offsets(rows)[:, :FACE_VERTICES].astype(np.float32)).to(self.device)
+        z = torch.randn(P, self.gen_config.code_dim, device=self.device).repeat(2, 1)
+        z[:, self._anchor_slice] = self.anchor(self._anchor_weights[rows].to(self.device))
+        with self._autocast():
+            g = self._G_fwd(z).float()[:, :FACE_VERTICES]
+        return anchor_loss(g[:P] - g[P:], x[:P] - x[P:])
 
     def _transfer_loss(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Transfer consistency (facemodel.training.transfer) on a fresh grid of prior codes."""
