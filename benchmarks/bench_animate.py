@@ -14,6 +14,9 @@ On test-split meshes (identities never trained on), for each model with a blends
 - ``floor``: RMSE of the encoding itself (the best any expression code can do there);
 - ``additive ICT``: ``neutral(w_id) + sum_j e_j * generic_delta_j`` (ICT-FaceKit's own linear
   blendshapes on the identity's exact neutral), the baseline every ICT user has;
+- ``motion alone`` (C): the expression's displacement without the identity, ours (B's mesh minus
+  its rest pose) and ICT's generic deltas, against the true one (the mesh minus the identity's
+  exact neutral): what separates B's two rows once the shared encoded neutral is taken out;
 - ``additive ICT on our identity``: ``G(z_id, expression_from_blendshapes(0), z_noise) + sum_j e_j * generic_delta_j``;
 - round trip ``blendshapes_from_expression(expression_from_blendshapes(e))`` MAE per weight on
   every test-split weight vector; read-from-encoded MAE on the encoded test meshes;
@@ -147,6 +150,9 @@ def main() -> None:
             add_ours = rmse(decode_with(model, codes, z0) + lin, verts)
             rest_n = decode_with(model, ncodes[nidx], z0)
             still_n, add_n = rmse(rest_n, verts), rmse(rest_n + lin, verts)
+            gt_motion = verts - neutrals[nidx]  # the expression's own motion on this identity
+            our_motion = decode_with(model, ncodes[nidx], z_rel) - decode_with(model, ncodes[nidx], ncodes[nidx][:, sl])
+            motion_err, lin_err = rmse(our_motion, gt_motion), rmse(lin, gt_motion)
             rt = model.blendshapes_from_expression(model.expression_from_blendshapes(all_w))
             rd = model.blendshapes_from_expression(codes)
         act = all_w > 0.05
@@ -160,7 +166,9 @@ def main() -> None:
                          ("B'. ours, absolute: identity encoded from its neutral, expression code map(w)", ours_n),
                          ("B'. additive ICT on the same identity: G(id, map(0)) + generic deltas", add_n),
                          ("B'. no expression: G(id, map(0))", still_n),
-                         ("additive ICT on the exact ICT neutral (not our model)", rmse(additive, verts))):  # fmt: skip
+                         ("additive ICT on the exact ICT neutral (not our model)", rmse(additive, verts)),
+                         ("C. motion alone: ours (B's mesh - its rest pose) vs the true motion (mesh - exact neutral)", motion_err),
+                         ("C. motion alone: ICT's generic deltas vs the true motion", lin_err)):  # fmt: skip
             print(f"| {label} | {x.mean():.3f} | {x.median():.3f} |")
         print(f"| round trip weights -> code -> weights, MAE per weight ({len(all_w)} test vectors) | "
               f"{(rt - all_w).abs().mean():.4f} | active weights (> 0.05): {(rt - all_w).abs()[act].mean():.4f} |")
