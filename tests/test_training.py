@@ -20,7 +20,7 @@ def tiny(small_dataset, **overrides):
 
 
 def test_config_files_round_trip(tmp_path):
-    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "transfer.yaml"):
+    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "release-0.1.yaml", "decoupled.yaml", "transfer.yaml"):
         cfg = load_config(REPO_CONFIGS / name)
         cfg.to_file(tmp_path / f"{name}.json")
         assert load_config(tmp_path / f"{name}.json") == cfg
@@ -376,7 +376,7 @@ def test_motion_spread_target_and_hinge(small_dataset, tmp_path):
 
 
 def test_release_recipe_turns_on_the_measured_deviations():
-    cfg = load_config(REPO_CONFIGS / "release.yaml")
+    cfg = load_config(REPO_CONFIGS / "release-0.1.yaml")
     paper = load_config(REPO_CONFIGS / "paper.yaml")
     assert cfg.lambda_rigidity > 0 and cfg.lambda_motion_spread > 0 and cfg.lambda_regress > 0 and cfg.prior_pairs > 0
     assert paper.lambda_rigidity == paper.lambda_motion_spread == paper.lambda_regress == paper.prior_pairs == 0
@@ -388,6 +388,11 @@ def test_release_recipe_turns_on_the_measured_deviations():
     same = {k for k, v in cfg.model_dump().items() if cand.model_dump()[k] == v}
     assert set(cfg.model_dump()) - same == {"factor_hidden", "lambda_motion_subspace", "lambda_blendshape_consistency",
                                             "lambda_expression_spread", "snapshot_every"}  # fmt: skip
+    # 0.2.0's recipe: the candidate plus expression anchoring and a stronger Laplacian term
+    rel = load_config(REPO_CONFIGS / "release.yaml")
+    same = {k for k, v in cand.model_dump().items() if rel.model_dump()[k] == v}
+    assert set(cand.model_dump()) - same == {"lambda_reg", "lambda_expression_anchor"}
+    assert rel.lambda_reg == 4 * cfg.lambda_reg and rel.lambda_expression_anchor > 0 and cand.lambda_expression_anchor == 0
 
 
 def test_expression_cluster_labels_cover_every_mesh_and_keep_the_names(small_dataset, tmp_path):
