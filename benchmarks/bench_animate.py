@@ -150,6 +150,11 @@ def main() -> None:
             add_ours = rmse(decode_with(model, codes, z0) + lin, verts)
             rest_n = decode_with(model, ncodes[nidx], z0)
             still_n, add_n = rmse(rest_n, verts), rmse(rest_n + lin, verts)
+            rest_code = ncodes[nidx].clone()
+            rest_code[:, sl] = z0  # the map's rest pose on the encoded identity
+            ours_rest = decode_with(model, ncodes[nidx], ncodes[nidx][:, sl]) + decode_with(model, rest_code, z_e) \
+                - decode_with(model, rest_code, z0)  # fmt: skip
+            ours_rest = rmse(ours_rest, verts)
             gt_motion = verts - neutrals[nidx]  # the expression's own motion on this identity
             our_motion = decode_with(model, ncodes[nidx], z_rel) - decode_with(model, ncodes[nidx], ncodes[nidx][:, sl])
             motion_err, lin_err = rmse(our_motion, gt_motion), rmse(lin, gt_motion)
@@ -161,6 +166,7 @@ def main() -> None:
                          ("A. additive ICT on the same identity: G(id, map(0)) + generic deltas", add_ours),
                          ("A. floor: the encoding itself", floor),
                          ("B. ours, relative: the encoded neutral as rest pose + map(w) - map(0) (add_expressions, animate)", ours_rel),
+                         ("B*. ours, motion at the map's rest code: G(neutral fit) + G(id, map(w)) - G(id, map(0))", ours_rest),
                          ("B. additive ICT on the same encoded neutral: G(neutral fit) + generic deltas", fit_n_add),
                          ("B. no expression: the encoded neutral itself", fit_n),
                          ("B'. ours, absolute: identity encoded from its neutral, expression code map(w)", ours_n),

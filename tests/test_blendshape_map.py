@@ -232,3 +232,23 @@ def test_learning_command_end_to_end(random_model_dir, small_dataset, tmp_path, 
     assert main(argv + ["--overwrite", "--kind", "linear", "--inverse-kind", "linear", "--identity-codes", "encoded"]) == 0
     m = FaceModel.from_pretrained(out).config.expression_map
     assert (m.to_code, m.to_weights, m.metrics["data"]["identity_codes"]) == ("linear", "linear", "encoded")
+
+
+def test_anchor_init_with_no_epochs_keeps_the_training_runs_map(random_model, small_dataset):
+    from facemodel.training.anchoring import fit_expression_anchor
+
+    g = torch.Generator().manual_seed(4)
+    A, b = torch.randn(15, 53, generator=g), torch.zeros(15)
+    model = copy.deepcopy(random_model)
+    train = _synthetic(model, FaceDataset(small_dataset, "train"), 64, A, b, 0)
+    val = _synthetic(model, FaceDataset(small_dataset, "val"), 32, A, b, 1)
+    learn_blendshape_map(model, small_dataset, data=(train, val), encoded_meshes=0, epochs=0, kind="linear",
+                         anchor_init=True, inverse_steps=50, progress=False)  # fmt: skip
+    assert model.config.expression_map.metrics["to_code"]["linear"]["init"] == "expression anchor"
+    anchor, _ = fit_expression_anchor(FaceDataset(small_dataset, "train"), 15, seed=0)  # the run's seed (default 0)
+    torch.testing.assert_close(model.expression_from_blendshapes(val.weights), anchor(val.weights), atol=1e-4, rtol=1e-4)
+    # without it the same call keeps the data's start instead (here: the anchors' codes regressed on the weights)
+    other = copy.deepcopy(random_model)
+    learn_blendshape_map(other, small_dataset, data=(train, val), encoded_meshes=0, epochs=0, kind="linear",
+                         inverse_steps=50, progress=False)  # fmt: skip
+    assert not torch.allclose(other.expression_from_blendshapes(val.weights), anchor(val.weights), atol=1e-2)

@@ -290,6 +290,7 @@ def learn_blendshape_map(
     code_reg: float = 0.0,
     inverse_steps: int = 1500,
     prefer_linear_within: float = 0.01,
+    anchor_init: bool = False,
     seed: int = 0,
     encode_batch: int = 64,
     cache: dict | None = None,
@@ -326,6 +327,14 @@ def learn_blendshape_map(
         code_reg: penalty on the squared norm of the produced codes (keeps them in range).
         inverse_steps: Adam steps of the ``to_weights`` MLP.
         prefer_linear_within: relative margin an MLP must win by to be chosen over linear.
+        anchor_init: start ``to_code`` from the expression-anchoring map
+            (:func:`~facemodel.training.anchoring.fit_expression_anchor`, refitted on the dataset
+            with the run's seed) of a model trained with ``lambda_expression_anchor``, instead
+            of the data's regression / the anchors' mean code; with ``epochs=0`` and
+            ``kind="linear"`` the map *is* that one (the generator learned its expressions
+            through it; end-to-end training on encoded anchors, whose identity error dominates
+            the loss, moved 0.2.0's map away from it and doubled the error of the expression
+            motion, docs/benchmarks.md).
         seed: seed of the mesh selection and of training.
         cache: a dict that keeps encodings between calls (same model and dataset).
         data: precomputed ``(train, val)`` meshes with identity/noise codes for ``to_code``
@@ -372,7 +381,12 @@ def learn_blendshape_map(
         val = _anchored(model, val_ds, select_rows(val_ds, val_meshes, seed + 3), anchors[1], None, seed)
     log.info("data ready in %.1f s (encoding %.1f s)", time.perf_counter() - t_start, encode_seconds)
     relative = train.reference_weights is not None
-    if relative:  # no per-mesh expression code to regress on: start from the anchors' mean code
+    if anchor_init:  # the training run's own weights -> code map (lambda_expression_anchor)
+        from .anchoring import fit_expression_anchor
+
+        emb, _ = fit_expression_anchor(train_ds, d_exp, seed=int(((model.config.training or {}).get("config") or {}).get("seed", 0)))
+        W0, b0 = emb.matrix.T.clone(), -(emb.mean @ emb.matrix)
+    elif relative:  # no per-mesh expression code to regress on: start from the anchors' mean code
         W0, b0 = torch.zeros(d_exp, len(ICT_NAMES)), train.codes[:, sl].mean(0)
     else:
         W0, b0 = _ridge(train.weights, train.codes[:, sl], ridge)
@@ -403,7 +417,8 @@ def learn_blendshape_map(
         hist = _fit_to_code(model, emap, train, epochs=epochs, lr=lr or (0.01 if k == "linear" else 0.003),
                             batch_size=batch_size, num_vertices=num_vertices, code_reg=code_reg, seed=seed,
                             progress=progress)  # fmt: skip
-        r: dict = {"seconds": time.perf_counter() - t0, "final_loss_mm2": hist[-1] if hist else None}
+        r: dict = {"seconds": time.perf_counter() - t0, "final_loss_mm2": hist[-1] if hist else None,
+                   "init": "expression anchor" if anchor_init else "data"}
         with torch.no_grad():
             r["val_rmse_mm"] = float(mesh_rmse(model, val, map_codes(model, emap, val)).mean())
             if enc_val is not None:
@@ -474,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-meshes", type=int, default=600)
     p.add_argument("--encoded-meshes", type=int, default=500, help="training meshes encoded one by one (code->weights)")
     p.add_argument("--encoded-val-meshes", type=int, default=150)
-    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--epochs", type=int, default=25, help="end-to-end epochs of weights->code (0: keep the start)")
+    p.add_argument("--anchor-init", action="store_true",
+                   help="start weights->code from the expression-anchoring map the model was trained with "
+                        "(lambda_expression_anchor; refitted on --data); with --epochs 0 --kind linear it is that map")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-iters", type=int, default=None, help="Gauss-Newton iterations of model.encode (default its own)")
@@ -514,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              identity_codes=args.identity_codes, train_meshes=args.train_meshes,
                              val_meshes=args.val_meshes, encoded_meshes=args.encoded_meshes,
                              encoded_val_meshes=args.encoded_val_meshes, epochs=args.epochs, hidden=args.hidden,
-                             seed=args.seed, cache=cache, progress=not args.quiet, **kw)  # fmt: skip
+                             anchor_init=args.anchor_init, seed=args.seed, cache=cache, progress=not args.quiet, **kw)  # fmt: skip
         if args.cache and set(cache) != before:
             with atomic_file(args.cache, "wb") as f:
                 torch.save({"fingerprint": fingerprint, "encodings": cache}, f)
