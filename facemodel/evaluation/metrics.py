@@ -62,6 +62,7 @@ __all__ = [
     "nearest_meshes",
     "model_specificity",
     "roughness",
+    "roughness_reference",
 ]
 
 _MARGIN_REL = 1e-4  # safety margin of the lower-bound test (float32 rounding)
@@ -167,6 +168,27 @@ def roughness(vertices: torch.Tensor, rest: torch.Tensor, laplacian: torch.Tenso
     d = (vertices.float() - rest.float()).permute(1, 0, 2).reshape(V, N * 3)
     ld = torch.sparse.mm(laplacian.float(), d).reshape(V, N, 3)
     return ld.square().sum(-1).mean(0)
+
+
+def roughness_reference(dataset: FaceDataset, samples: int = 256, *, seed: int = 0
+                        ) -> tuple[float, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The data's level for :func:`roughness`, and the operator to measure models with.
+
+    Args:
+        dataset: meshes in the template's topology (a split of ICT 4D).
+        samples: meshes measured (a seeded random subset; all when fewer).
+        seed: seed of the subset.
+
+    Returns:
+        ``(mean roughness of the meshes in mm^2, rest (V, 3), sparse Laplacian (V, V))``, the
+        last two from the dataset's template.
+    """
+    template = dataset.template
+    rest = torch.from_numpy(np.asarray(template.vertices, dtype=np.float32))
+    lap = template.laplacian()
+    rows = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:samples].sort().values.numpy()
+    ref = torch.from_numpy(np.asarray(dataset.vertices(rows), dtype=np.float32))
+    return float(roughness(ref, rest, lap).mean()), rest, lap
 
 
 def specificity(samples: torch.Tensor, reference: torch.Tensor, *, chunk: int = 64) -> torch.Tensor:

@@ -203,7 +203,7 @@ def evaluate(
     from ..model import FaceModel
     from .decoupling import decoupling_scores
     from .embedding import load_or_train_decoupling_nets
-    from .metrics import data_diversity, model_diversity, model_specificity, roughness
+    from .metrics import data_diversity, model_diversity, model_specificity, roughness, roughness_reference
     from .reconstruction import load_test_meshes, sparse_reconstruction
     from .report import render_report
     from .spill import identity_only_vertices, identity_spill
@@ -281,11 +281,7 @@ def evaluate(
     results["data"] = {"diversity": {k: float(v) for k, v in data_diversity(train, settings.num_pairs, generator=g).items()
                                      if k in ("global", "identity", "expression")}}  # fmt: skip
     tick("data diversity", t0)
-    rest = torch.from_numpy(np.asarray(train.template.vertices, dtype=np.float32))
-    lap = train.template.laplacian()
-    rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))[: settings.roughness_samples]
-    ref = torch.from_numpy(np.asarray(train.vertices(rows.sort().values.numpy()), dtype=np.float32))
-    results["data"]["roughness"] = float(roughness(ref, rest, lap).mean())
+    results["data"]["roughness"], rest, lap = roughness_reference(train, settings.roughness_samples, seed=settings.seed)
     spill_vertices = identity_only_vertices(gen)
     results["settings"]["spill_vertices"] = int(len(spill_vertices))
     results["embedding"] = nets.summary() if hasattr(nets, "summary") else {}

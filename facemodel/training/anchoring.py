@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data.dataset import FaceDataset
 from ..errors import DatasetFormatError
-from .rigidity import same_identity_pairs
+from .rigidity import same_identity_differences
 
 __all__ = ["FACE_VERTICES", "ExpressionAnchor", "anchor_loss", "fit_expression_anchor"]
 
@@ -93,9 +93,9 @@ def fit_expression_anchor(
         raise DatasetFormatError(f"expression anchoring maps {K} blendshape weights to {code_dim} code dimensions; "
                                  "it needs at least as many weights as dimensions (lower the expression code_dim, or "
                                  "set lambda_expression_anchor=0)")  # fmt: skip
-    a, b = same_identity_pairs(dataset, pairs + 500, seed=seed)
-    vid = np.arange(0, min(face_vertices, dataset.manifest.num_vertices), vertex_stride)
-    diff = (dataset.vertices(a)[:, vid] - dataset.vertices(b)[:, vid]).reshape(len(a), -1).astype(np.float64)
+    a, b, vid, diff = same_identity_differences(dataset, pairs + 500, face_vertices=face_vertices,
+                                                vertex_stride=vertex_stride, seed=seed)  # fmt: skip
+    diff = diff.astype(np.float64)
     dw = weights[a] - weights[b]
     fit = slice(0, pairs)
     gram = dw[fit].T @ dw[fit]

@@ -69,6 +69,21 @@ def same_identity_pairs(dataset: FaceDataset, pairs: int, *, seed: int = 0) -> t
     return a, np.array([rng.choice(by_class[classes[r]]) for r in a], dtype=np.int64)
 
 
+def same_identity_differences(dataset: FaceDataset, pairs: int, *, face_vertices: int, vertex_stride: int,
+                              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Differences of ``pairs`` random same-identity training-mesh pairs on every
+    ``vertex_stride``-th of the first ``face_vertices`` vertices.
+
+    Returns:
+        ``(a, b, vid, diff)``: the rows of :func:`same_identity_pairs`, the vertex indices (R,)
+        and the flattened differences ``x_a - x_b`` (pairs, 3R) float32, mm.
+    """
+    a, b = same_identity_pairs(dataset, pairs, seed=seed)
+    vid = np.arange(0, min(face_vertices, dataset.manifest.num_vertices), vertex_stride)
+    diff = (dataset.vertices(a)[:, vid] - dataset.vertices(b)[:, vid]).reshape(len(a), -1).astype(np.float32)
+    return a, b, vid, diff
+
+
 def same_identity_motion(dataset: FaceDataset, weights: np.ndarray, *, pairs: int = 2000, scale: float = 10.0, seed: int = 0) -> float:
     """How far two meshes of one person differ where expressions move the face, in the units
     of :func:`rigidity_loss` with weights ``1 - weights``: the target of the motion-spread term

@@ -221,16 +221,10 @@ def _roughness_probe(data: Path, samples: int = 256):
     validation meshes (``samples`` of them, seeded) and ``samples`` seeded model samples, under
     the dataset template's cotangent Laplacian."""
     from ..data.dataset import FaceDataset
-    from ..evaluation.metrics import roughness
+    from ..evaluation.metrics import roughness, roughness_reference
     from ..model import FaceModel
 
-    ds = FaceDataset(data, split="val")
-    template = ds.template
-    rest = torch.from_numpy(np.asarray(template.vertices, dtype=np.float32))
-    lap = template.laplacian()
-    rows = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:samples].sort().values.numpy()
-    ref = torch.from_numpy(np.asarray(ds.vertices(rows), dtype=np.float32))
-    data_value = float(roughness(ref, rest, lap).mean())
+    data_value, rest, lap = roughness_reference(FaceDataset(data, split="val"), samples, seed=0)
 
     def of_model(path: Path) -> float:
         model = FaceModel.from_pretrained(path).eval()

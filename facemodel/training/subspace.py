@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data.dataset import FaceDataset
 from ..errors import DatasetFormatError
-from .rigidity import same_identity_pairs
+from .rigidity import same_identity_differences
 
 __all__ = ["MotionSubspace", "fit_motion_subspace"]
 
@@ -65,9 +65,8 @@ def fit_motion_subspace(
     Raises:
         DatasetFormatError: fewer pairs of distinct meshes than ``components``.
     """
-    a, b = same_identity_pairs(dataset, pairs + 500, seed=seed)
-    vid = np.arange(0, min(face_vertices, dataset.manifest.num_vertices), vertex_stride)
-    diff = (dataset.vertices(a)[:, vid] - dataset.vertices(b)[:, vid]).reshape(len(a), -1).astype(np.float32)
+    _, _, vid, diff = same_identity_differences(dataset, pairs + 500, face_vertices=face_vertices,
+                                                vertex_stride=vertex_stride, seed=seed)  # fmt: skip
     fit, val = diff[:pairs], diff[pairs:]
     distinct = int((np.abs(fit).max(1) > 0).sum())
     if distinct <= components:
