@@ -875,3 +875,40 @@ def test_expression_anchor_whitens_the_weights_and_its_term_teaches_the_generato
         loss().backward()
         opt.step()
     assert loss().item() < 0.5 * first
+
+
+def test_identity_anchor_codes_are_whitened_shapes_and_its_term_reproduces_training_meshes(small_dataset, tmp_path):
+    from facemodel.data.dataset import FaceDataset
+    from facemodel.training.anchoring import fit_identity_anchor
+
+    ds = FaceDataset(small_dataset, split="train")
+    labels = ds.identity_classes()
+    n_ids = len(np.unique(labels))
+    d = n_ids - 2
+    classes, codes, stats = fit_identity_anchor(ds, d)
+    assert codes.shape == (n_ids, d) and list(classes) == sorted(set(labels.tolist()))
+    torch.testing.assert_close(torch.from_numpy(codes).mean(0), torch.zeros(d), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(codes).std(0, correction=0), torch.ones(d), atol=1e-4, rtol=0)
+    assert 0 < stats["kept"] < 1 and stats["shape_mm"] > 0 and stats["identities"] == n_ids
+    # more code dimensions than identities can whiten: the rest are 0, all variance kept
+    _, wide, wide_stats = fit_identity_anchor(ds, n_ids + 3)
+    assert wide_stats["whitened"] == n_ids - 1 and wide_stats["kept"] == pytest.approx(1.0)
+    assert np.abs(wide[:, n_ids - 1 :]).max() == 0 and np.allclose(np.abs(wide[:, :d]), np.abs(codes), atol=1e-4)
+
+    t = Trainer(tiny(small_dataset, lambda_identity_anchor=1.0, anchor_pairs=8, max_steps=2), tmp_path / "run",
+                progress=False)  # fmt: skip
+    logs = [t.train_step() for _ in range(2)]
+    assert all(s["g_ianchor"] > 0 and np.isfinite(s["g_ianchor"]) for s in logs)
+    assert "g_anchor" not in logs[0]  # the expression anchor's own pair term stays off
+    opt = torch.optim.Adam(t.G.parameters(), lr=1e-3)
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(0)
+        return t._identity_anchor_loss()
+
+    first = loss().item()
+    for _ in range(60):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.5 * first

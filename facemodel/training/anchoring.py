@@ -17,6 +17,16 @@ on, every generator step takes pairs ``(i, j)`` of training meshes of one person
 
 (mean squared distance per face-area vertex, mm^2, on random prior identity and noise codes):
 the expression code of a weight vector makes that weight vector's expression, on every face.
+
+Identity anchoring (``lambda_identity_anchor``, session 9) ties the identity code too:
+:func:`fit_identity_anchor` gives every training identity a fixed code, the whitened principal
+components of its most neutral mesh, and every generator step asks ``anchor_pairs`` training
+meshes to be reproduced whole,
+
+    G(B(identity_i), A(w_i), z_n)  ~  x_i
+
+(mean squared distance per vertex, mm^2, random prior noise code). The adversarial terms still
+shape the rest of the code space; the anchored codes are where the generator must be the data.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from ..data.dataset import FaceDataset
 from ..errors import DatasetFormatError
 from .rigidity import same_identity_differences
 
-__all__ = ["FACE_VERTICES", "ExpressionAnchor", "anchor_loss", "fit_expression_anchor"]
+__all__ = ["FACE_VERTICES", "ExpressionAnchor", "anchor_loss", "fit_expression_anchor", "fit_identity_anchor"]
 
 #: ICT's face area (vertices 0-9408): where the anchoring term compares displacements
 FACE_VERTICES = 9409
@@ -116,6 +126,45 @@ def fit_expression_anchor(
         "fit_residual_mm": float(np.sqrt((res**2).sum(1).mean() / R)),
     }
     return ExpressionAnchor(mean, matrix), stats
+
+
+def fit_identity_anchor(dataset: FaceDataset, code_dim: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Fixed identity codes of the training identities for identity anchoring.
+
+    Each identity's most neutral mesh (smallest sum of blendshape weights; the identity's first
+    mesh where the dataset has no weights) is its shape; the whitened first ``code_dim``
+    principal components of those shapes (zero mean, unit variance over the identities, like
+    the prior) are the codes.
+
+    Args:
+        dataset: the training split (identity labels needed; blendshape weights used if present).
+        code_dim: the identity code size.
+
+    Returns:
+        ``classes`` (C,) identity labels, ``codes`` (C, code_dim) float32 and figures:
+        ``identities``, ``shape_mm`` (RMS per-vertex distance of the shapes from their mean) and
+        ``kept`` (fraction of its variance the components hold), ``whitened`` (their number).
+
+    With C identities at most C - 1 components exist: the code dimensions past them are 0 for
+    every identity (left to the prior and the adversarial terms).
+    """
+    labels = dataset.identity_classes()
+    classes = np.unique(labels)
+    try:
+        strength = np.asarray(dataset.meta("blendshapes"), dtype=np.float64).sum(1)
+    except (KeyError, DatasetFormatError):
+        strength = np.zeros(len(labels))
+    rows = np.array([np.flatnonzero(labels == k)[np.argmin(strength[labels == k])] for k in classes], dtype=np.int64)
+    shapes = dataset.offsets(rows).reshape(len(rows), -1).astype(np.float64)
+    centred = shapes - shapes.mean(0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    r = min(code_dim, len(rows) - 1)
+    codes = np.zeros((len(rows), code_dim), dtype=np.float32)
+    codes[:, :r] = u[:, :r] * np.sqrt(len(rows))  # unit variance per dimension
+    V = shapes.shape[1] // 3
+    stats = {"identities": float(len(rows)), "shape_mm": float(np.sqrt((s**2).sum() / len(rows) / V)),
+             "kept": float((s[:r] ** 2).sum() / max((s**2).sum(), 1e-12)), "whitened": float(r)}  # fmt: skip
+    return classes, codes, stats
 
 
 def anchor_loss(generated: torch.Tensor, data: torch.Tensor) -> torch.Tensor:

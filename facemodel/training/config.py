@@ -102,6 +102,10 @@ class TrainConfig(BaseModel):
     # G(z, A(w_i)) - G(z, A(w_j)) must equal x_i - x_j (mm^2 per face-area vertex)
     lambda_expression_anchor: float = Field(0.0, ge=0)
     anchor_pairs: int = Field(32, ge=1)
+    # ...and identity anchoring: every training identity a fixed code (whitened principal
+    # components of its most neutral mesh), and `anchor_pairs` training meshes a step reproduced
+    # whole from [its identity's code, A(its weights), random noise] (mm^2 per vertex)
+    lambda_identity_anchor: float = Field(0.0, ge=0)
     # ...and two meshes sharing the identity code (but not the expression code) are asked to
     # read weights at least as different as two random meshes of one identity in the data do
     # (a hinge), so the expression code has to carry the expressions

@@ -35,7 +35,7 @@ from .labels import factor_labels, factor_targets
 from .pairs import PairSampler, pair_images
 from .expression_meter import BlendshapeMeter, fit_blendshape_meter, fit_identity_meter, same_identity_spread
 from .subspace import MotionSubspace, fit_motion_subspace
-from .anchoring import FACE_VERTICES, ExpressionAnchor, anchor_loss, fit_expression_anchor
+from .anchoring import FACE_VERTICES, ExpressionAnchor, anchor_loss, fit_expression_anchor, fit_identity_anchor
 from .rigidity import between_identity_shape, expression_motion_mm, rigidity_loss, rigidity_weights, same_identity_motion
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
 from .sampler import EpochSampler
@@ -134,10 +134,10 @@ class Trainer:
             log.info("motion subspace: %d modes; data pairs move %.3f mm, %.4f mm of it outside (RMS per vertex)",
                      config.motion_subspace_components, stats["motion_mm"], stats["residual_mm"])  # fmt: skip
         self.anchor: ExpressionAnchor | None = None
-        if config.lambda_expression_anchor > 0:
+        if config.lambda_expression_anchor > 0 or config.lambda_identity_anchor > 0:
             if len(self.gen_config.factors) < 2:
-                raise ConfigError("expression anchoring (lambda_expression_anchor) needs an expression factor (the "
-                                  "second of `factors`); set lambda_expression_anchor=0")  # fmt: skip
+                raise ConfigError("expression and identity anchoring (lambda_expression_anchor, lambda_identity_anchor) "
+                                  "need an expression factor (the second of `factors`); set both to 0")  # fmt: skip
             exp = self.gen_config.factors[1]
             self.anchor, stats = fit_expression_anchor(self.data, exp.code_dim, seed=config.seed)
             self.anchor = self.anchor.to(self.device)
@@ -149,6 +149,16 @@ class Trainer:
             log.info("expression anchor: %d codes hold %.1f%% of the weights' displacement (%.3f mm RMS); the linear "
                      "model misses same-person pairs by %.3f mm", exp.code_dim, 100 * stats["kept"], stats["motion_mm"],
                      stats["fit_residual_mm"])  # fmt: skip
+        self._identity_codes: torch.Tensor | None = None
+        if config.lambda_identity_anchor > 0:
+            ident = self.gen_config.factors[0]
+            id_classes, id_codes, stats = fit_identity_anchor(self.data, ident.code_dim)
+            lookup = np.full(int(id_classes.max()) + 1, -1, dtype=np.int64)
+            lookup[id_classes] = np.arange(len(id_classes))
+            self._identity_codes = torch.from_numpy(id_codes[lookup[self._anchor_classes]]).to(self.device)  # per mesh
+            self._identity_slice = self.gen_config.code_slices()[ident.name]
+            log.info("identity anchor: %d identities, %d codes hold %.1f%% of their shape variance (%.3f mm RMS)",
+                     int(stats["identities"]), ident.code_dim, 100 * stats["kept"], stats["shape_mm"])  # fmt: skip
         self.rigidity: torch.Tensor | None = None
         self.mobility: torch.Tensor | None = None
         self.motion_target = 0.0
@@ -362,9 +372,11 @@ class Trainer:
             if self.identity_meter is not None:
                 read = self.identity_meter(d + self.template_t)
                 icons = (read[a] - read[b]).square().sum(1).mean()
-        anchor = d.sum() * 0
-        if self.anchor is not None:
+        anchor = ianchor = d.sum() * 0
+        if c.lambda_expression_anchor > 0:
             anchor = self._anchor_loss()
+        if self._identity_codes is not None:
+            ianchor = self._identity_anchor_loss()
         transfer = tmag = d.sum() * 0
         if self.transfer_faces is not None:
             transfer, tmag = self._transfer_loss()
@@ -374,7 +386,7 @@ class Trainer:
                 + c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread
                 + c.lambda_identity_consistency * icons + c.lambda_motion_subspace * msub
                 + c.lambda_pair * pair + c.lambda_transfer * transfer + c.lambda_identity_spread * ispread
-                + c.lambda_expression_anchor * anchor)
+                + c.lambda_expression_anchor * anchor + c.lambda_identity_anchor * ianchor)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.G)
@@ -386,7 +398,8 @@ class Trainer:
                 **({"g_bcons": float(bcons.detach()), "g_spread": float(spread.detach())} if self.meter is not None else {}),
                 **({"g_icons": float(icons.detach())} if self.identity_meter is not None else {}),
                 **({"g_msub": float(msub.detach())} if self.subspace is not None else {}),
-                **({"g_anchor": float(anchor.detach())} if self.anchor is not None else {}),
+                **({"g_anchor": float(anchor.detach())} if c.lambda_expression_anchor > 0 else {}),
+                **({"g_ianchor": float(ianchor.detach())} if self._identity_codes is not None else {}),
                 **({f"g_pair_{factor}": float(pair.detach())} if factor is not None else {}),
                 **({"g_transfer": float(transfer.detach()), "transfer_motion": float(tmag)} if self.transfer_faces is not None else {}),
                 **({"g_ispread": float(ispread.detach())} if c.lambda_identity_spread > 0 else {})}
@@ -406,6 +419,20 @@ class Trainer:
         with self._autocast():
             g = self._G_fwd(z).float()[:, :FACE_VERTICES]
         return anchor_loss(g[:P] - g[P:], x[:P] - x[P:])
+
+    def _identity_anchor_loss(self) -> torch.Tensor:
+        """Identity anchoring (see :mod:`facemodel.training.anchoring`): ``anchor_pairs`` training
+        meshes (seeded by the step) reproduced from their identity's anchor code, their weights'
+        expression anchor code and random noise; mm^2 per vertex."""
+        rng = np.random.default_rng([self.config.seed, self.step, 13])
+        rows = rng.integers(0, len(self.data), self.config.anchor_pairs)
+        x = torch.from_numpy(self.data.offsets(rows).astype(np.float32)).to(self.device)
+        z = torch.randn(len(rows), self.gen_config.code_dim, device=self.device)
+        z[:, self._identity_slice] = self._identity_codes[torch.from_numpy(rows).to(self.device)]
+        z[:, self._anchor_slice] = self.anchor(self._anchor_weights[rows].to(self.device))
+        with self._autocast():
+            g = self._G_fwd(z).float()
+        return anchor_loss(g, x)
 
     def _transfer_loss(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Transfer consistency (facemodel.training.transfer) on a fresh grid of prior codes."""
