@@ -912,3 +912,42 @@ def test_identity_anchor_codes_are_whitened_shapes_and_its_term_reproduces_train
         loss().backward()
         opt.step()
     assert loss().item() < 0.5 * first
+
+
+def test_extrapolation_anchor_teaches_unseen_weight_combinations_to_add_up(small_dataset, tmp_path):
+    from facemodel.data.dataset import FaceDataset
+    from facemodel.training.anchoring import fit_expression_anchor, random_weights
+    from facemodel.training.rigidity import same_identity_pairs
+
+    ds = FaceDataset(small_dataset, split="train")
+    anchor, stats = fit_expression_anchor(ds, 8, pairs=600, seed=0)
+    K, R = anchor.mean.shape[0], anchor.vertex_ids.shape[0]
+    assert anchor.displacement.shape == (K, R, 3) and R > 0
+    # the linear model behind A predicts same-person differences on its vertices
+    a, b = same_identity_pairs(ds, 60, seed=7)
+    w = torch.from_numpy(np.asarray(ds.meta("blendshapes"), dtype=np.float32))
+    moved = torch.from_numpy(ds.vertices(a) - ds.vertices(b))[:, anchor.vertex_ids]
+    pred = torch.einsum("pk,krc->prc", w[a] - w[b], anchor.displacement)
+    err = (pred - moved).square().sum(-1).mean().sqrt()
+    assert err < 0.5 * moved.square().sum(-1).mean().sqrt()
+    u = random_weights(50, K, np.random.default_rng(0), active=(2, 5), low=0.3)
+    active = (u > 0).sum(1)
+    assert u.shape == (50, K) and active.min() >= 2 and active.max() <= 5 and u[u > 0].min() >= 0.3 and u.max() <= 1
+
+    t = Trainer(tiny(small_dataset, lambda_expression_extrapolation=1.0, anchor_pairs=8, max_steps=2), tmp_path / "run",
+                progress=False)  # fmt: skip
+    logs = [t.train_step() for _ in range(2)]
+    assert all(s["g_extra"] > 0 and np.isfinite(s["g_extra"]) for s in logs)
+    assert "g_anchor" not in logs[0] and "g_ianchor" not in logs[0]
+    opt = torch.optim.Adam(t.G.parameters(), lr=1e-3)
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(0)
+        return t._extrapolation_loss()
+
+    first = loss().item()
+    for _ in range(60):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.5 * first

@@ -106,6 +106,10 @@ class TrainConfig(BaseModel):
     # components of its most neutral mesh), and `anchor_pairs` training meshes a step reproduced
     # whole from [its identity's code, A(its weights), random noise] (mm^2 per vertex)
     lambda_identity_anchor: float = Field(0.0, ge=0)
+    # ...and extrapolation anchoring: `anchor_pairs` pairs of sparse random weight vectors u, v a
+    # step, G(z, A(u)) - G(z, A(v)) must equal the fitted linear displacement (u - v) D (mm^2 per
+    # vertex of D's subset): weight combinations the data lack add up as in a blendshape rig
+    lambda_expression_extrapolation: float = Field(0.0, ge=0)
     # ...and two meshes sharing the identity code (but not the expression code) are asked to
     # read weights at least as different as two random meshes of one identity in the data do
     # (a hinge), so the expression code has to carry the expressions

@@ -35,7 +35,7 @@ from .labels import factor_labels, factor_targets
 from .pairs import PairSampler, pair_images
 from .expression_meter import BlendshapeMeter, fit_blendshape_meter, fit_identity_meter, same_identity_spread
 from .subspace import MotionSubspace, fit_motion_subspace
-from .anchoring import FACE_VERTICES, ExpressionAnchor, anchor_loss, fit_expression_anchor, fit_identity_anchor
+from .anchoring import FACE_VERTICES, ExpressionAnchor, anchor_loss, fit_expression_anchor, fit_identity_anchor, random_weights
 from .rigidity import between_identity_shape, expression_motion_mm, rigidity_loss, rigidity_weights, same_identity_motion
 from .losses import class_weights, classification_loss, feature_loss, gradient_penalty, laplacian_loss
 from .sampler import EpochSampler
@@ -134,10 +134,11 @@ class Trainer:
             log.info("motion subspace: %d modes; data pairs move %.3f mm, %.4f mm of it outside (RMS per vertex)",
                      config.motion_subspace_components, stats["motion_mm"], stats["residual_mm"])  # fmt: skip
         self.anchor: ExpressionAnchor | None = None
-        if config.lambda_expression_anchor > 0 or config.lambda_identity_anchor > 0:
+        if config.lambda_expression_anchor > 0 or config.lambda_identity_anchor > 0 or config.lambda_expression_extrapolation > 0:
             if len(self.gen_config.factors) < 2:
-                raise ConfigError("expression and identity anchoring (lambda_expression_anchor, lambda_identity_anchor) "
-                                  "need an expression factor (the second of `factors`); set both to 0")  # fmt: skip
+                raise ConfigError("anchoring (lambda_expression_anchor, lambda_identity_anchor, "
+                                  "lambda_expression_extrapolation) needs an expression factor (the second of "
+                                  "`factors`); set them to 0")  # fmt: skip
             exp = self.gen_config.factors[1]
             self.anchor, stats = fit_expression_anchor(self.data, exp.code_dim, seed=config.seed)
             self.anchor = self.anchor.to(self.device)
@@ -377,6 +378,9 @@ class Trainer:
             anchor = self._anchor_loss()
         if self._identity_codes is not None:
             ianchor = self._identity_anchor_loss()
+        extra = d.sum() * 0
+        if c.lambda_expression_extrapolation > 0:
+            extra = self._extrapolation_loss()
         transfer = tmag = d.sum() * 0
         if self.transfer_faces is not None:
             transfer, tmag = self._transfer_loss()
@@ -386,7 +390,8 @@ class Trainer:
                 + c.lambda_blendshape_consistency * bcons + c.lambda_expression_spread * spread
                 + c.lambda_identity_consistency * icons + c.lambda_motion_subspace * msub
                 + c.lambda_pair * pair + c.lambda_transfer * transfer + c.lambda_identity_spread * ispread
-                + c.lambda_expression_anchor * anchor + c.lambda_identity_anchor * ianchor)
+                + c.lambda_expression_anchor * anchor + c.lambda_identity_anchor * ianchor
+                + c.lambda_expression_extrapolation * extra)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.G)
@@ -400,6 +405,7 @@ class Trainer:
                 **({"g_msub": float(msub.detach())} if self.subspace is not None else {}),
                 **({"g_anchor": float(anchor.detach())} if c.lambda_expression_anchor > 0 else {}),
                 **({"g_ianchor": float(ianchor.detach())} if self._identity_codes is not None else {}),
+                **({"g_extra": float(extra.detach())} if c.lambda_expression_extrapolation > 0 else {}),
                 **({f"g_pair_{factor}": float(pair.detach())} if factor is not None else {}),
                 **({"g_transfer": float(transfer.detach()), "transfer_motion": float(tmag)} if self.transfer_faces is not None else {}),
                 **({"g_ispread": float(ispread.detach())} if c.lambda_identity_spread > 0 else {})}
@@ -433,6 +439,21 @@ class Trainer:
         with self._autocast():
             g = self._G_fwd(z).float()
         return anchor_loss(g, x)
+
+    def _extrapolation_loss(self) -> torch.Tensor:
+        """Extrapolation anchoring (see :mod:`facemodel.training.anchoring`): ``anchor_pairs`` pairs
+        of sparse random weight vectors (seeded by the step) on random prior identity and noise
+        codes, against the anchor's linear displacement model; mm^2 per vertex of its subset."""
+        P, K = self.config.anchor_pairs, self._anchor_weights.shape[1]
+        u = torch.from_numpy(random_weights(2 * P, K, np.random.default_rng([self.config.seed, self.step, 17])))
+        u = u.to(self.device)
+        z = torch.randn(P, self.gen_config.code_dim, device=self.device).repeat(2, 1)
+        z[:, self._anchor_slice] = self.anchor(u)
+        vid = self.anchor.vertex_ids
+        with self._autocast():
+            g = self._G_fwd(z).float()[:, vid]
+        target = torch.einsum("pk,krc->prc", u[:P] - u[P:], self.anchor.displacement)
+        return anchor_loss(g[:P] - g[P:], target)
 
     def _transfer_loss(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Transfer consistency (facemodel.training.transfer) on a fresh grid of prior codes."""
