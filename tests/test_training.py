@@ -20,7 +20,8 @@ def tiny(small_dataset, **overrides):
 
 
 def test_config_files_round_trip(tmp_path):
-    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "release-0.1.yaml", "decoupled.yaml", "transfer.yaml"):
+    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "release-0.1.yaml", "release-0.2.yaml",
+                 "decoupled.yaml", "transfer.yaml"):
         cfg = load_config(REPO_CONFIGS / name)
         cfg.to_file(tmp_path / f"{name}.json")
         assert load_config(tmp_path / f"{name}.json") == cfg
@@ -389,10 +390,15 @@ def test_release_recipe_turns_on_the_measured_deviations():
     assert set(cfg.model_dump()) - same == {"factor_hidden", "lambda_motion_subspace", "lambda_blendshape_consistency",
                                             "lambda_expression_spread", "snapshot_every"}  # fmt: skip
     # 0.2.0's recipe: the candidate plus expression anchoring and a stronger Laplacian term
-    rel = load_config(REPO_CONFIGS / "release.yaml")
+    rel = load_config(REPO_CONFIGS / "release-0.2.yaml")
     same = {k for k, v in cand.model_dump().items() if rel.model_dump()[k] == v}
     assert set(cand.model_dump()) - same == {"lambda_reg", "lambda_expression_anchor"}
     assert rel.lambda_reg == 4 * cfg.lambda_reg and rel.lambda_expression_anchor > 0 and cand.lambda_expression_anchor == 0
+    # 0.3.0's recipe: 0.2.0's plus identity anchoring, nothing else
+    new = load_config(REPO_CONFIGS / "release.yaml")
+    same = {k for k, v in rel.model_dump().items() if new.model_dump()[k] == v}
+    assert set(rel.model_dump()) - same == {"lambda_identity_anchor"}
+    assert new.lambda_identity_anchor > 0 == rel.lambda_identity_anchor
 
 
 def test_expression_cluster_labels_cover_every_mesh_and_keep_the_names(small_dataset, tmp_path):
