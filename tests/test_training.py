@@ -841,6 +841,23 @@ def test_motion_subspace_holds_the_data_expressions_and_drives_its_term(small_da
     assert [s["g_msub"] > 0 for s in logs] == [False, True, False, True]  # only pairs sharing the identity code
 
 
+def _term_alone_optimises(trainer, term, steps: int = 60) -> tuple[float, float]:
+    """Adam on one generator term alone (the same prior codes each call; pairs seeded by the
+    step): its value before and after ``steps`` updates."""
+    opt = torch.optim.Adam(trainer.G.parameters(), lr=1e-3)
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(0)
+        return term()
+
+    first = loss().item()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    return first, loss().item()
+
+
 def test_expression_anchor_whitens_the_weights_and_its_term_teaches_the_generator(small_dataset, tmp_path):
     from facemodel.data.dataset import FaceDataset
     from facemodel.errors import DatasetFormatError
@@ -869,18 +886,8 @@ def test_expression_anchor_whitens_the_weights_and_its_term_teaches_the_generato
     logs = [t.train_step() for _ in range(2)]
     assert all(s["g_anchor"] > 0 and np.isfinite(s["g_anchor"]) for s in logs)
     # the term alone, optimised: the generator learns to make the pairs' expression differences
-    opt = torch.optim.Adam(t.G.parameters(), lr=1e-3)
-
-    def loss() -> torch.Tensor:
-        torch.manual_seed(0)  # the same prior codes; the pairs are seeded by the step
-        return t._anchor_loss()
-
-    first = loss().item()
-    for _ in range(40):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-    assert loss().item() < 0.5 * first
+    first, last = _term_alone_optimises(t, t._anchor_loss, 40)
+    assert last < 0.5 * first
 
 
 def test_identity_anchor_codes_are_whitened_shapes_and_its_term_reproduces_training_meshes(small_dataset, tmp_path):
@@ -906,18 +913,8 @@ def test_identity_anchor_codes_are_whitened_shapes_and_its_term_reproduces_train
     logs = [t.train_step() for _ in range(2)]
     assert all(s["g_ianchor"] > 0 and np.isfinite(s["g_ianchor"]) for s in logs)
     assert "g_anchor" not in logs[0]  # the expression anchor's own pair term stays off
-    opt = torch.optim.Adam(t.G.parameters(), lr=1e-3)
-
-    def loss() -> torch.Tensor:
-        torch.manual_seed(0)
-        return t._identity_anchor_loss()
-
-    first = loss().item()
-    for _ in range(60):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-    assert loss().item() < 0.5 * first
+    first, last = _term_alone_optimises(t, t._identity_anchor_loss)
+    assert last < 0.5 * first
 
 
 def test_extrapolation_anchor_teaches_unseen_weight_combinations_to_add_up(small_dataset, tmp_path):
@@ -945,15 +942,5 @@ def test_extrapolation_anchor_teaches_unseen_weight_combinations_to_add_up(small
     logs = [t.train_step() for _ in range(2)]
     assert all(s["g_extra"] > 0 and np.isfinite(s["g_extra"]) for s in logs)
     assert "g_anchor" not in logs[0] and "g_ianchor" not in logs[0]
-    opt = torch.optim.Adam(t.G.parameters(), lr=1e-3)
-
-    def loss() -> torch.Tensor:
-        torch.manual_seed(0)
-        return t._extrapolation_loss()
-
-    first = loss().item()
-    for _ in range(60):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-    assert loss().item() < 0.5 * first
+    first, last = _term_alone_optimises(t, t._extrapolation_loss)
+    assert last < 0.5 * first
