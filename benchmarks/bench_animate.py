@@ -6,6 +6,7 @@
 On test-split meshes (identities never trained on), for each model with a blendshape map:
 
 - ``ours``: RMSE (mm, every face-area vertex) of ``G(z_id, expression_from_blendshapes(e), z_noise)``
+  (plus ``blendshape_displacement(e)``, the fallback shapes' linear deltas, in every row of ours)
   against the ground-truth mesh, ``z_id`` / ``z_noise`` from ``model.encode(mesh)``;
 - ``ours, relative``: the identity's ground-truth neutral (ICT identity model) encoded, and the
   weights applied relative to that fit (``add_expressions(fit, weights)``, what
@@ -134,15 +135,17 @@ def main() -> None:
         codes = encode_cached(model, verts, cache, key)
         ncodes = encode_cached(model, neutrals, cache, key + "-neutral")
         cfg = model.config.expression_map
-        print(f"\n## {name}: {folder} (to_code {cfg.to_code}, to_weights {cfg.to_weights})")
+        print(f"\n## {name}: {folder} (to_code {cfg.to_code}, to_weights {cfg.to_weights}; "
+              f"{len(cfg.fallback)} fallback shapes{': ' + ', '.join(cfg.fallback) if cfg.fallback else ''})")
         with torch.no_grad():
             z_e = model.expression_from_blendshapes(weights)
+            disp = model.blendshape_displacement(weights)  # fallback shapes (linear deltas); zeros without
             z0 = model.expression_from_blendshapes(torch.zeros(1, 53)).expand(len(rows), -1)
-            ours = rmse(decode_with(model, codes, z_e), verts)
+            ours = rmse(decode_with(model, codes, z_e) + disp, verts)
             floor = rmse(decode_with(model, codes, codes[:, sl]), verts)
-            ours_n = rmse(decode_with(model, ncodes[nidx], z_e), verts)
+            ours_n = rmse(decode_with(model, ncodes[nidx], z_e) + disp, verts)
             z_rel = ncodes[nidx][:, sl] + z_e - z0  # relative: the encoded neutral is the rest pose
-            ours_rel = rmse(decode_with(model, ncodes[nidx], z_rel), verts)
+            ours_rel = rmse(decode_with(model, ncodes[nidx], z_rel) + disp, verts)
             fit_n = rmse(decode_with(model, ncodes[nidx], ncodes[nidx][:, sl]), verts)
             fit_n_add = rmse(decode_with(model, ncodes[nidx], ncodes[nidx][:, sl]) + torch.einsum(
                 "nk,kvc->nvc", weights, deltas), verts)  # fmt: skip
@@ -153,10 +156,10 @@ def main() -> None:
             rest_code = ncodes[nidx].clone()
             rest_code[:, sl] = z0  # the map's rest pose on the encoded identity
             ours_rest = decode_with(model, ncodes[nidx], ncodes[nidx][:, sl]) + decode_with(model, rest_code, z_e) \
-                - decode_with(model, rest_code, z0)  # fmt: skip
+                - decode_with(model, rest_code, z0) + disp  # fmt: skip
             ours_rest = rmse(ours_rest, verts)
             gt_motion = verts - neutrals[nidx]  # the expression's own motion on this identity
-            our_motion = decode_with(model, ncodes[nidx], z_rel) - decode_with(model, ncodes[nidx], ncodes[nidx][:, sl])
+            our_motion = decode_with(model, ncodes[nidx], z_rel) + disp - decode_with(model, ncodes[nidx], ncodes[nidx][:, sl])
             motion_err, lin_err = rmse(our_motion, gt_motion), rmse(lin, gt_motion)
             rt = model.blendshapes_from_expression(model.expression_from_blendshapes(all_w))
             rd = model.blendshapes_from_expression(codes)
@@ -188,16 +191,17 @@ def main() -> None:
         base = base.repeat_interleave(m, 0)
         pick = torch.randint(len(all_w), (2, n * m), generator=g)
         with torch.no_grad():
-            def motion(e1, e2, regions):
-                v1, v2 = decode_with(model, base, e1), decode_with(model, base, e2)
+            def motion(e1, e2, regions, d1=0.0, d2=0.0):
+                v1, v2 = decode_with(model, base, e1) + d1, decode_with(model, base, e2) + d2
                 d = (v1 - v2).norm(dim=-1)
                 return [float(d[:, r].mean()) for r in regions]
 
             d = sl.stop - sl.start
             regions = (torch.from_numpy(front), torch.from_numpy(static), torch.arange(model.num_vertices))
             rnd = motion(torch.randn(n * m, d, generator=g), torch.randn(n * m, d, generator=g), regions)
-            bsw = motion(model.expression_from_blendshapes(all_w[pick[0]]), model.expression_from_blendshapes(all_w[pick[1]]),
-                         regions)  # fmt: skip
+            w1, w2 = all_w[pick[0]], all_w[pick[1]]
+            bsw = motion(model.expression_from_blendshapes(w1), model.expression_from_blendshapes(w2), regions,
+                         model.blendshape_displacement(w1), model.blendshape_displacement(w2))  # fmt: skip
         dw = all_w[pick[0]] - all_w[pick[1]]
         gt = [float(torch.einsum("nk,kvc->nvc", dw[:, :], deltas[:, r]).norm(dim=-1).mean()) for r in regions]
         print(f"| ICT's own additive shapes, same weight pairs: front static / all static / all vertices, mm | "
@@ -222,7 +226,7 @@ def main() -> None:
             z = ident_codes.expand(min(batch, len(w) - s), -1).clone()
             z[:, sl] = model.expression_from_blendshapes(w[s : s + batch])
             with torch.no_grad():
-                model(z)
+                model(z) + model.blendshape_displacement(w[s : s + batch])
 
     def bare(batch=1024):
         z = ident_codes.expand(batch, -1).contiguous()

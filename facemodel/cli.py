@@ -368,13 +368,17 @@ def _cmd_animate(args: argparse.Namespace) -> int:
     codes = identity[:, sl] + model.expression_from_blendshapes(weights) - model.expression_from_blendshapes(
         torch.zeros(1, weights.shape[1]))  # fmt: skip
     faces = model.faces.cpu().numpy()
+    fallback = bool(model.fallback_blendshapes)
 
     def frames():
         for a in range(0, n, args.batch_size):
             z = identity.expand(min(args.batch_size, n - a), -1).clone()
             z[:, sl] = codes[a : a + args.batch_size]
             with torch.no_grad():
-                yield a, model(z).cpu().float().numpy()
+                v = model(z)
+                if fallback:  # shapes without training data: fixed linear deltas (model.fallback_blendshapes)
+                    v = v + model.blendshape_displacement(weights[a : a + args.batch_size])
+                yield a, v.cpu().float().numpy()
 
     bar = tqdm(total=n, desc="frames", unit="frame", disable=not show)
     if glb:

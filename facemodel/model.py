@@ -169,7 +169,9 @@ class FaceModel(nn.Module):
         """(n, d) codes of one factor (or ``"noise"``) from a :data:`CodeSpec`.
 
         ``None`` draws N(0, I) codes (times ``truncation`` when given) with ``generator``
-        on the CPU, so a seed gives the same faces on every device.
+        on the CPU, so a seed gives the same faces on every device. A blendshape dict gives
+        codes only: the :attr:`fallback_blendshapes` act on vertices, not codes (see
+        :meth:`blendshape_displacement`).
         """
         device, dtype = self._device_dtype()
         if factor not in self.code_slices:
@@ -215,6 +217,9 @@ class FaceModel(nn.Module):
         d = self.config.generator.factor("expression").code_dim
         if cfg.code_dim != d:
             raise WeightsFormatError(f"the blendshape map gives {cfg.code_dim}-d codes but the expression code has {d}")
+        if cfg.fallback and cfg.num_vertices != self.num_vertices:
+            raise WeightsFormatError(f"the blendshape map's fallback deltas have {cfg.num_vertices} vertices but the "
+                                     f"template has {self.num_vertices}")  # fmt: skip
         return cfg
 
     def set_expression_map(self, expression_map: ExpressionMap | None) -> "FaceModel":
@@ -268,12 +273,37 @@ class FaceModel(nn.Module):
         Example:
             >>> z = model.expression_from_blendshapes({"jawOpen": 0.8, "mouthSmileLeft": 0.4})
         """
+        return self._drive(weights, clip_tolerance=clip_tolerance)[0]
+
+    @property
+    def fallback_blendshapes(self) -> list[str]:
+        """ICT names of the shapes the blendshape map applies as fixed linear deltas (shapes the
+        training data never exercised, so the generator cannot make them; see
+        :meth:`blendshape_displacement`). Empty without a map or without such shapes."""
+        return [] if self.expression_map is None else list(self.expression_map.config.fallback)
+
+    @torch.no_grad()
+    def blendshape_displacement(self, weights, *, clip_tolerance: float = 0.05) -> torch.Tensor:
+        """(B, V, 3) mm that :attr:`fallback_blendshapes` add to a face driven by ``weights``.
+
+        :meth:`sample`, :meth:`transfer_expression`, :meth:`add_expressions` and
+        ``facemodel animate`` add it for you; add it yourself when you decode codes from
+        :meth:`expression_from_blendshapes` directly (``model(z) + model.blendshape_displacement(w)``).
+        All zeros when the map has no fallback shapes. ``weights`` as for
+        :meth:`expression_from_blendshapes`.
+        """
+        z, disp = self._drive(weights, clip_tolerance=clip_tolerance)
+        return disp if disp is not None else self.template.new_zeros(z.shape[0], self.num_vertices, 3)
+
+    def _drive(self, weights, *, clip_tolerance: float = 0.05) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Expression codes (B, d_exp) and the fallback displacement (B, V, 3) or ``None``."""
         from .blendshapes import to_ict_weights
 
         m = self._map()
-        w = to_ict_weights(weights, clip_tolerance=clip_tolerance)
         device, dtype = self._device_dtype()
-        return m.to_code(w.to(device=device, dtype=dtype))
+        w = to_ict_weights(weights, clip_tolerance=clip_tolerance).to(device=device, dtype=dtype)
+        with torch.no_grad():
+            return m.to_code(w), m.displacement(w)
 
     @torch.no_grad()
     def blendshapes_from_expression(self, codes, *, spelling: str | None = None):
@@ -322,13 +352,24 @@ class FaceModel(nn.Module):
         return ict_to_arkit(w, spelling=spelling)
 
     def _blendshape_codes(self, spec: Mapping, n: int | None = None) -> torch.Tensor:
-        """(B, d_exp) codes of a blendshape dict; B == 1 broadcasts to ``n``."""
+        """(B, d_exp) codes of a blendshape dict (without the fallback displacement); B == 1
+        broadcasts to ``n``."""
         z = self.expression_from_blendshapes(spec)
         if n is not None and z.shape[0] != n:
             if z.shape[0] != 1:
                 raise FaceModelError(f"the blendshape weights hold {z.shape[0]} frames but {n} faces were asked for")
             z = z.expand(n, -1)
         return z
+
+    @staticmethod
+    def _displaced(faces: Faces, disp: torch.Tensor | None) -> Faces:
+        """``faces`` with the fallback displacement (1 or len(faces) rows) added."""
+        if disp is None:
+            return faces
+        if disp.shape[0] not in (1, len(faces)):
+            raise FaceModelError(f"the blendshape weights hold {disp.shape[0]} frames for {len(faces)} faces; "
+                                 "use one frame or one per face")  # fmt: skip
+        return Faces(faces.vertices + disp.to(faces.vertices), faces.codes, faces.faces, faces.code_slices)
 
     # ---- operations -------------------------------------------------------------------
     @torch.no_grad()
@@ -383,8 +424,9 @@ class FaceModel(nn.Module):
         """
         if not isinstance(n, int) or n < 1:
             raise FaceModelError(f"n must be a positive integer, got {n!r}")
+        disp = None
         if isinstance(expression, Mapping):
-            expression = self.expression_from_blendshapes(expression)
+            expression, disp = self._drive(expression)
             if n == 1:
                 n = expression.shape[0]
             elif expression.shape[0] == 1:
@@ -402,7 +444,7 @@ class FaceModel(nn.Module):
         parts = [self.factor_codes(f.name, specs.get(f.name), n, generator=generator, truncation=truncation)
                  for f in self.config.generator.factors]  # fmt: skip
         parts.append(self.factor_codes("noise", noise, n, generator=generator, truncation=truncation))
-        return self.decode(torch.cat(parts, 1))
+        return self._displaced(self.decode(torch.cat(parts, 1)), disp)
 
     def _as_vertices(self, mesh, *, name: str = "mesh") -> torch.Tensor:
         """(n, V, 3) vertices (mm) from arrays, tensors, trimesh objects, paths or lists of them."""
@@ -460,7 +502,8 @@ class FaceModel(nn.Module):
         """
         t = self._as_codes(target, name="target")
         if isinstance(source, Mapping):
-            return self._with_factor(t, "expression", self._blendshape_codes(source).to(t))
+            z, disp = self._drive(source)
+            return self._displaced(self._with_factor(t, "expression", z.to(t)), disp)
         s = self._as_codes(source, name="source")
         return self._with_factor(t, "expression", s[:, self.code_slices["expression"]])
 
@@ -486,18 +529,23 @@ class FaceModel(nn.Module):
             raise FaceModelError(f"got {len(weights)} weights for {len(expressions)} expressions")
         t = self._as_codes(target, name="target")
         sl = self.code_slices["expression"]
-        total = t[:, sl].clone()
+        total, extra = t[:, sl].clone(), None
         for w, e in zip(weights, expressions):
             if isinstance(e, (str, int, np.integer)) and not isinstance(e, bool):
                 code = self.label_codes("expression")[self.label_index("expression", e)][None]
             elif isinstance(e, Mapping):
-                code = self._blendshape_codes(e) - self.expression_from_blendshapes(torch.zeros(1, self._map().config.num_weights))
+                code, disp = self._drive(e)
+                code = code - self.expression_from_blendshapes(torch.zeros(1, self._map().config.num_weights))
+                if disp is not None:  # the fallback shapes are linear: their rest (weights 0) adds nothing
+                    if extra is not None and 1 not in (extra.shape[0], disp.shape[0]) and extra.shape[0] != disp.shape[0]:
+                        raise FaceModelError(f"blendshape dicts of {extra.shape[0]} and {disp.shape[0]} frames cannot be added")
+                    extra = w * disp if extra is None else extra + w * disp
             else:
                 code = self._as_codes(e, name="expression")[:, sl]
             if code.shape[0] not in (1, total.shape[0]) and total.shape[0] != 1:
                 raise FaceModelError(f"cannot add {code.shape[0]} expressions to {total.shape[0]} faces; use 1 or equal counts")
             total = total + w * code.to(total)
-        return self._with_factor(t, "expression", total)
+        return self._displaced(self._with_factor(t, "expression", total), extra)
 
     # ---- fitting ----------------------------------------------------------------------
     def fit_landmarks(self, points, **kwargs):

@@ -61,6 +61,27 @@ def test_livelink_csv_to_obj_sequence(mapped, tmp_path, capsys):
     assert "5 frames" in capsys.readouterr().out
 
 
+def test_fallback_shapes_move_the_frames(mapped, tmp_path):
+    """A map with fallback shapes: animate adds their linear deltas, as transfer_expression does."""
+    model, _ = mapped
+    model = copy.deepcopy(model)
+    delta = torch.zeros(model.num_vertices, 3)
+    delta[:, 0] = 2.0  # 2 mm to the side at weight 1
+    model.set_expression_map(model.expression_map.with_fallback({"jawLeft": delta}))
+    model_dir = model.save_pretrained(tmp_path / "fb")
+    take = {**_take(3), "jawLeft": np.array([0.0, 0.5, 1.0], np.float32)}
+    csv_path = write_weights_csv(tmp_path / "take.csv", take, spelling="arkit")
+    out = tmp_path / "frames"
+    assert main(["animate", "--model", str(model_dir), "--identity", "3", "--weights", str(csv_path), "--out", str(out),
+                 "--format", "ply", "--quiet"]) == 0  # fmt: skip
+    expected = _expected(model, take)
+    without = _expected(model, {**take, "jawLeft": np.zeros(3, np.float32)})
+    for i in range(3):
+        v = trimesh.load(out / f"frame_{i:05d}.ply", process=False).vertices
+        np.testing.assert_allclose(v, expected[i], atol=2e-5)
+        np.testing.assert_allclose(v[:, 0] - without[i][:, 0], 2.0 * take["jawLeft"][i], atol=2e-4)
+
+
 def test_plain_json_to_ply_sequence_and_seed_prefix(mapped, tmp_path):
     model, model_dir = mapped
     (tmp_path / "w.json").write_text(json.dumps([{"jawOpen": 0.2, "eyeBlink_L": 0.9}, {"JawOpen": 0.7}]))
@@ -207,10 +228,10 @@ def test_example_animate_from_arkit(mapped, tmp_path, capsys):
     spec.loader.exec_module(module)
     assert module.main(["--model", str(model_dir), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "60 frames from take.csv" in out and "mean absolute error" in out
+    assert "75 frames from take.csv" in out and "mean absolute error" in out
     assert (tmp_path / "take.csv").read_text().startswith("Timecode,BlendShapeCount,")
     gltf, _ = _read_glb(tmp_path / "take.glb")
-    assert len(gltf["meshes"][0]["primitives"][0]["targets"]) == 60
+    assert len(gltf["meshes"][0]["primitives"][0]["targets"]) == 75
     from PIL import Image
 
     img = np.asarray(Image.open(tmp_path / "strip.png"))

@@ -12,7 +12,14 @@ from facemodel.data.dataset import FaceDataset
 from facemodel.errors import FaceModelError
 from facemodel.expression_map import NoExpressionMapError
 from facemodel.model import FaceModel, WeightsFormatError
-from facemodel.training.blendshape_map import EncodedMeshes, anchor_rows, learn_blendshape_map, main
+from facemodel.training.blendshape_map import (
+    EncodedMeshes,
+    anchor_rows,
+    ict_fallback_deltas,
+    learn_blendshape_map,
+    main,
+    unexercised_shapes,
+)
 
 
 def _synthetic(model, ds, n, A, b, seed):
@@ -207,17 +214,22 @@ def test_anchor_rows_pick_each_identitys_most_neutral_mesh(small_dataset):
         assert ident[row] == i and total[row] == total[ident == i].min()
 
 
-def test_learning_command_end_to_end(random_model_dir, small_dataset, tmp_path, capsys, monkeypatch):
+def test_learning_command_end_to_end(random_model_dir, small_dataset, ict_dir, tmp_path, capsys, monkeypatch):
     import facemodel.training.blendshape_map as bm
 
     out, cache = tmp_path / "with-map", tmp_path / "enc.pt"
     argv = ["--model", str(random_model_dir), "--data", str(small_dataset), "--out", str(out), "--train-meshes", "40",
             "--val-meshes", "10", "--encoded-meshes", "6", "--encoded-val-meshes", "3", "--epochs", "1",
-            "--max-iters", "2", "--cache", str(cache), "--quiet"]  # fmt: skip
+            "--max-iters", "2", "--cache", str(cache), "--quiet", "--ict", str(ict_dir)]  # fmt: skip
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "weights->code linear" in text and "weights->code mlp" in text and "chosen" in text
     model = FaceModel.from_pretrained(out)
+    # shapes the small dataset's training split never exercises are applied as ICT's linear deltas
+    expected = unexercised_shapes(FaceDataset(small_dataset, "train"))
+    assert "eyeLookDown_L" in expected and "jawOpen" not in expected
+    assert model.fallback_blendshapes == expected and "fallback shapes" in text
+    assert model.config.expression_map.metrics["chosen"]["fallback"] == sorted(expected)
     d = model.config.expression_map.metrics["data"]
     assert (d["identity_codes"], d["train_meshes"], d["encoded_meshes"]) == ("anchor", 40, 6)
     assert model.expression_from_blendshapes({"jawOpen": 1.0}).shape == (1, 15)
@@ -232,6 +244,14 @@ def test_learning_command_end_to_end(random_model_dir, small_dataset, tmp_path, 
     assert main(argv + ["--overwrite", "--kind", "linear", "--inverse-kind", "linear", "--identity-codes", "encoded"]) == 0
     m = FaceModel.from_pretrained(out).config.expression_map
     assert (m.to_code, m.to_weights, m.metrics["data"]["identity_codes"]) == ("linear", "linear", "encoded")
+    assert main(argv + ["--overwrite", "--fallback", "none"]) == 0
+    assert FaceModel.from_pretrained(out).fallback_blendshapes == []
+    # auto fallback without ICT data: the error names both fixes, and nothing is written
+    missing = argv[:-1] + [str(tmp_path / "no-ict")]
+    missing[missing.index(str(out))] = str(tmp_path / "never")
+    assert main(missing) == 2
+    err = capsys.readouterr().err
+    assert "--ict DIR" in err and "--fallback none" in err and not (tmp_path / "never").exists()
 
 
 def test_anchor_init_with_no_epochs_keeps_the_training_runs_map(random_model, small_dataset):
@@ -252,3 +272,65 @@ def test_anchor_init_with_no_epochs_keeps_the_training_runs_map(random_model, sm
     learn_blendshape_map(other, small_dataset, data=(train, val), encoded_meshes=0, epochs=0, kind="linear",
                          inverse_steps=50, progress=False)  # fmt: skip
     assert not torch.allclose(other.expression_from_blendshapes(val.weights), anchor(val.weights), atol=1e-2)
+
+
+def _with_fallback(model, names=("jawLeft", "cheekPuff_L"), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    deltas = {n: torch.randn(model.num_vertices, 3, generator=g) for n in names}
+    model = copy.deepcopy(model)
+    model.set_expression_map(model.expression_map.with_fallback(deltas))
+    return model, deltas
+
+
+def test_fallback_shapes_skip_the_code_and_add_their_deltas(known_map, tmp_path):
+    base = known_map[0]
+    model, deltas = _with_fallback(base)
+    assert model.fallback_blendshapes == ["cheekPuff_L", "jawLeft"]  # ICT order
+    w = {"jawLeft": 0.5, "jawOpen": 0.3}
+    # the code ignores the fallback shape (the unmodified map's code for it is not zero)
+    z = model.expression_from_blendshapes(w)
+    assert torch.equal(z, model.expression_from_blendshapes({"jawOpen": 0.3}))
+    assert not torch.allclose(base.expression_from_blendshapes(w), z)
+    d = model.blendshape_displacement(w)
+    torch.testing.assert_close(d, 0.5 * deltas["jawLeft"][None])
+    assert torch.equal(base.blendshape_displacement(w), torch.zeros(1, base.num_vertices, 3))  # no fallback: zeros
+    # sample / transfer / add: the decoded codes plus the displacement
+    faces = model.sample(2, seed=0, expression=w)
+    torch.testing.assert_close(faces.vertices, model.decode(faces.codes).vertices + d)
+    target = model.sample(2, seed=4)
+    out = model.transfer_expression({"jawLeft": [0.2, 1.0]}, target)
+    torch.testing.assert_close(out.vertices - model.decode(out.codes).vertices,
+                               torch.tensor([0.2, 1.0])[:, None, None] * deltas["jawLeft"][None])  # fmt: skip
+    added = model.add_expressions(target, {"cheekPuff_L": 0.5}, {"jawLeft": 1.0, "cheekPuff_L": 0.1}, weights=[2.0, 1.0])
+    torch.testing.assert_close(added.vertices - model.decode(added.codes).vertices,
+                               (1.1 * deltas["cheekPuff_L"] + deltas["jawLeft"])[None].expand(2, -1, -1))  # fmt: skip
+    torch.testing.assert_close(model.add_expressions(target, {"jawLeft": 0.0}).vertices, target.vertices)
+    # saved with the model, loaded strictly
+    loaded = FaceModel.from_pretrained(model.save_pretrained(tmp_path / "fb"))
+    assert loaded.fallback_blendshapes == model.fallback_blendshapes
+    torch.testing.assert_close(loaded.blendshape_displacement(w), d, atol=1e-3, rtol=1e-3)
+
+
+def test_fallback_config_and_topology_are_checked(known_map):
+    from facemodel.expression_map import ExpressionMap, ExpressionMapConfig
+
+    with pytest.raises(ValueError, match="not blendshape names"):
+        ExpressionMapConfig(code_dim=15, fallback=["jawSideways"], num_vertices=10)
+    with pytest.raises(ValueError, match="needs num_vertices"):
+        ExpressionMapConfig(code_dim=15, fallback=["jawLeft"])
+    with pytest.raises(FaceModelError, match="unknown blendshape names"):
+        ExpressionMap(ExpressionMapConfig(code_dim=15)).with_fallback({"jawSideways": torch.zeros(10, 3)})
+    small = ExpressionMap(ExpressionMapConfig(code_dim=15)).with_fallback({"jawLeft": torch.zeros(10, 3)})
+    with pytest.raises(WeightsFormatError, match="10 vertices but the template has"):
+        copy.deepcopy(known_map[0]).set_expression_map(small)
+
+
+def test_ict_fallback_deltas_are_ict_shapes_minus_neutral(ict):
+    d = ict_fallback_deltas(ict, ["jawLeft", "eyeLookUp_R"], ict.neutral_mm.shape[0])
+    i = ict.expression_names.index("jawLeft")
+    np.testing.assert_allclose(d["jawLeft"].numpy(), ict.expression_shapes_mm[i] - ict.neutral_mm, atol=1e-5)
+    assert float(d["jawLeft"].norm(dim=-1).max()) > 1.0  # a real shape, millimetres
+    from facemodel.errors import DatasetFormatError
+
+    with pytest.raises(DatasetFormatError, match="--fallback none"):
+        ict_fallback_deltas(ict, ["jawLeft"], 100)

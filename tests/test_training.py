@@ -878,8 +878,9 @@ def test_expression_anchor_whitens_the_weights_and_its_term_teaches_the_generato
     a, b = same_identity_pairs(ds, 40, seed=5)
     moved = (ds.vertices(a) - ds.vertices(b))[:, :FACE_VERTICES]
     assert np.sqrt((moved**2).sum(-1).mean()) > 3 * stats["fit_residual_mm"]
-    with pytest.raises(DatasetFormatError, match="at least as many"):
+    with pytest.raises(DatasetFormatError, match="at least as many") as info:
         fit_expression_anchor(ds, 60)
+    assert "lambda_identity_anchor=0" in str(info.value)  # identity anchoring needs the same map
 
     t = Trainer(tiny(small_dataset, lambda_expression_anchor=1.0, anchor_pairs=8, max_steps=2), tmp_path / "run",
                 progress=False)  # fmt: skip

@@ -25,6 +25,12 @@ blendshape weights (``meshes.npz`` ``blendshapes``, e.g. ICT 4D):
    candidates: ridge (clamped to [0, 1]) and an MLP with a sigmoid output; the lower
    validation mean of the round-trip and read-from-encoded MAE wins.
 
+4. Fallback shapes (``fallback``): shapes the training split never exercises (in our ICT
+   build, 15 shapes whose weights never pass 0.03: gaze, jaw sideways/forward, mouth
+   sideways, cheek puff; :func:`unexercised_shapes`) cannot be learned by the generator;
+   the map ignores their weights and adds ICT-FaceKit's generic linear deltas for them
+   (:func:`ict_fallback_deltas`, stored in the map, 1.7 MB for 15 shapes).
+
 The validation figures of every candidate are stored in the map's config
 (``config.json`` ``expression_map.metrics``). Nothing here is imported by the SDK.
 """
@@ -47,10 +53,11 @@ from tqdm.auto import tqdm
 
 from ..blendshapes import ICT_NAMES
 from ..data.dataset import FaceDataset
-from ..errors import DatasetFormatError, FaceModelError
+from ..errors import DatasetFormatError, DataSourceError, FaceModelError
 from ..expression_map import ExpressionMap, ExpressionMapConfig
 
-__all__ = ["learn_blendshape_map", "EncodedMeshes", "encode_meshes", "select_rows", "anchor_rows", "main"]
+__all__ = ["learn_blendshape_map", "EncodedMeshes", "encode_meshes", "select_rows", "anchor_rows",
+           "unexercised_shapes", "ict_fallback_deltas", "main"]
 
 log = logging.getLogger(__name__)
 KINDS = ("linear", "mlp")
@@ -222,6 +229,36 @@ def _all_weights(ds: FaceDataset) -> torch.Tensor:
     return torch.from_numpy(np.asarray(ds.meta("blendshapes"), np.float32)).clamp(0, 1)
 
 
+def unexercised_shapes(ds: FaceDataset, below: float = 0.1) -> list[str]:
+    """ICT names whose weight stays under ``below`` on every mesh of ``ds`` (the training
+    split): shapes the generator never saw and cannot make."""
+    w = ds.meta("blendshapes")
+    return [n for n, mx in zip(ICT_NAMES, w.max(0)) if mx < below]
+
+
+def ict_fallback_deltas(source, names: Sequence[str], num_vertices: int) -> dict[str, torch.Tensor]:
+    """name -> (V, 3) mm: ICT-FaceKit's generic linear deltas (shape minus neutral) of ``names``.
+
+    Args:
+        source: :class:`~facemodel.data.ict.ICTSource`.
+        names: ICT blendshape names.
+        num_vertices: the model's V; must be ICT's face mesh (the ICT 4D dataset's topology).
+
+    Raises:
+        DatasetFormatError: the model's template is not ICT's topology.
+    """
+    shapes = source.expression_shapes_mm
+    if shapes.shape[1] != num_vertices:
+        raise DatasetFormatError(f"fallback shapes need the model on ICT's mesh ({shapes.shape[1]} vertices), the model "
+                                 f"has {num_vertices}; pass --fallback none")  # fmt: skip
+    order = source.expression_names
+    missing = [n for n in names if n not in order]
+    if missing:
+        raise DatasetFormatError(f"the ICT data has no shapes {missing}")
+    neutral = source.neutral_mm
+    return {n: torch.from_numpy(np.asarray(shapes[order.index(n)] - neutral, dtype=np.float32)) for n in names}
+
+
 def anchor_rows(ds: FaceDataset) -> dict[int, int]:
     """Global identity -> row (in ``ds``) of its most neutral mesh (smallest weight sum)."""
     if "blendshapes" not in ds._meta:
@@ -295,6 +332,7 @@ def learn_blendshape_map(
     encode_batch: int = 64,
     cache: dict | None = None,
     data: tuple[EncodedMeshes, EncodedMeshes] | None = None,
+    fallback: dict[str, torch.Tensor] | None = None,
     progress: bool = True,
     **encode_kwargs,
 ):
@@ -339,6 +377,9 @@ def learn_blendshape_map(
         cache: a dict that keeps encodings between calls (same model and dataset).
         data: precomputed ``(train, val)`` meshes with identity/noise codes for ``to_code``
             (skips the selection; ``encoded_meshes=0`` skips the encodings).
+        fallback: name -> (V, 3) mm linear deltas of shapes the map should apply directly
+            instead of through the code (:func:`unexercised_shapes`, :func:`ict_fallback_deltas`);
+            ``to_code`` ignores their weights.
         encode_kwargs: passed to ``model.encode`` (``reg``, ``max_iters``).
 
     Returns:
@@ -463,7 +504,9 @@ def learn_blendshape_map(
     if best_w == "mlp" and "linear" in inverse and score("linear") <= (1 + prefer_linear_within) * score("mlp"):
         best_w = "linear"
     final = inverse[best_w]
-    metrics["chosen"] = {"to_code": best_code, "to_weights": best_w}
+    if fallback:
+        final = final.with_fallback(fallback)
+    metrics["chosen"] = {"to_code": best_code, "to_weights": best_w, "fallback": sorted(fallback or {})}
     metrics["seconds"] = time.perf_counter() - t_start
     final.config = final.config.model_copy(update={"metrics": metrics})
     for p in final.parameters():
@@ -493,6 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchor-init", action="store_true",
                    help="start weights->code from the expression-anchoring map the model was trained with "
                         "(lambda_expression_anchor; refitted on --data); with --epochs 0 --kind linear it is that map")
+    p.add_argument("--fallback", choices=("auto", "none"), default="auto",
+                   help="auto: shapes the training split never exercises (weights < --fallback-below) are applied as "
+                        "ICT-FaceKit's generic linear deltas instead of through the code (needs --ict)")
+    p.add_argument("--fallback-below", type=float, default=0.1)
+    p.add_argument("--ict", default=None, help="ICT-FaceKit folder (default: $FACEMODEL_ICT_DIR or the download cache)")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-iters", type=int, default=None, help="Gauss-Newton iterations of model.encode (default its own)")
@@ -528,11 +576,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.warning("not using the encoding cache %s: made for another model or dataset", args.cache)
         before = set(cache)
         kw = {} if args.max_iters is None else {"max_iters": args.max_iters}
+        fallback = None
+        if args.fallback == "auto":
+            names = unexercised_shapes(FaceDataset(args.data, split="train"), args.fallback_below)
+            if names:
+                from ..data.ict import ICTSource
+
+                try:
+                    source = ICTSource(args.ict)
+                except DataSourceError as exc:
+                    raise DataSourceError(f"{exc} (fallback shapes need ICT-FaceKit: pass --ict DIR, or --fallback none)") from exc
+                fallback = ict_fallback_deltas(source, names, model.num_vertices)
+                log.info("fallback shapes (never above %.2f in training): %s", args.fallback_below, ", ".join(names))
         learn_blendshape_map(model, args.data, kind=args.kind, inverse_kind=args.inverse_kind,
                              identity_codes=args.identity_codes, train_meshes=args.train_meshes,
                              val_meshes=args.val_meshes, encoded_meshes=args.encoded_meshes,
                              encoded_val_meshes=args.encoded_val_meshes, epochs=args.epochs, hidden=args.hidden,
-                             anchor_init=args.anchor_init, seed=args.seed, cache=cache, progress=not args.quiet, **kw)  # fmt: skip
+                             anchor_init=args.anchor_init, seed=args.seed, cache=cache, fallback=fallback,
+                             progress=not args.quiet, **kw)  # fmt: skip
         if args.cache and set(cache) != before:
             with atomic_file(args.cache, "wb") as f:
                 torch.save({"fingerprint": fingerprint, "encodings": cache}, f)
@@ -556,6 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = f", read-from-encoded MAE {r['val_read_encoded_mae']:.4f}" if "val_read_encoded_mae" in r else ""
         print(f"  code->weights {k:<6}: round-trip MAE {r['val_round_trip_mae']:.4f}{extra}")
     print(f"chosen: {m['chosen']}")
+    if model.fallback_blendshapes:
+        print(f"fallback shapes (linear ICT deltas, not learned): {', '.join(model.fallback_blendshapes)}")
     return 0
 
 
