@@ -226,7 +226,7 @@ def main() -> None:
             z = ident_codes.expand(min(batch, len(w) - s), -1).clone()
             z[:, sl] = model.expression_from_blendshapes(w[s : s + batch])
             with torch.no_grad():
-                model(z) + model.blendshape_displacement(w[s : s + batch])
+                model.expression_map.add_displacement_(model(z), w[s : s + batch])  # what animate does
 
     def bare(batch=1024):
         z = ident_codes.expand(batch, -1).contiguous()

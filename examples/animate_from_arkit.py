@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     w = weights.numpy()
     peaks = [int(w[:, j].argmax()) for j in np.argsort(-w.max(0)) if w[:, j].max() > 0.3]
-    pick = sorted({0, *peaks[:7]}, key=int) if peaks else np.linspace(0, len(frames) - 1, 6).round().astype(int)
+    pick = sorted({0, *peaks[:10]}, key=int) if peaks else np.linspace(0, len(frames) - 1, 6).round().astype(int)
     pick = np.array(sorted(set(pick)))
     labels = [", ".join(f"{ICT_NAMES[j]} {weights[i, j]:.1f}" for j in np.argsort(-weights[i].numpy())[:1]
                         if weights[i, j] > 0.05) or "rest" for i in pick]  # fmt: skip

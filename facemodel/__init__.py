@@ -25,7 +25,7 @@ from .errors import (
     UnsafeArchiveError,
 )
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 from .geometry.mesh_io import load_mesh, save_mesh  # noqa: E402
 from .model import FaceModel, FaceModelConfig  # noqa: E402

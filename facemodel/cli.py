@@ -377,7 +377,7 @@ def _cmd_animate(args: argparse.Namespace) -> int:
             with torch.no_grad():
                 v = model(z)
                 if fallback:  # shapes without training data: fixed linear deltas (model.fallback_blendshapes)
-                    v = v + model.blendshape_displacement(weights[a : a + args.batch_size])
+                    model.expression_map.add_displacement_(v, weights[a : a + args.batch_size].to(v))
                 yield a, v.cpu().float().numpy()
 
     bar = tqdm(total=n, desc="frames", unit="frame", disable=not show)

@@ -142,7 +142,22 @@ class ExpressionMap(nn.Module):
         to add to the generated vertices; ``None`` when the map has no fallback shapes."""
         if self.fallback_deltas is None:
             return None
-        return torch.einsum("bk,kvc->bvc", weights[:, self.fallback_index], self.fallback_deltas)
+        k, v = self.fallback_deltas.shape[:2]
+        return (weights[:, self.fallback_index] @ self.fallback_deltas.reshape(k, 3 * v)).view(-1, v, 3)
+
+    def add_displacement_(self, vertices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Add :meth:`displacement` of ``weights`` (B or 1, 53) to ``vertices`` (B, V, 3) in place
+        (no (B, V, 3) temporary: the fast path of ``facemodel animate``); returns ``vertices``."""
+        if self.fallback_deltas is None:
+            return vertices
+        b, k = vertices.shape[0], self.fallback_deltas.shape[0]
+        w = weights[:, self.fallback_index].to(vertices)
+        if w.shape[0] != b:
+            if w.shape[0] != 1:
+                raise FaceModelError(f"{w.shape[0]} weight vectors for {b} faces: use one or one per face")
+            w = w.expand(b, -1)
+        vertices.view(b, -1).addmm_(w, self.fallback_deltas.reshape(k, -1).to(vertices))
+        return vertices
 
     def with_fallback(self, deltas: dict[str, torch.Tensor]) -> "ExpressionMap":
         """A copy of this map whose shapes ``deltas`` (name -> (V, 3) mm) are applied as fixed

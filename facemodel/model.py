@@ -292,18 +292,24 @@ class FaceModel(nn.Module):
         All zeros when the map has no fallback shapes. ``weights`` as for
         :meth:`expression_from_blendshapes`.
         """
-        z, disp = self._drive(weights, clip_tolerance=clip_tolerance)
-        return disp if disp is not None else self.template.new_zeros(z.shape[0], self.num_vertices, 3)
+        from .blendshapes import to_ict_weights
+
+        m = self._map()
+        device, dtype = self._device_dtype()
+        w = to_ict_weights(weights, clip_tolerance=clip_tolerance).to(device=device, dtype=dtype)
+        disp = m.displacement(w)
+        return disp if disp is not None else self.template.new_zeros(w.shape[0], self.num_vertices, 3)
 
     def _drive(self, weights, *, clip_tolerance: float = 0.05) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Expression codes (B, d_exp) and the fallback displacement (B, V, 3) or ``None``."""
+        """Expression codes (B, d_exp) of blendshape weights, and the validated (B, 53) weights
+        when the map has fallback shapes (``None`` otherwise), for :meth:`_displaced`."""
         from .blendshapes import to_ict_weights
 
         m = self._map()
         device, dtype = self._device_dtype()
         w = to_ict_weights(weights, clip_tolerance=clip_tolerance).to(device=device, dtype=dtype)
         with torch.no_grad():
-            return m.to_code(w), m.displacement(w)
+            return m.to_code(w), (w if m.fallback_deltas is not None else None)
 
     @torch.no_grad()
     def blendshapes_from_expression(self, codes, *, spelling: str | None = None):
@@ -361,15 +367,16 @@ class FaceModel(nn.Module):
             z = z.expand(n, -1)
         return z
 
-    @staticmethod
-    def _displaced(faces: Faces, disp: torch.Tensor | None) -> Faces:
-        """``faces`` with the fallback displacement (1 or len(faces) rows) added."""
-        if disp is None:
+    def _displaced(self, faces: Faces, weights: torch.Tensor | None) -> Faces:
+        """``faces`` (freshly decoded: changed in place) plus the fallback shapes' displacement
+        of ``weights`` (1 or len(faces) rows of validated ICT weights; ``None``: nothing)."""
+        if weights is None:
             return faces
-        if disp.shape[0] not in (1, len(faces)):
-            raise FaceModelError(f"the blendshape weights hold {disp.shape[0]} frames for {len(faces)} faces; "
+        if weights.shape[0] not in (1, len(faces)):
+            raise FaceModelError(f"the blendshape weights hold {weights.shape[0]} frames for {len(faces)} faces; "
                                  "use one frame or one per face")  # fmt: skip
-        return Faces(faces.vertices + disp.to(faces.vertices), faces.codes, faces.faces, faces.code_slices)
+        self._map().add_displacement_(faces.vertices, weights)
+        return faces
 
     # ---- operations -------------------------------------------------------------------
     @torch.no_grad()
@@ -424,9 +431,9 @@ class FaceModel(nn.Module):
         """
         if not isinstance(n, int) or n < 1:
             raise FaceModelError(f"n must be a positive integer, got {n!r}")
-        disp = None
+        fb = None
         if isinstance(expression, Mapping):
-            expression, disp = self._drive(expression)
+            expression, fb = self._drive(expression)
             if n == 1:
                 n = expression.shape[0]
             elif expression.shape[0] == 1:
@@ -444,7 +451,7 @@ class FaceModel(nn.Module):
         parts = [self.factor_codes(f.name, specs.get(f.name), n, generator=generator, truncation=truncation)
                  for f in self.config.generator.factors]  # fmt: skip
         parts.append(self.factor_codes("noise", noise, n, generator=generator, truncation=truncation))
-        return self._displaced(self.decode(torch.cat(parts, 1)), disp)
+        return self._displaced(self.decode(torch.cat(parts, 1)), fb)
 
     def _as_vertices(self, mesh, *, name: str = "mesh") -> torch.Tensor:
         """(n, V, 3) vertices (mm) from arrays, tensors, trimesh objects, paths or lists of them."""
@@ -502,8 +509,8 @@ class FaceModel(nn.Module):
         """
         t = self._as_codes(target, name="target")
         if isinstance(source, Mapping):
-            z, disp = self._drive(source)
-            return self._displaced(self._with_factor(t, "expression", z.to(t)), disp)
+            z, fb = self._drive(source)
+            return self._displaced(self._with_factor(t, "expression", z.to(t)), fb)
         s = self._as_codes(source, name="source")
         return self._with_factor(t, "expression", s[:, self.code_slices["expression"]])
 
@@ -534,12 +541,12 @@ class FaceModel(nn.Module):
             if isinstance(e, (str, int, np.integer)) and not isinstance(e, bool):
                 code = self.label_codes("expression")[self.label_index("expression", e)][None]
             elif isinstance(e, Mapping):
-                code, disp = self._drive(e)
+                code, fb = self._drive(e)
                 code = code - self.expression_from_blendshapes(torch.zeros(1, self._map().config.num_weights))
-                if disp is not None:  # the fallback shapes are linear: their rest (weights 0) adds nothing
-                    if extra is not None and 1 not in (extra.shape[0], disp.shape[0]) and extra.shape[0] != disp.shape[0]:
-                        raise FaceModelError(f"blendshape dicts of {extra.shape[0]} and {disp.shape[0]} frames cannot be added")
-                    extra = w * disp if extra is None else extra + w * disp
+                if fb is not None:  # the fallback shapes are linear: their rest (weights 0) adds nothing
+                    if extra is not None and 1 not in (extra.shape[0], fb.shape[0]) and extra.shape[0] != fb.shape[0]:
+                        raise FaceModelError(f"blendshape dicts of {extra.shape[0]} and {fb.shape[0]} frames cannot be added")
+                    extra = w * fb if extra is None else extra + w * fb  # weights add: the deltas are linear
             else:
                 code = self._as_codes(e, name="expression")[:, sl]
             if code.shape[0] not in (1, total.shape[0]) and total.shape[0] != 1:

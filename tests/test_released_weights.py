@@ -21,6 +21,21 @@ def test_released_weights_load_offline_and_work(monkeypatch):
     assert w.shape == (1, 53) and bool(((w >= 0) & (w <= 1)).all())
 
 
+def test_released_map_applies_unexercised_shapes_as_ict_deltas(monkeypatch, ict):
+    """0.3.1: the 15 shapes the training data never moves act through ICT's linear deltas."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = FaceModel.from_pretrained()
+    assert len(model.fallback_blendshapes) == 15
+    assert {"eyeLookDown_L", "jawLeft", "cheekPuff_R"} <= set(model.fallback_blendshapes)
+    assert "jawOpen" not in model.fallback_blendshapes
+    rest, moved = model.sample(seed=2, expression={"jawLeft": 0.0}), model.sample(seed=2, expression={"jawLeft": 1.0})
+    assert torch.equal(rest.codes, moved.codes)  # not through the code
+    j = ict.expression_names.index("jawLeft")
+    truth = torch.from_numpy(ict.expression_shapes_mm[j] - ict.neutral_mm).float()
+    torch.testing.assert_close(moved.vertices[0] - rest.vertices[0], truth, atol=0.02, rtol=0)  # float16 storage
+    assert float(truth.norm(dim=-1).max()) > 5.0  # a visible sideways jaw, mm
+
+
 def test_release_folder_is_within_budget_and_has_a_model_card():
     folder = packaged_weights_dir()
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
