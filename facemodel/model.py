@@ -292,22 +292,21 @@ class FaceModel(nn.Module):
         All zeros when the map has no fallback shapes. ``weights`` as for
         :meth:`expression_from_blendshapes`.
         """
-        from .blendshapes import to_ict_weights
-
-        m = self._map()
-        device, dtype = self._device_dtype()
-        w = to_ict_weights(weights, clip_tolerance=clip_tolerance).to(device=device, dtype=dtype)
+        m, w = self._map(), self._ict_weights(weights, clip_tolerance)
         disp = m.displacement(w)
         return disp if disp is not None else self.template.new_zeros(w.shape[0], self.num_vertices, 3)
+
+    def _ict_weights(self, weights, clip_tolerance: float) -> torch.Tensor:
+        """(B, 53) validated weights in ICT order on the model's device."""
+        from .blendshapes import to_ict_weights
+
+        device, dtype = self._device_dtype()
+        return to_ict_weights(weights, clip_tolerance=clip_tolerance).to(device=device, dtype=dtype)
 
     def _drive(self, weights, *, clip_tolerance: float = 0.05) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Expression codes (B, d_exp) of blendshape weights, and the validated (B, 53) weights
         when the map has fallback shapes (``None`` otherwise), for :meth:`_displaced`."""
-        from .blendshapes import to_ict_weights
-
-        m = self._map()
-        device, dtype = self._device_dtype()
-        w = to_ict_weights(weights, clip_tolerance=clip_tolerance).to(device=device, dtype=dtype)
+        m, w = self._map(), self._ict_weights(weights, clip_tolerance)
         with torch.no_grad():
             return m.to_code(w), (w if m.fallback_deltas is not None else None)
 

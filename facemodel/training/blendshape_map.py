@@ -29,7 +29,7 @@ blendshape weights (``meshes.npz`` ``blendshapes``, e.g. ICT 4D):
    build, 15 shapes whose weights never pass 0.03: gaze, jaw sideways/forward, mouth
    sideways, cheek puff; :func:`unexercised_shapes`) cannot be learned by the generator;
    the map ignores their weights and adds ICT-FaceKit's generic linear deltas for them
-   (:func:`ict_fallback_deltas`, stored in the map, 1.7 MB for 15 shapes).
+   (:func:`ict_fallback_deltas`, stored in the map: 1.7 MB for 15 shapes in float32).
 
 The validation figures of every candidate are stored in the map's config
 (``config.json`` ``expression_map.metrics``). Nothing here is imported by the SDK.
