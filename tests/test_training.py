@@ -916,6 +916,11 @@ def test_identity_anchor_codes_are_whitened_shapes_and_its_term_reproduces_train
     assert "g_anchor" not in logs[0]  # the expression anchor's own pair term stays off
     first, last = _term_alone_optimises(t, t._identity_anchor_loss)
     assert last < 0.5 * first
+    # anchor rows: seeded by step and term; rank 0 keeps the single-process stream, other ranks differ
+    single = np.random.default_rng([t.config.seed, t.step, 13]).integers(0, 10**6, 8)
+    assert np.array_equal(t._step_rng(13).integers(0, 10**6, 8), single)
+    t.rank = 1
+    assert not np.array_equal(t._step_rng(13).integers(0, 10**6, 8), single)
 
 
 def test_extrapolation_anchor_teaches_unseen_weight_combinations_to_add_up(small_dataset, tmp_path):

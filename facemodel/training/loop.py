@@ -410,12 +410,18 @@ class Trainer:
                 **({"g_transfer": float(transfer.detach()), "transfer_motion": float(tmag)} if self.transfer_faces is not None else {}),
                 **({"g_ispread": float(ispread.detach())} if c.lambda_identity_spread > 0 else {})}
 
+    def _step_rng(self, tag: int) -> np.random.Generator:
+        """numpy generator of this step and term (``tag``), different on every rank of a multi-GPU
+        run (each rank draws its own anchor rows; rank 0 keeps the single-process stream)."""
+        key = [self.config.seed, self.step, tag] + ([self.rank] if self.rank else [])
+        return np.random.default_rng(key)
+
     def _anchor_loss(self) -> torch.Tensor:
         """Expression anchoring (see :mod:`facemodel.training.anchoring`): ``anchor_pairs``
         same-person training pairs (seeded by the step), their weights' anchor codes on random
         prior identity and noise codes; mm^2 per face-area vertex."""
-        c, P = self.config, self.config.anchor_pairs
-        rng = np.random.default_rng([c.seed, self.step, 11])
+        P = self.config.anchor_pairs
+        rng = self._step_rng(11)
         a = rng.integers(0, len(self.data), P)
         b = np.array([rng.choice(self._anchor_rows[int(self._anchor_classes[r])]) for r in a], dtype=np.int64)
         rows = np.concatenate([a, b])
@@ -430,7 +436,7 @@ class Trainer:
         """Identity anchoring (see :mod:`facemodel.training.anchoring`): ``anchor_pairs`` training
         meshes (seeded by the step) reproduced from their identity's anchor code, their weights'
         expression anchor code and random noise; mm^2 per vertex."""
-        rng = np.random.default_rng([self.config.seed, self.step, 13])
+        rng = self._step_rng(13)
         rows = rng.integers(0, len(self.data), self.config.anchor_pairs)
         x = torch.from_numpy(self.data.offsets(rows).astype(np.float32)).to(self.device)
         z = torch.randn(len(rows), self.gen_config.code_dim, device=self.device)
@@ -445,7 +451,7 @@ class Trainer:
         of sparse random weight vectors (seeded by the step) on random prior identity and noise
         codes, against the anchor's linear displacement model; mm^2 per vertex of its subset."""
         P, K = self.config.anchor_pairs, self._anchor_weights.shape[1]
-        u = torch.from_numpy(random_weights(2 * P, K, np.random.default_rng([self.config.seed, self.step, 17])))
+        u = torch.from_numpy(random_weights(2 * P, K, self._step_rng(17)))
         u = u.to(self.device)
         z = torch.randn(P, self.gen_config.code_dim, device=self.device).repeat(2, 1)
         z[:, self._anchor_slice] = self.anchor(u)
