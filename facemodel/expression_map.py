@@ -32,6 +32,7 @@ from torch import nn
 
 from .blendshapes import ICT_NAMES
 from .errors import FaceModelError
+from .networks.mlp import TanhMLP
 
 __all__ = ["ExpressionMapConfig", "ExpressionMap", "NoExpressionMapError", "LEARN_COMMAND"]
 
@@ -83,16 +84,6 @@ class ExpressionMapConfig(BaseModel):
         return self
 
 
-class _Mlp(nn.Module):
-    def __init__(self, n_in: int, hidden: int, n_out: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(n_in, hidden)
-        self.fc2 = nn.Linear(hidden, n_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.fc1(x)))
-
-
 class ExpressionMap(nn.Module):
     """ICT weights <-> expression codes (see the module docstring).
 
@@ -110,9 +101,9 @@ class ExpressionMap(nn.Module):
         self.config = config
         n, d, h = config.num_weights, config.code_dim, config.hidden
         self.code_linear = nn.Linear(n, d)
-        self.code_mlp = _Mlp(n, h, d) if config.to_code == "mlp" else None
+        self.code_mlp = TanhMLP(n, h, d) if config.to_code == "mlp" else None
         if config.to_weights == "mlp":
-            self.weights_mlp = _Mlp(d, h, n)
+            self.weights_mlp = TanhMLP(d, h, n)
             self.weights_linear = None
         else:
             self.weights_linear = nn.Linear(d, n)

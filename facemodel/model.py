@@ -138,8 +138,7 @@ class FaceModel(nn.Module):
         return self.config.label_names
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
-        p = self.generator.fc1.weight
-        return p.device, p.dtype
+        return self.generator.device, self.generator.dtype
 
     def label_index(self, factor: str, label: str | int) -> int:
         """Index of a label (name or index) of a factor.
@@ -476,9 +475,9 @@ class FaceModel(nn.Module):
         """Full codes (n, D) of Faces, codes, or meshes (encoded)."""
         D = self.config.generator.code_dim
         if isinstance(x, Faces):
-            return x.codes.to(self.generator.fc1.weight)
+            return x.codes.to(self.generator.device, self.generator.dtype)
         if isinstance(x, torch.Tensor) and x.ndim in (1, 2) and x.shape[-1] == D:
-            return x.reshape(-1, D).to(self.generator.fc1.weight)
+            return x.reshape(-1, D).to(self.generator.device, self.generator.dtype)
         return self.encode(x).codes
 
     def _with_factor(self, target: torch.Tensor, factor: str, codes: torch.Tensor) -> Faces:
