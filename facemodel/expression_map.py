@@ -31,17 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from .blendshapes import ICT_NAMES
-from .errors import FaceModelError
+from .errors import FaceModelError, NoExpressionMapError
 from .networks.mlp import TanhMLP
 
 __all__ = ["ExpressionMapConfig", "ExpressionMap", "NoExpressionMapError", "LEARN_COMMAND"]
 
 #: The command that adds a blendshape map to a model folder (quoted in error messages).
 LEARN_COMMAND = "python -m facemodel.training.blendshape_map --model MODEL_DIR --data DATASET_DIR --out NEW_MODEL_DIR"
-
-
-class NoExpressionMapError(FaceModelError, RuntimeError):
-    """The model has no blendshape map (an export made before one was learned)."""
 
 
 class ExpressionMapConfig(BaseModel):

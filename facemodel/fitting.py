@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from scipy.linalg import lapack as _lapack
 
-from .errors import FaceModelError
+from .errors import FittingError
 from .landmarks import LandmarkSet, landmark_set
 from .networks.interface import GeneratorInterface
 
@@ -72,11 +72,6 @@ _GRID = (1.0, 0.8, 0.6, 0.45, 0.3, 0.2, 0.1, 0.04)
 _EXACT_MAX_BREAKS = 64  # rays crossing more kinks are searched on _GRID (early, long steps)
 _REGRESSION_SAMPLES = 4096
 _TRI = np.tril(np.ones((_EXACT_MAX_BREAKS, _EXACT_MAX_BREAKS), np.float32))
-
-
-class FittingError(FaceModelError, ValueError):
-    """Invalid input to a fit: shapes, non-finite values, missing landmarks, devices,
-    dtypes, or an unknown solver / alignment / camera / init."""
 
 
 # ---- result ---------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import DownloadError, FaceModelError
+from .errors import DownloadError, FaceModelError, HubUploadError, InvalidRepoIdError
 from .model import CONFIG_NAME, WEIGHTS_NAME, WeightsFormatError, WeightsNotFoundError
 
 __all__ = [
@@ -49,14 +49,6 @@ _REQUIRED = (CONFIG_NAME, WEIGHTS_NAME)
 # starting and ending with a letter, digit or "_", at most 96 characters, not ending in ".git".
 _PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
 _REPO_ID_RE = re.compile(rf"{_PART}/{_PART}")
-
-
-class HubUploadError(FaceModelError, OSError):
-    """Uploading a model to the Hugging Face Hub failed (authentication, permissions, network)."""
-
-
-class InvalidRepoIdError(FaceModelError, ValueError):
-    """A Hugging Face Hub repository id is malformed (expected ``"org/name"``)."""
 
 
 # ---- helpers -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ._fs import atomic_file, check_writable_parent
-from .errors import FaceModelError
+from .errors import FaceModelError, UnknownLabelError, WeightsFormatError, WeightsNotFoundError
 from .expression_map import LEARN_COMMAND, ExpressionMap, ExpressionMapConfig, NoExpressionMapError
 from .networks.config import GeneratorConfig
 from .networks.generator import Generator
@@ -28,21 +28,6 @@ __all__ = ["FaceModel", "FaceModelConfig", "WeightsNotFoundError", "WeightsForma
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
-
-
-class WeightsNotFoundError(FaceModelError, FileNotFoundError):
-    """No ``config.json`` / ``model.safetensors`` where weights were expected."""
-
-
-class WeightsFormatError(FaceModelError, ValueError):
-    """Weights or config do not match the model (missing/unexpected tensors, bad config)."""
-
-
-class UnknownLabelError(FaceModelError, KeyError):
-    """A label name or index that the model's label codes do not have."""
-
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0])
 
 
 #: A factor code given as a tensor ((d,) or (n, d)), a label name, a label index, or a list of those;

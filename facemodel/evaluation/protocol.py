@@ -22,13 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import FaceModelError
+from ..errors import EvaluationError
 
 __all__ = ["Codes", "ShapeModel", "FaceModelAdapter", "ICTGroundTruth", "EvaluationError"]
-
-
-class EvaluationError(FaceModelError, ValueError):
-    """An evaluation cannot run as asked (bad model, data or protocol settings)."""
 
 
 @dataclass
