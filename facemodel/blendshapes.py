@@ -32,7 +32,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .data.expressions import ICT_BLENDSHAPES
+from ._ict_names import ICT_BLENDSHAPES
 from .errors import BlendshapeError
 
 __all__ = [

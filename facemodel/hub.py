@@ -26,10 +26,18 @@ import os
 import re
 from pathlib import Path
 
-from .errors import DownloadError, FaceModelError, HubUploadError, InvalidRepoIdError
-from .model import CONFIG_NAME, WEIGHTS_NAME, WeightsFormatError, WeightsNotFoundError
+from .errors import (
+    DownloadError,
+    FaceModelError,
+    HubUploadError,
+    InvalidRepoIdError,
+    WeightsFormatError,
+    WeightsNotFoundError,
+)
 
 __all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
     "HubUploadError",
     "InvalidRepoIdError",
     "MODEL_FILES",
@@ -40,6 +48,8 @@ __all__ = [
     "resolve_pretrained",
 ]
 
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
 README_NAME = "README.md"
 #: Files of a model folder; the first two are required, the model card is optional.
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, README_NAME)

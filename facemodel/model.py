@@ -18,6 +18,7 @@ from torch import nn
 from ._fs import atomic_file, check_writable_parent
 from .errors import FaceModelError, UnknownLabelError, WeightsFormatError, WeightsNotFoundError
 from .expression_map import LEARN_COMMAND, ExpressionMap, ExpressionMapConfig, NoExpressionMapError
+from .hub import CONFIG_NAME, WEIGHTS_NAME
 from .networks.config import GeneratorConfig
 from .networks.generator import Generator
 from .outputs import Faces
@@ -25,8 +26,6 @@ from .outputs import Faces
 __all__ = ["FaceModel", "FaceModelConfig", "WeightsNotFoundError", "WeightsFormatError", "UnknownLabelError", "CodeSpec",
            "NoExpressionMapError"]  # fmt: skip
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -648,7 +647,7 @@ class FaceModel(nn.Module):
             >>> model = FaceModel.from_pretrained()                 # released weights, offline
             >>> model = FaceModel.from_pretrained("runs/x/model")   # a training export
         """
-        from .hub import resolve_pretrained  # lazy: facemodel.hub imports this module
+        from .hub import resolve_pretrained
 
         path = resolve_pretrained(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
