@@ -32,18 +32,14 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .data.expressions import ICT_BLENDSHAPES
-from .errors import FaceModelError
+from ._ict_names import ICT_BLENDSHAPES
+from .errors import BlendshapeError
 
 __all__ = [
     "ICT_NAMES", "ARKIT_NAMES", "ARKIT_ONLY", "IGNORED_COLUMNS", "BlendshapeError",
     "canonical_name", "to_ict_weights", "ict_to_arkit", "livelink_name", "read_weights", "parse_weights_csv",
     "parse_weights_json", "write_weights_csv",
 ]  # fmt: skip
-
-
-class BlendshapeError(FaceModelError, ValueError):
-    """Blendshape weights or names that cannot be used (unknown name, NaN, out of range...)."""
 
 
 ICT_NAMES: tuple[str, ...] = ICT_BLENDSHAPES  # ICT order, e.g. "eyeBlink_L", "jawOpen"

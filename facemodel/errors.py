@@ -2,7 +2,11 @@
 
 Every error a user can trigger derives from :class:`FaceModelError`. Each one also
 subclasses the matching builtin, so ``except ValueError`` or ``except OSError`` keep
-working for callers that do not know this package.
+working for callers that do not know this package. :class:`FaceModelError` itself derives
+from ``Exception`` only: the builtin base belongs to each concrete error (a bad shape is a
+``ValueError``, a missing file a ``FileNotFoundError``), and a base deriving from one of them
+would make every error that builtin too. The modules that raise an error re-export it
+(``from facemodel.fitting import FittingError`` works), and :mod:`facemodel` re-exports all.
 """
 
 from __future__ import annotations
@@ -19,6 +23,22 @@ __all__ = [
     "DatasetFormatError",
     "LabelsError",
     "OutputPathError",
+    "WeightsNotFoundError",
+    "WeightsFormatError",
+    "UnknownLabelError",
+    "HubUploadError",
+    "InvalidRepoIdError",
+    "FittingError",
+    "LandmarkError",
+    "UnknownLandmarksError",
+    "PointsFormatError",
+    "BlendshapeError",
+    "NoExpressionMapError",
+    "EvaluationError",
+    "ConfigError",
+    "CheckpointError",
+    "SelectionError",
+    "ReleaseError",
 ]
 
 
@@ -64,3 +84,78 @@ class LabelsError(FaceModelError, ValueError):
 
 class OutputPathError(FaceModelError, OSError):
     """An output location cannot be written (exists, not writable, not a folder)."""
+
+
+# ---- model weights and labels (facemodel.model) ---------------------------------------------
+class WeightsNotFoundError(FaceModelError, FileNotFoundError):
+    """No ``config.json`` / ``model.safetensors`` where weights were expected."""
+
+
+class WeightsFormatError(FaceModelError, ValueError):
+    """Weights or config do not match the model (missing/unexpected tensors, bad config)."""
+
+
+class UnknownLabelError(FaceModelError, KeyError):
+    """A label name or index that the model's label codes do not have."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
+
+
+# ---- the Hugging Face Hub (facemodel.hub) ---------------------------------------------------
+class HubUploadError(FaceModelError, OSError):
+    """Uploading a model to the Hugging Face Hub failed (authentication, permissions, network)."""
+
+
+class InvalidRepoIdError(FaceModelError, ValueError):
+    """A Hugging Face Hub repository id is malformed (expected ``"org/name"``)."""
+
+
+# ---- fitting and its inputs (facemodel.fitting, landmarks, io_points) -----------------------
+class FittingError(FaceModelError, ValueError):
+    """Invalid input to a fit: shapes, non-finite values, missing landmarks, devices,
+    dtypes, or an unknown solver / alignment / camera / init."""
+
+
+class LandmarkError(FaceModelError, ValueError):
+    """A landmark spec is malformed: wrong shapes, indices outside the mesh, barycentrics
+    that are negative, not finite or do not sum to 1."""
+
+
+class UnknownLandmarksError(LandmarkError):
+    """A landmark set name that is not registered."""
+
+
+class PointsFormatError(FaceModelError, ValueError):
+    """A landmark file cannot be read."""
+
+
+# ---- blendshapes and the blendshape map (facemodel.blendshapes, expression_map) -------------
+class BlendshapeError(FaceModelError, ValueError):
+    """Blendshape weights or names that cannot be used (unknown name, NaN, out of range...)."""
+
+
+class NoExpressionMapError(FaceModelError, RuntimeError):
+    """The model has no blendshape map (an export made before one was learned)."""
+
+
+# ---- evaluation (facemodel.evaluation) ------------------------------------------------------
+class EvaluationError(FaceModelError, ValueError):
+    """An evaluation cannot run as asked (bad model, data or protocol settings)."""
+
+
+# ---- training (facemodel.training) ----------------------------------------------------------
+class ConfigError(FaceModelError, ValueError):
+    """A training config file or override is invalid."""
+
+
+class CheckpointError(FaceModelError, ValueError):
+    """A checkpoint is missing or does not belong to this run."""
+
+
+class SelectionError(FaceModelError, ValueError):
+    """A run cannot be scored (no candidates, missing dataset...)."""
+
+
+class ReleaseError(FaceModelError, ValueError):
+    """The release cannot be made as asked (missing inputs, over the size budget...)."""

@@ -31,16 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from .blendshapes import ICT_NAMES
-from .errors import FaceModelError
+from .errors import FaceModelError, NoExpressionMapError
+from .networks.mlp import TanhMLP
 
 __all__ = ["ExpressionMapConfig", "ExpressionMap", "NoExpressionMapError", "LEARN_COMMAND"]
 
 #: The command that adds a blendshape map to a model folder (quoted in error messages).
 LEARN_COMMAND = "python -m facemodel.training.blendshape_map --model MODEL_DIR --data DATASET_DIR --out NEW_MODEL_DIR"
-
-
-class NoExpressionMapError(FaceModelError, RuntimeError):
-    """The model has no blendshape map (an export made before one was learned)."""
 
 
 class ExpressionMapConfig(BaseModel):
@@ -83,16 +80,6 @@ class ExpressionMapConfig(BaseModel):
         return self
 
 
-class _Mlp(nn.Module):
-    def __init__(self, n_in: int, hidden: int, n_out: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(n_in, hidden)
-        self.fc2 = nn.Linear(hidden, n_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.fc1(x)))
-
-
 class ExpressionMap(nn.Module):
     """ICT weights <-> expression codes (see the module docstring).
 
@@ -110,9 +97,9 @@ class ExpressionMap(nn.Module):
         self.config = config
         n, d, h = config.num_weights, config.code_dim, config.hidden
         self.code_linear = nn.Linear(n, d)
-        self.code_mlp = _Mlp(n, h, d) if config.to_code == "mlp" else None
+        self.code_mlp = TanhMLP(n, h, d) if config.to_code == "mlp" else None
         if config.to_weights == "mlp":
-            self.weights_mlp = _Mlp(d, h, n)
+            self.weights_mlp = TanhMLP(d, h, n)
             self.weights_linear = None
         else:
             self.weights_linear = nn.Linear(d, n)

@@ -43,6 +43,7 @@ mm^2 again).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections.abc import Mapping
@@ -54,8 +55,9 @@ import numpy as np
 import torch
 from scipy.linalg import lapack as _lapack
 
-from .errors import FaceModelError
+from .errors import FittingError
 from .landmarks import LandmarkSet, landmark_set
+from .networks.interface import GeneratorInterface
 
 __all__ = ["FitResult", "Transform", "FittingError", "fit_landmarks", "fit_landmarks_2d", "SOLVERS", "ALIGNMENTS", "CAMERAS"]
 
@@ -70,11 +72,6 @@ _GRID = (1.0, 0.8, 0.6, 0.45, 0.3, 0.2, 0.1, 0.04)
 _EXACT_MAX_BREAKS = 64  # rays crossing more kinks are searched on _GRID (early, long steps)
 _REGRESSION_SAMPLES = 4096
 _TRI = np.tril(np.ones((_EXACT_MAX_BREAKS, _EXACT_MAX_BREAKS), np.float32))
-
-
-class FittingError(FaceModelError, ValueError):
-    """Invalid input to a fit: shapes, non-finite values, missing landmarks, devices,
-    dtypes, or an unknown solver / alignment / camera / init."""
 
 
 # ---- result ---------------------------------------------------------------------------------
@@ -160,14 +157,16 @@ class FitResult:
 
 # ---- the landmark head: z -> landmark positions from the landmark rows only ------------------
 class _Head:
-    """``m(z) = A lrelu(W1 z + b1) + c``: the 3K landmark coordinates (mm), NumPy, CPU."""
+    """``m(z) = A h(z) + c``: the 3K landmark coordinates (mm) from the generator's hidden
+    features ``h`` (:class:`~facemodel.networks.GeneratorInterface`) and the landmark rows of
+    its output layer (``A`` (3K, H), ``c`` (3K,)), NumPy, CPU."""
 
     def __init__(self, model: torch.nn.Module, lmk: LandmarkSet, dtype: np.dtype) -> None:
         g = model.generator
         with torch.no_grad():
-            idx = lmk.vertex_indices.to(g.fc2.weight.device)
+            idx = lmk.vertex_indices.to(g.device)
             flat = idx.reshape(-1)
-            W, b = g.last_layer_rows(flat)  # (3 * 3K, H), scaled to mm
+            W, b = g.output_rows(flat)  # (3 * 3K, H), scaled to mm
             K, H = idx.shape[0], W.shape[1]
             W = W.detach().double().view(K, 3, 3, H)  # (landmark, corner, xyz, H)
             b = (b.detach().double() + model.template[flat].double().reshape(-1)).view(K, 3, 3)
@@ -178,31 +177,28 @@ class _Head:
                 A, c = (W * bary[:, :, None, None]).sum(1), (b * bary[:, :, None]).sum(1)
             self.A = np.ascontiguousarray(A.reshape(3 * K, H).cpu().numpy().astype(dtype))
             self.c = c.reshape(3 * K).cpu().numpy().astype(dtype)
-            self.W1 = np.ascontiguousarray(g.fc1.weight.detach().cpu().numpy().astype(dtype))  # (H, D)
-            self.b1 = g.fc1.bias.detach().cpu().numpy().astype(dtype)
+            self._init_hidden(g, dtype)
         self.At = np.ascontiguousarray(self.A.T)
-        self.W1t = np.ascontiguousarray(self.W1.T)
-        self.slope = float(g.act.negative_slope)
-        self.K, self.H, self.D = K, H, self.W1.shape[1]
+        self.K, self.H = K, H
         self.dtype = np.dtype(dtype)
-        self._bases: tuple[np.ndarray, np.ndarray] | None = None
         self._m0: np.ndarray | None = None
         self._reg: tuple[np.ndarray, np.ndarray] | None = None
 
-    def pre(self, z: np.ndarray) -> np.ndarray:
-        return z @ self.W1t + self.b1
-
-    def from_pre(self, pre: np.ndarray) -> np.ndarray:
-        """(n, H) pre-activations -> (n, 3K) landmark coordinates (mm)."""
-        return np.maximum(pre, self.slope * pre) @ self.At + self.c
+    def _init_hidden(self, g, dtype) -> None:
+        raise NotImplementedError
 
     def forward(self, z: np.ndarray) -> np.ndarray:
-        return self.from_pre(self.pre(z))
+        """(n, D) codes -> (n, 3K) landmark coordinates (mm)."""
+        raise NotImplementedError
 
-    def jacobian(self, mask: np.ndarray) -> np.ndarray:
-        """(n, H) bool positive units -> (n, 3K, D) Jacobian ``A diag(lrelu') W1``."""
-        a = np.where(mask, 1.0, self.slope).astype(self.dtype)
-        return self.A @ (a[:, :, None] * self.W1)
+    def torch_forward(self, tt: dict):
+        """A differentiable torch function (n, D) -> (n, 3K) of :meth:`forward` (``tt``: the
+        dtype and device to compute in), for the first-order solvers."""
+        raise NotImplementedError
+
+    def frozen(self):
+        """A context during which gradients do not flow into the generator's weights."""
+        return contextlib.nullcontext()
 
     def regressor(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean (3K,), W (3K, D)): ridge regression of codes on landmark coordinates over
@@ -223,6 +219,91 @@ class _Head:
         if self._m0 is None:
             self._m0 = self.forward(np.zeros((1, self.D), self.dtype))[0]
         return self._m0
+
+
+class _GeneralHead(_Head):
+    """Any generator of the interface: ``h`` and its Jacobian come from the generator
+    (``hidden`` / ``hidden_jacobian``, torch on its device), the rest is NumPy."""
+
+    def _init_hidden(self, g, dtype) -> None:
+        self.g = g
+        self.D = int(g.config.code_dim)
+
+    def _hidden_in(self, z: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(z)).to(self.g.device, self.g.dtype)
+
+    def forward(self, z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            h = self.g.hidden(self._hidden_in(z)).cpu().numpy().astype(self.dtype)
+        return h @ self.At + self.c
+
+    def forward_jacobian(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, D) codes -> landmarks (n, 3K) and their Jacobian (n, 3K, D) ``A dh/dz``."""
+        with torch.no_grad():
+            h, Jh = self.g.hidden_jacobian(self._hidden_in(z))
+            h, Jh = h.cpu().numpy().astype(self.dtype), Jh.cpu().numpy().astype(self.dtype)
+        return h @ self.At + self.c, self.A @ Jh
+
+    def torch_forward(self, tt: dict):
+        At, c = torch.as_tensor(self.At, **tt), torch.as_tensor(self.c, **tt)
+        g = self.g
+
+        def forward(zt):
+            return g.hidden(zt.to(g.device, g.dtype)).to(**tt) @ At + c
+
+        return forward
+
+    @contextlib.contextmanager
+    def frozen(self):
+        params = list(self.g.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, f in zip(params, flags):
+                p.requires_grad_(f)
+
+
+class _LReLUHead(_Head):
+    """``m(z) = A lrelu(W1 z + b1) + c`` (one hidden layer, :meth:`Generator.affine_hidden`):
+    piecewise linear in ``z``, with the exact Jacobian updates and ray search of the fast path."""
+
+    def _init_hidden(self, g, dtype) -> None:
+        layer = g.affine_hidden()
+        self.W1 = np.ascontiguousarray(layer.weight.detach().cpu().numpy().astype(dtype))  # (H, D)
+        self.b1 = layer.bias.detach().cpu().numpy().astype(dtype)
+        self.W1t = np.ascontiguousarray(self.W1.T)
+        self.slope = float(layer.negative_slope)
+        self.D = self.W1.shape[1]
+        self._bases: tuple[np.ndarray, np.ndarray] | None = None
+
+    def pre(self, z: np.ndarray) -> np.ndarray:
+        return z @ self.W1t + self.b1
+
+    def from_pre(self, pre: np.ndarray) -> np.ndarray:
+        """(n, H) pre-activations -> (n, 3K) landmark coordinates (mm)."""
+        return np.maximum(pre, self.slope * pre) @ self.At + self.c
+
+    def forward(self, z: np.ndarray) -> np.ndarray:
+        return self.from_pre(self.pre(z))
+
+    def torch_forward(self, tt: dict):
+        At, c = torch.as_tensor(self.At, **tt), torch.as_tensor(self.c, **tt)
+        W1t, b1 = torch.as_tensor(self.W1t, **tt), torch.as_tensor(self.b1, **tt)
+        slope = self.slope
+
+        def forward(zt):
+            pre = zt @ W1t + b1
+            return torch.maximum(pre, slope * pre) @ At + c
+
+        return forward
+
+    def jacobian(self, mask: np.ndarray) -> np.ndarray:
+        """(n, H) bool positive units -> (n, 3K, D) Jacobian ``A diag(lrelu') W1``."""
+        a = np.where(mask, 1.0, self.slope).astype(self.dtype)
+        return self.A @ (a[:, :, None] * self.W1)
 
     def jacobian_at_zero(self, n: int) -> np.ndarray:
         return self.jacobian_init(np.repeat((self.b1 > 0)[None], n, 0))
@@ -292,24 +373,24 @@ _HEADS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDict
 def _head(model: torch.nn.Module, lmk: LandmarkSet, dtype: np.dtype) -> _Head:
     """The cached head of (model weights, landmark set); rebuilt when a weight changes."""
     g = model.generator
-    tensors = (g.fc1.weight, g.fc1.bias, g.fc2.weight, g.fc2.bias, model.template)
+    t = model.template
     key = (
         lmk.vertex_indices.numpy().tobytes(),
         lmk.barycentrics.numpy().tobytes(),
         np.dtype(dtype).str,
-        float(g.scale),
-        float(g.act.negative_slope),
-        tuple((t.data_ptr(), t._version, t.dtype, str(t.device)) for t in tensors),
+        g.weights_stamp(),
+        (t.data_ptr(), t._version, t.dtype, str(t.device)),
     )
+    make = _LReLUHead if g.affine_hidden() is not None else _GeneralHead
     try:
         cache = _HEADS.setdefault(model, {})
     except TypeError:  # not weak-referenceable
-        return _Head(model, lmk, dtype)
+        return make(model, lmk, dtype)
     head = cache.get(key)
     if head is None:
         if len(cache) >= 8:
             cache.clear()
-        head = cache[key] = _Head(model, lmk, dtype)
+        head = cache[key] = make(model, lmk, dtype)
     return head
 
 
@@ -341,10 +422,9 @@ def _landmarks(model: torch.nn.Module, spec: Any) -> LandmarkSet:
 # ---- input checks ---------------------------------------------------------------------------
 def _model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
     g = getattr(model, "generator", None)
-    if g is None or not hasattr(g, "last_layer_rows") or not hasattr(model, "template"):
+    if g is None or not isinstance(g, GeneratorInterface) or not hasattr(model, "template"):
         raise FittingError(f"expected a FaceModel (generator + template), got {type(model).__name__}")
-    w = g.fc1.weight
-    return (torch.float64 if w.dtype == torch.float64 else torch.float32), w.device
+    return (torch.float64 if g.dtype == torch.float64 else torch.float32), g.device
 
 
 def _to_numpy(x: Any, what: str, dtype: torch.dtype, device: torch.device, explicit_device: bool, *, strict: bool):
@@ -695,7 +775,7 @@ class _Camera2D:
 
 
 # ---- Gauss-Newton / Levenberg-Marquardt (NumPy) --------------------------------------------------
-def _ray_search(head: _Head, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, dz, reg):
+def _ray_search(head: _LReLUHead, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, dz, reg):
     """Step t in [0, 1] minimising the objective along ``z + t dz`` with the pose linearised
     (``up``: slope of the residual from the pose step). The landmarks are piecewise linear in
     t with a kink where a hidden unit changes sign: exact minimisation over the pieces when
@@ -809,7 +889,7 @@ def _damped_solve(N, g, mu):
     return out
 
 
-def _gn_chunk(head: _Head, pm, P, w, z0, reg, max_iters, tol, damping):
+def _gn_chunk(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
     """Levenberg-Marquardt + exact ray search on (z, pose) for a chunk of faces."""
     n, K, _ = P.shape
     D, H = head.D, head.H
@@ -897,6 +977,77 @@ def _gn_chunk(head: _Head, pm, P, w, z0, reg, max_iters, tol, damping):
             "iters": out_it, "conv": out_conv}  # fmt: skip
 
 
+def _gn_chunk_general(head: _GeneralHead, pm, P, w, z0, reg, max_iters, tol, damping):
+    """Levenberg-Marquardt on (z, pose) for a chunk of faces, for any generator of the interface:
+    the Jacobian of the landmarks comes from the generator at every iteration, and each step is
+    searched on the grid ``_GRID`` of step lengths (one batched forward), the 3D pose re-solved in
+    closed form at each trial code (the 2D camera follows the linearised step)."""
+    n, K, _ = P.shape
+    D = head.D
+    dr, npar = pm.dim, pm.n_params
+    dt = P.dtype
+    uniform = bool((w == 1).all())
+    sw_m = np.repeat(np.sqrt(w), dr, 1)  # per residual row
+    sw3 = None if uniform else np.repeat(np.sqrt(w), 3, 1)  # per landmark-coordinate row (3K)
+    ctx_all = pm.prepare(P, w)
+    steps = np.asarray(_GRID, dt)
+    T = steps.size
+
+    z = np.ascontiguousarray(z0, dtype=dt)
+    m = head.forward(z)
+    X = pm.init(ctx_all, P, w, m)
+    E = _energy(pm.residual(P, m, X) * sw_m, z, reg)
+    floor = w.sum(1, dtype=np.float64) * (16 * np.finfo(dt).eps * np.abs(m).max(1)) ** 2
+    mu = np.full(n, damping)
+    iters = np.zeros(n, np.int64)
+    rejects = np.zeros(n, np.int64)
+    conv = np.zeros(n, bool)
+    active = np.arange(n)
+    while active.size:
+        a = active
+        ctx = tuple(c[a] for c in ctx_all)
+        Pa, wa, swa = P[a], w[a], sw_m[a]
+        m_a, Jz = head.forward_jacobian(z[a])
+        if sw3 is not None:
+            Jz *= sw3[a][..., None]
+        rw = pm.residual(Pa, m_a, X[a]) * swa
+        J = pm.z_jac(Jz, X[a])
+        if npar:
+            J = np.concatenate([J, pm.pose_jac(Pa, m_a, X[a]) * swa[..., None]], 2)
+        N = np.ascontiguousarray((J.transpose(0, 2, 1) @ J).astype(np.float64))
+        _diagonal(N)[:, :D] += reg
+        g = (rw[:, None] @ J)[:, 0].astype(np.float64)
+        g[:, :D] += reg * z[a]
+        delta = _damped_solve(N, g, mu[a])
+        pred = -(2 * np.einsum("np,np->n", g, delta) + (delta[:, None] @ N @ delta[..., None])[:, 0, 0])
+        dl = delta.astype(dt)
+        na = a.size
+        # every step length of the grid at once: (na * T) trial codes
+        zt = (z[a][:, None] + steps[None, :, None] * dl[:, None, :D]).reshape(na * T, D)
+        mt = head.forward(zt)
+        rep = (lambda x: np.repeat(x, T, 0))  # noqa: E731
+        Xt = pm.trial(tuple(rep(c) for c in ctx), rep(Pa), rep(wa), mt, rep(X[a]),
+                      (steps[None, :, None] * dl[:, None, D:]).reshape(na * T, -1))  # fmt: skip
+        Et = _energy(pm.residual(rep(Pa), mt, Xt) * rep(swa), zt, reg).reshape(na, T)
+        best = np.nanargmin(np.where(np.isnan(Et), np.inf, Et), 1)
+        pick = np.arange(na) * T + best
+        E_new = Et[np.arange(na), best]
+        accept = E_new < E[a]  # False for NaN
+        ok = a[accept]
+        z[ok], X[ok] = zt[pick[accept]], Xt[pick[accept]]
+        iters[a] += 1
+        rejects[a] = np.where(accept, 0, rejects[a] + 1)
+        E_next = np.where(accept, E_new, E[a])
+        c_a = ((accept & (E[a] - E_new <= tol * E[a])) | (pred <= tol * E[a]) | (E_next <= floor[a])
+               | (rejects[a] >= _MAX_REJECTS))  # fmt: skip
+        E[a] = E_next
+        mu[a] = np.where(accept, np.maximum(mu[a] * 0.3, damping), mu[a] * 10)
+        conv[a] = c_a
+        active = a[~(c_a | (iters[a] >= max_iters))]
+    m = head.forward(z)
+    return {"z": z, "m": m, "X": X, "E": E, "iters": iters, "conv": conv}
+
+
 def _solve_gn(head, pm, P, w, z0, reg, max_iters, tol, opts):
     """Gauss-Newton on chunks of ``_CHUNK`` faces, spread over ``torch.get_num_threads()``
     Python threads when there are several chunks (NumPy's BLAS and LAPACK calls release the
@@ -908,14 +1059,17 @@ def _solve_gn(head, pm, P, w, z0, reg, max_iters, tol, opts):
     starts = range(0, B, _CHUNK)
     workers = min(torch.get_num_threads(), len(starts))
 
+    chunk = _gn_chunk if isinstance(head, _LReLUHead) else _gn_chunk_general
+
     def run(i):
         j = i + _CHUNK
-        return _gn_chunk(head, pm, P[i:j], w[i:j], z0[i:j], reg, max_iters, tol, damping)
+        return chunk(head, pm, P[i:j], w[i:j], z0[i:j], reg, max_iters, tol, damping)
 
     if workers > 1:
         from threadpoolctl import threadpool_limits
 
-        head.bases()  # fill the shared caches before the threads read them
+        if isinstance(head, _LReLUHead):
+            head.bases()  # fill the shared caches before the threads read them
         # one BLAS thread per worker: threaded BLAS inside threaded chunks oversubscribes the cores
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
             parts = list(pool.map(run, starts))
@@ -929,16 +1083,11 @@ def _solve_first_order(head, pm, P, w, z0, reg, max_iters, tol, solver, opts, de
     """LBFGS / Adam on z (torch, on ``device``); the 3D pose is re-solved in closed form
     between runs, the 2D camera is optimised with z."""
     tt = {"dtype": torch.float64 if head.dtype == np.float64 else torch.float32, "device": device}
-    At, c = torch.as_tensor(head.At, **tt), torch.as_tensor(head.c, **tt)
-    W1t, b1 = torch.as_tensor(head.W1t, **tt), torch.as_tensor(head.b1, **tt)
+    forward = head.torch_forward(tt)
     Pt, sw_m = torch.as_tensor(P, **tt), torch.as_tensor(np.repeat(np.sqrt(w), pm.dim, 1), **tt)
     ctx = pm.prepare(P, w)
     B = P.shape[0]
     joint = pm.dim == 2  # the camera has no closed form: optimise it with z
-
-    def forward(zt):
-        pre = zt @ W1t + b1
-        return torch.maximum(pre, head.slope * pre) @ At + c
 
     z = torch.as_tensor(z0, **tt).clone().requires_grad_(True)
     X = torch.as_tensor(pm.init(ctx, P, w, head.forward(z0)), **tt)
@@ -967,7 +1116,7 @@ def _solve_first_order(head, pm, P, w, z0, reg, max_iters, tol, solver, opts, de
     conv = np.zeros(B, bool)
     with torch.no_grad():
         E_prev = energy(X).double()
-    with torch.enable_grad():
+    with torch.enable_grad(), head.frozen():
         if solver == "adam":
             opt = torch.optim.Adam(params, lr=float(opts["lr"]))
             every = max(1, int(opts["align_every"]))
@@ -1105,17 +1254,21 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
 def _decoder(model, codes, device, dtype):
     """A function decoding ``codes`` to vertices once, refusing if the weights changed."""
     g = model.generator
-    tensors = (g.fc1.weight, g.fc1.bias, g.fc2.weight, g.fc2.bias, model.template)
-    stamp = [(t.data_ptr(), t._version) for t in tensors]
+
+    def stamp_now():
+        t = model.template
+        return g.weights_stamp(), (t.data_ptr(), t._version)
+
+    stamp = stamp_now()
 
     def decode() -> torch.Tensor:
-        if [(t.data_ptr(), t._version) for t in tensors] != stamp:
+        if stamp_now() != stamp:
             raise FittingError(
                 "the model's weights changed after this fit, so its vertices cannot be decoded; "
                 "decode result.codes with the model you want (model(codes))"
             )
         with torch.no_grad():
-            zz = codes.to(g.fc1.weight.device, g.fc1.weight.dtype)
+            zz = codes.to(g.device, g.dtype)
             out = [model(zz[i : i + _DECODE_CHUNK]) for i in range(0, len(zz), _DECODE_CHUNK)]
         return torch.cat(out).to(device=device, dtype=dtype)
 

@@ -26,10 +26,18 @@ import os
 import re
 from pathlib import Path
 
-from .errors import DownloadError, FaceModelError
-from .model import CONFIG_NAME, WEIGHTS_NAME, WeightsFormatError, WeightsNotFoundError
+from .errors import (
+    DownloadError,
+    FaceModelError,
+    HubUploadError,
+    InvalidRepoIdError,
+    WeightsFormatError,
+    WeightsNotFoundError,
+)
 
 __all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
     "HubUploadError",
     "InvalidRepoIdError",
     "MODEL_FILES",
@@ -40,6 +48,8 @@ __all__ = [
     "resolve_pretrained",
 ]
 
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
 README_NAME = "README.md"
 #: Files of a model folder; the first two are required, the model card is optional.
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, README_NAME)
@@ -49,14 +59,6 @@ _REQUIRED = (CONFIG_NAME, WEIGHTS_NAME)
 # starting and ending with a letter, digit or "_", at most 96 characters, not ending in ".git".
 _PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
 _REPO_ID_RE = re.compile(rf"{_PART}/{_PART}")
-
-
-class HubUploadError(FaceModelError, OSError):
-    """Uploading a model to the Hugging Face Hub failed (authentication, permissions, network)."""
-
-
-class InvalidRepoIdError(FaceModelError, ValueError):
-    """A Hugging Face Hub repository id is malformed (expected ``"org/name"``)."""
 
 
 # ---- helpers -------------------------------------------------------------------------------

@@ -9,13 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FaceModelError
+from .errors import PointsFormatError
 
 __all__ = ["load_points", "PointsFormatError"]
-
-
-class PointsFormatError(FaceModelError, ValueError):
-    """A landmark file cannot be read."""
 
 
 def _rows_to_array(rows: list, path: Path) -> np.ndarray:

@@ -30,7 +30,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from .errors import FaceModelError
+from .errors import LandmarkError, UnknownLandmarksError
 
 __all__ = [
     "LandmarkSet",
@@ -44,15 +44,6 @@ __all__ = [
 ]
 
 BARYCENTRIC_ATOL = 1e-4
-
-
-class LandmarkError(FaceModelError, ValueError):
-    """A landmark spec is malformed: wrong shapes, indices outside the mesh, barycentrics
-    that are negative, not finite or do not sum to 1."""
-
-
-class UnknownLandmarksError(LandmarkError):
-    """A landmark set name that is not registered."""
 
 
 @dataclass(frozen=True, eq=False)

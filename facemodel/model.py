@@ -16,8 +16,9 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ._fs import atomic_file, check_writable_parent
-from .errors import FaceModelError
+from .errors import FaceModelError, UnknownLabelError, WeightsFormatError, WeightsNotFoundError
 from .expression_map import LEARN_COMMAND, ExpressionMap, ExpressionMapConfig, NoExpressionMapError
+from .hub import CONFIG_NAME, WEIGHTS_NAME
 from .networks.config import GeneratorConfig
 from .networks.generator import Generator
 from .outputs import Faces
@@ -25,24 +26,7 @@ from .outputs import Faces
 __all__ = ["FaceModel", "FaceModelConfig", "WeightsNotFoundError", "WeightsFormatError", "UnknownLabelError", "CodeSpec",
            "NoExpressionMapError"]  # fmt: skip
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
-
-
-class WeightsNotFoundError(FaceModelError, FileNotFoundError):
-    """No ``config.json`` / ``model.safetensors`` where weights were expected."""
-
-
-class WeightsFormatError(FaceModelError, ValueError):
-    """Weights or config do not match the model (missing/unexpected tensors, bad config)."""
-
-
-class UnknownLabelError(FaceModelError, KeyError):
-    """A label name or index that the model's label codes do not have."""
-
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0])
 
 
 #: A factor code given as a tensor ((d,) or (n, d)), a label name, a label index, or a list of those;
@@ -138,8 +122,7 @@ class FaceModel(nn.Module):
         return self.config.label_names
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
-        p = self.generator.fc1.weight
-        return p.device, p.dtype
+        return self.generator.device, self.generator.dtype
 
     def label_index(self, factor: str, label: str | int) -> int:
         """Index of a label (name or index) of a factor.
@@ -476,9 +459,9 @@ class FaceModel(nn.Module):
         """Full codes (n, D) of Faces, codes, or meshes (encoded)."""
         D = self.config.generator.code_dim
         if isinstance(x, Faces):
-            return x.codes.to(self.generator.fc1.weight)
+            return x.codes.to(self.generator.device, self.generator.dtype)
         if isinstance(x, torch.Tensor) and x.ndim in (1, 2) and x.shape[-1] == D:
-            return x.reshape(-1, D).to(self.generator.fc1.weight)
+            return x.reshape(-1, D).to(self.generator.device, self.generator.dtype)
         return self.encode(x).codes
 
     def _with_factor(self, target: torch.Tensor, factor: str, codes: torch.Tensor) -> Faces:
@@ -664,7 +647,7 @@ class FaceModel(nn.Module):
             >>> model = FaceModel.from_pretrained()                 # released weights, offline
             >>> model = FaceModel.from_pretrained("runs/x/model")   # a training export
         """
-        from .hub import resolve_pretrained  # lazy: facemodel.hub imports this module
+        from .hub import resolve_pretrained
 
         path = resolve_pretrained(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token

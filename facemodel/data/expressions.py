@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._ict_names import ICT_BLENDSHAPES
+
 __all__ = [
     "ICT_BLENDSHAPES",
     "EXPRESSION_LABELS",
@@ -26,25 +28,6 @@ __all__ = [
     "constrain",
 ]
 
-#: The 53 ICT blendshapes in the order of ``vertex_indices.json["expressions"]``.
-ICT_BLENDSHAPES: tuple[str, ...] = (
-    "browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R",
-    "cheekPuff_L", "cheekPuff_R", "cheekSquint_L", "cheekSquint_R", "eyeBlink_L", "eyeBlink_R",
-    "eyeLookDown_L", "eyeLookDown_R", "eyeLookIn_L", "eyeLookIn_R", "eyeLookOut_L", "eyeLookOut_R",
-    "eyeLookUp_L", "eyeLookUp_R", "eyeSquint_L", "eyeSquint_R", "eyeWide_L", "eyeWide_R",
-    "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose", "mouthDimple_L", "mouthDimple_R",
-    "mouthFrown_L", "mouthFrown_R", "mouthFunnel", "mouthLeft", "mouthLowerDown_L", "mouthLowerDown_R",
-    "mouthPress_L", "mouthPress_R", "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper",
-    "mouthShrugLower", "mouthShrugUpper", "mouthSmile_L", "mouthSmile_R", "mouthStretch_L",
-    "mouthStretch_R", "mouthUpperUp_L", "mouthUpperUp_R", "noseSneer_L", "noseSneer_R",
-)  # fmt: skip
-
-#: Expression labels, index = class id. Order follows the paper's "seven basic" labels.
-EXPRESSION_LABELS: tuple[str, ...] = (
-    "neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise",
-)  # fmt: skip
-
-_LR = ("_L", "_R")
 
 
 def _both(name: str, w: float = 1.0) -> dict[str, float]:

@@ -22,13 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import FaceModelError
+from ..errors import EvaluationError
 
 __all__ = ["Codes", "ShapeModel", "FaceModelAdapter", "ICTGroundTruth", "EvaluationError"]
-
-
-class EvaluationError(FaceModelError, ValueError):
-    """An evaluation cannot run as asked (bad model, data or protocol settings)."""
 
 
 @dataclass
@@ -154,10 +150,7 @@ class FaceModelAdapter(ShapeModel):
         if vertices is None:
             return self.model(z)
         vertices = torch.as_tensor(vertices, device=z.device)
-        g = self.model.generator
-        W, b = g.last_layer_rows(vertices)
-        h = g.act(g.fc1(z))
-        return self.model.template[vertices] + (h @ W.T + b).view(len(z), len(vertices), 3)
+        return self.model.template[vertices] + self.model.generator.decode_vertices(z, vertices)
 
     def fit_landmarks_fast(self, points: torch.Tensor, vertices: torch.Tensor, reg: float) -> Codes | None:
         fit = self.model.fit_landmarks(points, landmarks=torch.as_tensor(vertices), reg=reg, align="none", decode=False)

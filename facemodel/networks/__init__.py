@@ -1,6 +1,7 @@
-"""Networks used at inference: the generator and its configuration."""
+"""Networks used at inference: the generator, its configuration and its interface."""
 
 from .config import Factor, GeneratorConfig
-from .generator import Generator
+from .generator import Generator, HiddenLayer
+from .interface import GeneratorInterface
 
-__all__ = ["Factor", "GeneratorConfig", "Generator"]
+__all__ = ["Factor", "GeneratorConfig", "Generator", "GeneratorInterface", "HiddenLayer"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 __all__ = ["Factor", "GeneratorConfig", "check_factor_hidden"]
 
@@ -37,13 +37,18 @@ class Factor(BaseModel):
 
 
 class GeneratorConfig(BaseModel):
-    """Generator architecture (supplement Fig. 11a): ``z -> Linear(hidden) -> LReLU -> Linear(3V)``.
+    """Generator architecture (supplement Fig. 11a): ``z -> Linear(hidden) -> LReLU -> Linear(3V)``
+    (``hidden_layers`` > 1: more ``Linear(hidden) -> LReLU`` layers before the output layer).
 
     Attributes:
         num_vertices: V, vertices of the template.
         factors: the labelled factors, in code order (default identity then expression).
         noise_dim: size of the unlabelled noise code (paper: 5).
         hidden: width of the hidden layer (paper: 512).
+        hidden_layers: number of hidden layers (paper: 1). Deeper generators work with every
+            consumer of the :class:`~facemodel.networks.Generator` interface; only the paper's
+            one layer has fitting's exact piecewise-linear line search. Not written to
+            ``config.json`` at its default, so the paper's configs stay as they were.
         negative_slope: LeakyReLU slope (paper: 0.2).
         displacement_scale_mm: the raw network output is multiplied by this to give
             displacements in mm; keeps the network's numbers near unit scale.
@@ -61,6 +66,7 @@ class GeneratorConfig(BaseModel):
     factors: tuple[Factor, ...] = Field(min_length=1)
     noise_dim: int = Field(5, ge=0)
     hidden: int = Field(512, gt=0)
+    hidden_layers: int = Field(1, ge=1)
     negative_slope: float = 0.2
     displacement_scale_mm: float = Field(10.0, gt=0)
     factor_hidden: tuple[int, ...] | None = None
@@ -73,6 +79,13 @@ class GeneratorConfig(BaseModel):
         if self.factor_hidden is not None:
             check_factor_hidden(self.factor_hidden, len(self.factors), self.hidden)
         return self
+
+    @model_serializer(mode="wrap")
+    def _drop_default_depth(self, handler):
+        data = handler(self)
+        if self.hidden_layers == 1:  # the paper's architecture: configs stay byte-identical
+            data.pop("hidden_layers", None)
+        return data
 
     @property
     def interaction_hidden(self) -> int:

@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from ..errors import FaceModelError
 from .config import GeneratorConfig
 
-__all__ = ["Generator", "first_layer_mask"]
+__all__ = ["Generator", "HiddenLayer", "first_layer_mask"]
+
+
+class HiddenLayer(NamedTuple):
+    """A hidden layer ``h = lrelu(weight @ z + bias)`` acting on the code directly (the paper's
+    generator): what fitting's exact piecewise-linear Gauss-Newton path needs."""
+
+    weight: torch.Tensor  # (H, D)
+    bias: torch.Tensor  # (H,)
+    negative_slope: float
 
 
 class Generator(nn.Module):
     """Codes ``z = [z_factors..., z_noise]`` to per-vertex displacements from the template.
 
+    The model, fitting, the blendshape map and the evaluation use it only through its
+    interface: :meth:`hidden` (the features the output layer reads), :meth:`hidden_jacobian`
+    (with their Jacobian w.r.t. the code), :meth:`output_rows` (the output layer's rows of chosen
+    vertices, in mm), :meth:`decode_vertices` (a vertex subset), :meth:`forward` (all vertices),
+    :meth:`affine_hidden` (the one hidden layer's weights, when there is only one: fitting's
+    exact fast path), :attr:`device` / :attr:`dtype`, and :meth:`weights_stamp` (changes when a
+    weight is written; for caches). The output layer is affine in the hidden features for
+    every architecture.
+
     Args:
-        config: :class:`GeneratorConfig`.
+        config: :class:`GeneratorConfig` (``hidden_layers`` hidden layers of ``hidden`` units).
 
     Shape:
         - input: (B, D) codes, ``D = config.code_dim``
@@ -32,6 +52,12 @@ class Generator(nn.Module):
         super().__init__()
         self.config = config
         self.fc1 = nn.Linear(config.code_dim, config.hidden)
+        # deeper variants (config.hidden_layers > 1): further hidden -> hidden layers
+        self.deep = (
+            nn.ModuleList(nn.Linear(config.hidden, config.hidden) for _ in range(config.hidden_layers - 1))
+            if config.hidden_layers > 1
+            else None
+        )
         self.act = nn.LeakyReLU(config.negative_slope)
         self.fc2 = nn.Linear(config.hidden, 3 * config.num_vertices)
         self.scale = config.displacement_scale_mm
@@ -40,7 +66,8 @@ class Generator(nn.Module):
             self.fc2.bias.zero_()
         # Factorised first layer (config.factor_hidden): the masked weights are zero and stay zero
         # (their gradient is masked, Adam then leaves them alone, the EMA averages zeros, loading
-        # re-masks), so every reader of fc1 (fitting, protocol, blendshape map) sees the structure.
+        # re-masks), so every reader of the first layer (fitting, protocol, blendshape map) sees
+        # the structure.
         mask = first_layer_mask(config) if config.factor_hidden is not None else None
         self.register_buffer("fc1_mask", mask, persistent=False)
         if mask is not None:
@@ -53,17 +80,86 @@ class Generator(nn.Module):
     def _mask_gradient(self, grad: torch.Tensor) -> torch.Tensor:
         return grad * self.fc1_mask
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def _check_codes(self, z: torch.Tensor) -> None:
         if z.ndim != 2 or z.shape[1] != self.config.code_dim:
             raise FaceModelError(f"codes must have shape (B, {self.config.code_dim}), got {tuple(z.shape)}")
-        h = self.act(self.fc1(z))
+
+    # ---- the interface ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are."""
+        return self.fc1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (codes are computed in it)."""
+        return self.fc1.weight.dtype
+
+    @property
+    def hidden_dim(self) -> int:
+        """H: number of hidden features the output layer reads."""
+        return self.config.hidden
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes (B, D) -> displacements (B, V, 3), mm."""
+        self._check_codes(z)
+        h = self.hidden(z)
         return (self.fc2(h) * self.scale).view(z.shape[0], self.config.num_vertices, 3)
 
-    def last_layer_rows(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights (3K, hidden) and biases (3K,) of the output rows of K vertices (for fast
-        landmark fitting: only those rows need evaluating)."""
+    def hidden(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes (B, D) -> hidden features (B, H): the input of the output layer."""
+        h = self.act(self.fc1(z))
+        if self.deep is not None:
+            for layer in self.deep:
+                h = self.act(layer(h))
+        return h
+
+    def hidden_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (B, D) -> hidden features (B, H) and their Jacobian d h / d z (B, H, D)
+        (exact, layer by layer: ``diag(lrelu'(pre_L)) W_L ... diag(lrelu'(pre_1)) W_1``)."""
+        slope = self.config.negative_slope
+        pre = self.fc1(z)
+        J = torch.where(pre > 0, 1.0, slope).to(pre.dtype)[:, :, None] * self.fc1.weight  # (B, H, D)
+        h = self.act(pre)
+        if self.deep is not None:
+            for layer in self.deep:
+                pre = layer(h)
+                J = torch.where(pre > 0, 1.0, slope).to(pre.dtype)[:, :, None] * (layer.weight @ J)
+                h = self.act(pre)
+        return h, J
+
+    def affine_hidden(self) -> HiddenLayer | None:
+        """The hidden layer as ``(weight (H, D), bias (H,), negative_slope)`` when the features
+        are one LeakyReLU of an affine map of the code (``hidden_layers == 1``), else ``None``."""
+        if self.deep is not None:
+            return None
+        return HiddenLayer(self.fc1.weight, self.fc1.bias, float(self.act.negative_slope))
+
+    def output_rows(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights (3K, H) and biases (3K,) of the output rows of K vertices (long (K,)), scaled
+        to mm: ``displacement[k] = (W @ hidden(z) + b)[3k : 3k + 3]`` (for fast landmark fitting:
+        only those rows need evaluating)."""
         rows = (vertices[:, None] * 3 + torch.arange(3, device=vertices.device)).reshape(-1)
         return self.fc2.weight[rows] * self.scale, self.fc2.bias[rows] * self.scale
+
+    def decode_vertices(self, z: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+        """Codes (B, D) -> displacements (B, K, 3), mm, of K vertices (long (K,)) only."""
+        self._check_codes(z)
+        W, b = self.output_rows(vertices)
+        return (self.hidden(z) @ W.T + b).view(len(z), len(vertices), 3)
+
+    def weights_stamp(self) -> tuple:
+        """A cheap key that changes whenever a weight is replaced or written in place."""
+        return tuple((p.data_ptr(), p._version, p.dtype, str(p.device)) for p in self.parameters()) + (
+            float(self.scale),
+            float(self.act.negative_slope),
+        )
+
+    def fingerprint(self) -> str:
+        """Sums of the weight matrices, output layer first (float64, ``%.9e``, ``|``-joined):
+        identifies the weights across processes (cache files)."""
+        layers = [self.fc2, *(self.deep or [])[::-1], self.fc1]
+        return "|".join(f"{float(m.weight.detach().double().sum()):.9e}" for m in layers)
 
 
 def first_layer_mask(config: GeneratorConfig) -> torch.Tensor:

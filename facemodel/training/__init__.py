@@ -4,6 +4,13 @@ Imports the networks, data and evaluation packages; nothing outside ``training``
 """
 
 from .config import FactorSpec, TrainConfig, load_config
-from .loop import Trainer
 
 __all__ = ["FactorSpec", "TrainConfig", "Trainer", "load_config"]
+
+
+def __getattr__(name: str):
+    if name == "Trainer":  # lazy: the loop imports the whole training stack (the CLI parser does not need it)
+        from .loop import Trainer
+
+        return Trainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

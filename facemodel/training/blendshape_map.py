@@ -151,9 +151,9 @@ def _fit_to_code(model, emap: ExpressionMap, train: EncodedMeshes, *, epochs: in
     else:
         sub = torch.arange(V) if num_vertices >= V else torch.randperm(V, generator=g)[:num_vertices].sort().values
         target = train.vertices[:, sub].reshape(len(train.codes), -1)
-    W2, b2 = model.generator.last_layer_rows(sub)  # (3K, H), (3K,)
+    W2, b2 = model.generator.output_rows(sub)  # (3K, H), (3K,)
     W2, b2 = W2.detach(), b2.detach()
-    fc1, act = model.generator.fc1, model.generator.act
+    hidden = model.generator.hidden  # codes -> (B, H) features of the frozen generator
     tpl = model.template[sub].reshape(-1)
     sl = model.code_slices["expression"]
     params = [p for n, p in emap.named_parameters() if n.startswith("code_")]
@@ -164,14 +164,14 @@ def _fit_to_code(model, emap: ExpressionMap, train: EncodedMeshes, *, epochs: in
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        return _train_loop(model, emap, train, opt, sched, g, epochs, batch_size, sl, fc1, act, W2, b2, tpl, target,
+        return _train_loop(model, emap, train, opt, sched, g, epochs, batch_size, sl, hidden, W2, b2, tpl, target,
                            code_reg, progress)  # fmt: skip
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
 
 
-def _train_loop(model, emap, train, opt, sched, g, epochs, batch_size, sl, fc1, act, W2, b2, tpl, target, code_reg,
+def _train_loop(model, emap, train, opt, sched, g, epochs, batch_size, sl, hidden, W2, b2, tpl, target, code_reg,
                 progress):  # fmt: skip
     history = []
     for _ in tqdm(range(epochs), desc="weights->code", disable=not progress, unit="epoch"):
@@ -182,7 +182,7 @@ def _train_loop(model, emap, train, opt, sched, g, epochs, batch_size, sl, fc1, 
             z = train.codes[idx].clone()
             ze = map_codes(model, emap, train, idx)
             z = torch.cat([z[:, : sl.start], ze, z[:, sl.stop :]], 1)
-            pred = act(fc1(z)) @ W2.T + b2 + tpl
+            pred = hidden(z) @ W2.T + b2 + tpl
             loss = ((pred - target[idx]) ** 2).mean() * 3  # mean squared vertex distance, mm^2
             if code_reg:
                 loss = loss + code_reg * (ze**2).sum(1).mean()
@@ -209,7 +209,7 @@ def _fit_to_weights(emap: ExpressionMap, codes: torch.Tensor, weights: torch.Ten
     x = (codes - mu) / sd
     mlp = emap.weights_mlp
     with torch.no_grad():
-        mlp.fc2.bias.copy_(torch.logit(weights.mean(0).clamp(1e-3, 1 - 1e-3)))
+        mlp.output_layer.bias.copy_(torch.logit(weights.mean(0).clamp(1e-3, 1 - 1e-3)))
     opt = torch.optim.Adam(mlp.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     g = torch.Generator().manual_seed(seed)
@@ -221,8 +221,8 @@ def _fit_to_weights(emap: ExpressionMap, codes: torch.Tensor, weights: torch.Ten
         opt.step()
         sched.step()
     with torch.no_grad():  # fold the input standardisation into the first layer
-        mlp.fc1.bias.sub_(mlp.fc1.weight @ (mu / sd))
-        mlp.fc1.weight.div_(sd)
+        mlp.input_layer.bias.sub_(mlp.input_layer.weight @ (mu / sd))
+        mlp.input_layer.weight.div_(sd)
 
 
 def _all_weights(ds: FaceDataset) -> torch.Tensor:
@@ -452,8 +452,8 @@ def learn_blendshape_map(
             emap.code_linear.weight.copy_(W0)
             emap.code_linear.bias.copy_(b0)
             if emap.code_mlp is not None:
-                emap.code_mlp.fc2.weight.zero_()
-                emap.code_mlp.fc2.bias.zero_()
+                emap.code_mlp.output_layer.weight.zero_()
+                emap.code_mlp.output_layer.bias.zero_()
         t0 = time.perf_counter()
         hist = _fit_to_code(model, emap, train, epochs=epochs, lr=lr or (0.01 if k == "linear" else 0.003),
                             batch_size=batch_size, num_vertices=num_vertices, code_reg=code_reg, seed=seed,
@@ -551,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fingerprint(model, data) -> str:
-    return f"{float(model.generator.fc2.weight.detach().double().sum()):.9e}|{float(model.generator.fc1.weight.detach().double().sum()):.9e}|{data}"
+    return f"{model.generator.fingerprint()}|{data}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

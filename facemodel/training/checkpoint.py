@@ -11,13 +11,9 @@ import numpy as np
 import torch
 
 from .._fs import atomic_file
-from ..errors import FaceModelError
+from ..errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "CheckpointError"]
-
-
-class CheckpointError(FaceModelError, ValueError):
-    """A checkpoint is missing or does not belong to this run."""
 
 
 def rng_state() -> dict[str, Any]:

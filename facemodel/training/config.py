@@ -9,14 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..errors import FaceModelError
+from ..errors import ConfigError
 from ..networks.config import check_factor_hidden
 
 __all__ = ["FactorSpec", "TrainConfig", "load_config", "ConfigError"]
-
-
-class ConfigError(FaceModelError, ValueError):
-    """A training config file or override is invalid."""
 
 
 class FactorSpec(BaseModel):

@@ -24,16 +24,12 @@ from typing import Sequence
 import torch
 
 from .._fs import atomic_dir
-from ..errors import FaceModelError
+from ..errors import FaceModelError, ReleaseError
 
 __all__ = ["make_release", "model_card", "main", "MAX_RELEASE_BYTES"]
 
 #: The repository's budget for ``weights/`` (all files together).
 MAX_RELEASE_BYTES = 40 * 1024 * 1024
-
-
-class ReleaseError(FaceModelError, ValueError):
-    """The release cannot be made as asked (missing inputs, over the size budget...)."""
 
 
 def _run_summary(run: Path | None) -> dict:

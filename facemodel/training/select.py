@@ -45,16 +45,12 @@ import numpy as np
 import torch
 
 from .._fs import atomic_dir, atomic_file
-from ..errors import FaceModelError
+from ..errors import FaceModelError, SelectionError
 
 __all__ = ["SelectionError", "candidates", "choose", "motion_floor_met", "reference_motion", "roughness_ceiling_met",
            "score_candidate", "select", "main"]
 
 _SNAPSHOT = re.compile(r"^step(\d{7})$")
-
-
-class SelectionError(FaceModelError, ValueError):
-    """A run cannot be scored (no candidates, missing dataset...)."""
 
 
 def candidates(run: str | Path) -> list[tuple[int, Path]]:

@@ -328,13 +328,13 @@ class MeshAutoencoder(nn.Module):
         )
         self.out = ChebConv(dec_chans[-1], 3, K)
         nn.init.zeros_(self.out.weight)  # training starts from the mean displacement
-        self.act = nn.ELU()
+        self.activation = nn.ELU()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, V, 3) normalised displacements -> (B, latent)."""
         h = x.transpose(0, 1)  # (V, B, 3)
         for i, conv in enumerate(self.enc):
-            h = self.act(conv(h, self.L[i]))
+            h = self.activation(conv(h, self.L[i]))
             h = _spmm(self.down[i], h)
         return self.enc_fc(h.transpose(0, 1).reshape(x.shape[0], -1))
 
@@ -346,7 +346,7 @@ class MeshAutoencoder(nn.Module):
         for j, conv in enumerate(self.dec):
             lvl = levels - 1 - j
             h = _spmm(self.up[lvl], h)
-            h = self.act(conv(h, self.L[lvl]))
+            h = self.activation(conv(h, self.L[lvl]))
         return self.out(h, self.L[0]).transpose(0, 1)
 
 
