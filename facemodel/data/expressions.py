@@ -9,13 +9,12 @@ samples of a label are identical.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from .._ict_names import ICT_BLENDSHAPES
+from .._ict_names import _LR, EXPRESSION_LABELS, ICT_BLENDSHAPES
 
 __all__ = [
     "ICT_BLENDSHAPES",
@@ -27,7 +26,6 @@ __all__ = [
     "au_to_weights",
     "constrain",
 ]
-
 
 
 def _both(name: str, w: float = 1.0) -> dict[str, float]:
