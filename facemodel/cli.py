@@ -7,6 +7,7 @@
     facemodel info | sample | transfer | add | encode | fit | render  [--model DIR|REPO] ...
     facemodel evaluate --model DIR --data DIR --out DIR [--quick]
     facemodel animate --identity SEED|MESH --weights FILE.csv|.json --out DIR|FILE.glb [--model DIR|REPO]
+    facemodel demo [--model DIR|REPO] [--host 127.0.0.1] [--port 7860]     (pip install "facemodel[demo]")
 """
 
 from __future__ import annotations
@@ -443,6 +444,12 @@ def _cmd_animate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args=args)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.cli import run
 
@@ -553,6 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="tile size in pixels (default 512)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("demo", help='a local web page to try the model (pip install "facemodel[demo]")')
+    p.add_argument("--model", default=None, help="model folder or Hub repo id (default: the released weights)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.set_defaults(func=_cmd_demo)
 
     info = data.add_parser("info", help="summarise a dataset folder")
     info.add_argument("dir")
