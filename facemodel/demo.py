@@ -160,6 +160,8 @@ def build_demo(model=None, *, size: int = 512):
         model = FaceModel.from_pretrained(model)
     backend = _Backend(model, size=size)
     labels = [RANDOM] + list(model.label_names.get("expression", []))
+    first_label = labels[min(5, len(labels) - 1)]  # happiness in the released weights
+    first = backend.sample(0, 1.0, first_label, 1.0)  # the page opens with a face
     has_map = model.expression_map is not None if hasattr(model, "expression_map") else True
 
     def guarded(fn):
@@ -180,12 +182,12 @@ def build_demo(model=None, *, size: int = 512):
                 with gr.Column():
                     seed = gr.Number(value=0, precision=0, label="identity seed")
                     trunc = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="truncation (lower: more typical faces)")
-                    expr = gr.Dropdown(labels, value=labels[min(5, len(labels) - 1)], label="expression label")
+                    expr = gr.Dropdown(labels, value=first_label, label="expression label")
                     strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="expression strength")
                     go = gr.Button("Generate", variant="primary")
                 with gr.Column():
-                    view = gr.Model3D(label="3D (GLB)")
-                    png = gr.Image(type="filepath", label="render (front, side)")
+                    view = gr.Model3D(value=first[0], label="3D (GLB)")
+                    png = gr.Image(value=first[1], type="filepath", label="render (front, side)")
             go.click(guarded(backend.sample), [seed, trunc, expr, strength], [view, png], api_name="sample")
         with gr.Tab("Blendshapes (ARKit)"):
             if not has_map:
