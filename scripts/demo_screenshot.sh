@@ -5,7 +5,8 @@
 #
 # Needs the demo extra (pip install ".[demo]") and chromium (apt-get install -y chromium).
 # Starts `facemodel demo` on a free port of 127.0.0.1, waits for the page, takes a
-# 1280 x 800 screenshot after WAIT_MS (default 20000 ms: the page draws its first face) and
+# 1280 x 800 screenshot once the page has loaded (it opens with a face; BUDGET_MS of virtual
+# time, default 120000, for its scripts) and
 # stops the server. PORT=..., MODEL=DIR|REPO and
 # CHROMIUM=/path/to/chromium override the defaults.
 set -euo pipefail
