@@ -161,7 +161,12 @@ def _source(model, value: str, *, label: bool = False):
     if value.startswith("seed:"):
         return model.sample(1, seed=int(value[5:]))
     if label and not Path(value).exists() and not value.lower().endswith(_MESH_SUFFIXES):
-        return model.sample(1, seed=0, expression=_label(value))  # UnknownLabelError lists the labels
+        from .model import UnknownLabelError
+
+        try:
+            return model.sample(1, seed=0, expression=_label(value))
+        except UnknownLabelError as exc:
+            raise UnknownLabelError(f"{value!r} is neither a mesh file nor an expression label: {exc}") from None
     return model.encode(value)
 
 

@@ -33,7 +33,7 @@ def test_transfer_takes_a_label_as_source(random_model, random_model_dir, tmp_pa
     # neither a file nor a label: the error names both
     assert main(["transfer", "--model", str(random_model_dir), "--source", "hapiness", "--target", "seed:3"]) == 2
     err = capsys.readouterr().err
-    assert "unknown expression label 'hapiness'" in err and "happiness" in err
+    assert "neither a mesh file nor an expression label" in err and "did you mean 'happiness'" in err
 
 
 def test_existing_mesh_and_png_are_kept_without_overwrite(random_model_dir, tmp_path, capsys):
