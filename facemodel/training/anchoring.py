@@ -97,13 +97,13 @@ def fit_expression_anchor(
     except (KeyError, DatasetFormatError) as exc:
         raise DatasetFormatError("expression anchoring needs each mesh's blendshape weights (meshes.npz "
                                  "'blendshapes'); build the dataset with `facemodel data build-ict`, or set "
-                                 "expression_anchor.weight=0 and identity_anchor.weight=0 (identity anchoring "
+                                 "lambda_expression_anchor=0 and lambda_identity_anchor=0 (identity anchoring "
                                  "uses the same map)") from exc  # fmt: skip
     K = weights.shape[1]
     if K < code_dim:
         raise DatasetFormatError(f"expression anchoring maps {K} blendshape weights to {code_dim} code dimensions; "
                                  "it needs at least as many weights as dimensions (lower the expression code_dim, or "
-                                 "set expression_anchor.weight=0 and identity_anchor.weight=0)")  # fmt: skip
+                                 "set lambda_expression_anchor=0 and lambda_identity_anchor=0)")  # fmt: skip
     a, b, vid, diff = same_identity_differences(dataset, pairs + 500, face_vertices=face_vertices,
                                                 vertex_stride=vertex_stride, seed=seed)  # fmt: skip
     diff = diff.astype(np.float64)

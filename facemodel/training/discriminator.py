@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from ..geometry.geometry_image import GeometryImage
+from ..geometry.template import Template
+from .config import ConfigError
 
-__all__ = ["Critic", "CriticOutput"]
+__all__ = ["Critic", "CriticOutput", "critic_uv"]
 
 
 @dataclass
@@ -38,6 +40,26 @@ class CriticOutput:
     logits: dict[str, torch.Tensor]
     features: dict[str, torch.Tensor]
     regression: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def critic_uv(template: Template, *, stiffness: float = 1.0, face_vertices: int = 6706) -> np.ndarray:
+    """(V, 2) UV coordinates of the critic's geometry image: the template's harmonic map with the
+    edges among vertices ``>= face_vertices`` (ICT: back of the head, neck, ears) ``stiffness``
+    times stiffer, so the face proper covers more pixels (1: the plain map; ``TrainConfig.uv_stiffness``).
+
+    Raises:
+        ConfigError: ``face_vertices`` is not below the vertex count.
+    """
+    if stiffness == 1.0:
+        return template.uv
+    from ..geometry.uv import harmonic_uv
+
+    V = template.num_vertices
+    if face_vertices >= V:
+        raise ConfigError(f"uv_face_vertices={face_vertices} but the template has {V} vertices; "
+                          "set it below the vertex count (or uv_stiffness=1 for the plain harmonic map)")  # fmt: skip
+    stiff = np.arange(face_vertices, V)
+    return harmonic_uv(template.vertices, template.faces, stiff_vertices=stiff, stiffness=stiffness).uv
 
 
 def _branch(c_in: int, widths: tuple[int, ...], slope: float) -> nn.Sequential:

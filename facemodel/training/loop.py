@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import os
@@ -20,17 +19,17 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .._fs import atomic_dir, atomic_file
+from .._fs import atomic_dir
 from ..data.dataset import FaceDataset
-from ..evaluation.metrics import diversity, specificity
 from ..model import FaceModel, FaceModelConfig
 from ..networks.config import Factor, GeneratorConfig
 from ..networks.generator import Generator
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .codes import CodeBatch, LabelCodes, sample_codes
-from .config import ConfigError, TrainConfig
-from .discriminator import Critic
+from .config import TrainConfig
+from .discriminator import Critic, critic_uv
 from .labels import factor_labels
+from .monitor import Monitor, append_record, truncate_records
 from .sampler import EpochSampler
 from .terms import TERMS, Contribution, CriticContext, GeneratorContext, Setup, Term
 
@@ -98,7 +97,7 @@ class Trainer:
             self.load(self.out / CHECKPOINT)
         elif self.is_main:
             config.to_file(self.out / "config.json")
-        self._eval_reference: dict[str, torch.Tensor | None] | None = None
+        self.monitor = Monitor(self.data, config.data, self.template_t, samples=config.eval_samples, seed=config.seed)
         # fixed codes for sample renders: their own generator, so resuming does not shift the run's RNG
         g = torch.Generator().manual_seed(config.seed + 1)
         self._fixed_z = torch.randn(16, self.gen_config.code_dim, generator=g).to(self.device)
@@ -137,7 +136,7 @@ class Trainer:
         c = self.config
         self.G = Generator(self.gen_config).to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.uv = self._uv_map(c)
+        self.uv = critic_uv(self.template, stiffness=c.uv_stiffness, face_vertices=c.uv_face_vertices)
         targets = {k: n for t in self.terms.values() if t.on for k, n in t.critic_targets.items()}
         self.D = Critic(self.uv, self.template.faces, {f.name: f.num_labels for f in self.gen_config.factors},
                         resolution=c.resolution, displacement_scale_mm=c.displacement_scale_mm,
@@ -154,21 +153,6 @@ class Trainer:
         self._D_img = torch.compile(self.D.from_image) if c.compile else self.D.from_image
 
     # ---- helpers ------------------------------------------------------------------------
-    def _uv_map(self, config: TrainConfig) -> np.ndarray:
-        """(V, 2) UV coordinates of the critic's geometry image (see ``TrainConfig.uv_stiffness``)."""
-        if config.uv_stiffness == 1.0:
-            return self.template.uv
-        from ..geometry.uv import harmonic_uv
-
-        V = self.template.num_vertices
-        if config.uv_face_vertices >= V:
-            raise ConfigError(
-                f"uv_face_vertices={config.uv_face_vertices} but the template has {V} vertices; "
-                "set it below the vertex count (or uv_stiffness=1 for the plain harmonic map)"
-            )
-        stiff = np.arange(config.uv_face_vertices, V)
-        return harmonic_uv(self.template.vertices, self.template.faces, stiff_vertices=stiff, stiffness=config.uv_stiffness).uv
-
     def _autocast(self):
         if self.config.bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -229,6 +213,11 @@ class Trainer:
                 logs.update({name: 0.0 for name in term.logs})
         return loss, logs
 
+    def _generator_context(self, batch: CodeBatch, d: torch.Tensor, out) -> GeneratorContext:
+        return GeneratorContext(batch=batch, d=d, out=out, config=self.config, data=self.data, template=self.template_t,
+                                device=self.device, generate=self._generate, rng=self._step_rng,
+                                code_dim=self.gen_config.code_dim)  # fmt: skip
+
     # ---- steps --------------------------------------------------------------------------
     def critic_step(self) -> dict[str, float]:
         c = self.config
@@ -250,9 +239,7 @@ class Trainer:
         c = self.config
         batch = self._codes()
         d = self._generate(batch.z)
-        ctx = GeneratorContext(batch=batch, d=d, out=self._critic(d, c.instance_noise), config=c, data=self.data,
-                               template=self.template_t, device=self.device, generate=self._generate, rng=self._step_rng,
-                               code_dim=self.gen_config.code_dim)  # fmt: skip
+        ctx = self._generator_context(batch, d, self._critic(d, c.instance_noise))
         loss, logs = self._sum([(t, t.generator(ctx)) for t in self.terms.values() if t.on])
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
@@ -280,43 +267,9 @@ class Trainer:
         return logs
 
     # ---- evaluation, samples ------------------------------------------------------------
-    def _reference(self, split: str, n: int) -> torch.Tensor | None:
-        """Up to ``n`` meshes (mm, CPU) of a split, a fixed random subset."""
-        ds = self.data if split == "train" else FaceDataset(self.config.data, split=split)
-        if len(ds) == 0:
-            return None
-        rows = np.sort(np.random.default_rng(self.config.seed).choice(len(ds), size=min(len(ds), n), replace=False))
-        return torch.from_numpy(ds.vertices(rows))
-
-    @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Specificity and diversity (mm) of the raw and EMA generators.
-
-        ``specificity_mm`` is measured against training meshes, ``val_specificity_mm``
-        against the validation split (identities never trained on): the convergence
-        curve to watch. ``data`` gives the same figures for the training meshes.
-        """
-        n = self.config.eval_samples
-        if self._eval_reference is None:
-            self._eval_reference = {"train": self._reference("train", 2000), "val": self._reference("val", 1000)}
-        ref, val = self._eval_reference["train"], self._eval_reference["val"]
-        tpl = self.template_t.cpu()
-        g = torch.Generator().manual_seed(1234)
-        result: dict[str, Any] = {"data": {"diversity_mm": diversity(ref, 4000, generator=g),
-                                           "offset_mm": float((ref - tpl).norm(dim=-1).mean())}}  # fmt: skip
-        if val is not None:
-            result["data"]["val_specificity_mm"] = float(specificity(val[:n], ref).mean())
-        for name, G in (("raw", self.G), ("ema", self.G_ema)):
-            z = torch.randn(n, self.gen_config.code_dim, generator=g).to(self.device)
-            v = (G(z).float() + self.template_t).cpu()
-            result[name] = {
-                "offset_mm": float((v - tpl).norm(dim=-1).mean()),  # distance from the template
-                "specificity_mm": float(specificity(v, ref).mean()),
-                "diversity_mm": diversity(v, 4000, generator=g),
-            }
-            if val is not None:
-                result[name]["val_specificity_mm"] = float(specificity(v, val).mean())
-        return result
+        """Specificity and diversity (mm) of the raw and EMA generators (:class:`~.monitor.Monitor`)."""
+        return self.monitor.evaluate({"raw": self.G, "ema": self.G_ema}, self.gen_config.code_dim)
 
     @torch.no_grad()
     def render_samples(self, path: Path) -> None:
@@ -398,17 +351,6 @@ class Trainer:
         self.step = int(state["step"])
         return list(result.missing_keys)  # includes the resized entries
 
-    def _truncate_log(self) -> None:
-        """Drop metric lines written after the checkpoint (by a run that was then killed)."""
-        path = self.out / "metrics.jsonl"
-        if not self.is_main or not path.is_file():
-            return
-        lines = path.read_text().splitlines()
-        keep = [line for line in lines if json.loads(line).get("step", 0) <= self.step]
-        if len(keep) != len(lines):
-            with atomic_file(path, "w") as f:
-                f.write("".join(line + "\n" for line in keep))
-
     def export(self, directory: str | os.PathLike | None = None, *, ema: bool = True) -> Path:
         """Save the (EMA) generator as a :class:`FaceModel` folder (config.json + safetensors)."""
         directory = Path(directory) if directory is not None else self.out / "model"
@@ -438,8 +380,7 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
         if self.is_main:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(self.out / "metrics.jsonl", record)
 
     def train(self, *, max_steps: int | None = None, time_limit_s: float | None = None) -> int:
         """Run until ``total_steps`` (or ``max_steps`` more steps, or the time limit).
@@ -452,7 +393,8 @@ class Trainer:
         """
         c = self.config
         if self._resumed:
-            self._truncate_log()
+            if self.is_main:  # drop lines a killed run wrote after the checkpoint
+                truncate_records(self.out / "metrics.jsonl", self.step)
             self._resumed = False
         stop = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
         t0 = time.perf_counter()
