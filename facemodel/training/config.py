@@ -7,24 +7,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from ..errors import FaceModelError
 from ..networks.config import check_factor_hidden
 from .terms import TERMS
-from .terms.adversarial import AdversarialConfig
-from .terms.blendshape_consistency import BlendshapeConsistencyConfig
-from .terms.classification import ClassificationConfig
-from .terms.consistency import ConsistencyConfig
-from .terms.expression_anchor import ExpressionAnchorConfig
-from .terms.expression_spread import ExpressionSpreadConfig
-from .terms.feature import FeatureConfig
-from .terms.identity_anchor import IdentityAnchorConfig
-from .terms.laplacian import LaplacianConfig
-from .terms.motion_spread import MotionSpreadConfig
-from .terms.motion_subspace import MotionSubspaceConfig
-from .terms.regression import RegressionConfig
-from .terms.rigidity import RigidityConfig
 
 __all__ = ["FactorSpec", "TrainConfig", "load_config", "ConfigError", "FLAT_KEYS"]
 
@@ -113,10 +100,21 @@ def migrate_flat_keys(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class TrainConfig(BaseModel):
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+#: one field per loss term of :data:`~facemodel.training.terms.TERMS` (its name: its config; weight 0 = off)
+_TermFields = create_model("_TermFields", __base__=_Strict,
+                           **{T.name: (T.Config, Field(default_factory=T.Config)) for T in TERMS})  # fmt: skip
+
+
+class TrainConfig(_TermFields):
     """Every knob of a training run (paper values as defaults, paper §5.1 and supplement).
 
-    Each loss term's knobs sit under the term (:mod:`facemodel.training.terms`), e.g.
+    Each loss term's knobs sit under the term's name (:mod:`facemodel.training.terms`: the
+    paper's ``adversarial``, ``classification``, ``feature``, ``laplacian``; our deviations,
+    all off by default, docs/training.md), e.g.
     ``rigidity: {weight: 100, scale_mm: 0.5}``; a term is on when its weight is > 0. The old
     flat keys (``lambda_rigidity``, ``rigidity_scale_mm``... of the 0.3.x configs) are still
     read (:data:`FLAT_KEYS`), and :meth:`legacy_flat` gives that view back.
@@ -151,21 +149,6 @@ class TrainConfig(BaseModel):
     # a fraction of each batch's pairs take the labelled factor's code from the prior instead of
     # the label codes (our deviation; 0 = the paper), so the pair terms cover the codes users sample
     prior_pairs: float = Field(0.0, ge=0, le=1)
-    # loss terms (facemodel.training.terms, in loss order; weight 0 = off): the paper's (Eq. 2, 6-12)...
-    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
-    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
-    feature: FeatureConfig = Field(default_factory=FeatureConfig)
-    laplacian: LaplacianConfig = Field(default_factory=LaplacianConfig)
-    # ...and our deviations for dense decoupling (docs/training.md), all off by default
-    regression: RegressionConfig = Field(default_factory=RegressionConfig)
-    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
-    rigidity: RigidityConfig = Field(default_factory=RigidityConfig)
-    motion_spread: MotionSpreadConfig = Field(default_factory=MotionSpreadConfig)
-    blendshape_consistency: BlendshapeConsistencyConfig = Field(default_factory=BlendshapeConsistencyConfig)
-    expression_spread: ExpressionSpreadConfig = Field(default_factory=ExpressionSpreadConfig)
-    motion_subspace: MotionSubspaceConfig = Field(default_factory=MotionSubspaceConfig)
-    expression_anchor: ExpressionAnchorConfig = Field(default_factory=ExpressionAnchorConfig)
-    identity_anchor: IdentityAnchorConfig = Field(default_factory=IdentityAnchorConfig)
     # optimisation
     critic_steps: int = 3
     batch_size: int = 64
