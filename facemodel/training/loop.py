@@ -193,18 +193,21 @@ class Trainer:
         key = [self.config.seed, self.step, tag] + ([self.rank] if self.rank else [])
         return np.random.default_rng(key)
 
-    def _sync_grads(self, module: torch.nn.Module) -> None:
+    def _update(self, opt: torch.optim.Optimizer, module: torch.nn.Module, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
         if self.world > 1:  # average gradients by hand: works with the penalty's double backward
             for p in module.parameters():
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world
+        opt.step()
 
-    def _sum(self, parts: list[tuple[Term, Contribution]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _sum(self, parts: list[Contribution]) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss (the terms' weighted contributions added in loss order) and their logs; the
         paper's terms that are off log 0."""
         loss, logs = None, {}
-        for term, (value, term_logs) in parts:
+        for value, term_logs in parts:
             if value is not None:
                 loss = value if loss is None else loss + value
             logs.update(term_logs)
@@ -228,11 +231,8 @@ class Trainer:
         ctx = CriticContext(real=real, fake=fake, out_real=self._critic(real, c.instance_noise),
                             out_fake=self._critic(fake, c.instance_noise), rows=rows, labels=labels, critic=self.D,
                             device=self.device)  # fmt: skip
-        loss, logs = self._sum([(t, t.critic(ctx)) for t in self.terms.values() if t.on])
-        self.opt_D.zero_grad(set_to_none=True)
-        loss.backward()
-        self._sync_grads(self.D)
-        self.opt_D.step()
+        loss, logs = self._sum([t.critic(ctx) for t in self.terms.values() if t.on])
+        self._update(self.opt_D, self.D, loss)
         return {"d_loss": loss.item(), **logs}
 
     def generator_step(self) -> dict[str, float]:
@@ -240,11 +240,8 @@ class Trainer:
         batch = self._codes()
         d = self._generate(batch.z)
         ctx = self._generator_context(batch, d, self._critic(d, c.instance_noise))
-        loss, logs = self._sum([(t, t.generator(ctx)) for t in self.terms.values() if t.on])
-        self.opt_G.zero_grad(set_to_none=True)
-        loss.backward()
-        self._sync_grads(self.G)
-        self.opt_G.step()
+        loss, logs = self._sum([t.generator(ctx) for t in self.terms.values() if t.on])
+        self._update(self.opt_G, self.G, loss)
         self._update_ema()
         return {"g_loss": loss.item(), **logs}
 
