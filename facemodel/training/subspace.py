@@ -72,7 +72,7 @@ def fit_motion_subspace(
     if distinct <= components:
         raise DatasetFormatError(f"the motion subspace needs more than {components} same-identity pairs of distinct "
                                  f"meshes; the dataset gives {distinct}: "
-                                 "lower motion_subspace.components or set motion_subspace.weight=0")  # fmt: skip
+                                 "lower components (motion_subspace.components) or set motion_subspace.weight=0")  # fmt: skip
     _, _, vt = np.linalg.svd(fit, full_matrices=False)  # no centring: a zero difference is a valid motion
     U = vt[:components]
     sub = MotionSubspace(vid, U)
