@@ -36,7 +36,7 @@ def bare_step(t: Trainer, real: torch.Tensor, labels: dict) -> None:
         o_f = D.from_image(if_ + c.instance_noise * torch.randn_like(if_))
         gp = gradient_penalty(lambda x: D.from_image(x).score, ir, if_)
         cls = sum(classification_loss(o_r.logits[k], labels[k]) for k in labels)
-        loss = o_f.score.mean() - o_r.score.mean() + c.gp_weight * gp + c.lambda_c * cls
+        loss = o_f.score.mean() - o_r.score.mean() + c.adversarial.gradient_penalty * gp + c.classification.critic_weight * cls
         t.opt_D.zero_grad(set_to_none=True)
         loss.backward()
         t.opt_D.step()
@@ -47,8 +47,8 @@ def bare_step(t: Trainer, real: torch.Tensor, labels: dict) -> None:
     lab = torch.randint(7, (c.batch_size,), device=t.device)
     f = o.features["identity"]
     loss = (-o.score.mean() + classification_loss(o.logits["expression"], lab)
-            + c.lambda_feat * feature_loss(f[0::2], f[1::2])
-            + c.lambda_reg * laplacian_loss(t.laplacian, d, scale=c.displacement_scale_mm))  # fmt: skip
+            + c.feature.weight * feature_loss(f[0::2], f[1::2])
+            + c.laplacian.weight * laplacian_loss(t.terms["laplacian"].laplacian, d, scale=c.displacement_scale_mm))  # fmt: skip
     t.opt_G.zero_grad(set_to_none=True)
     loss.backward()
     t.opt_G.step()
@@ -82,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Trainer(cfg, tmp, progress=False)
         ours = timed(t.train_step, a.steps, t.device)
-        real, labels, *_ = t._real_batch()  # (vertices, labels, targets, rows)
+        real, labels, _ = t._real_batch()  # (vertices, labels, rows)
         bare = timed(lambda: bare_step(t, real, labels), a.steps, t.device)
     steps_per_epoch = len(t.data) / (cfg.batch_size * cfg.critic_steps)
     total = math.ceil(cfg.epochs * steps_per_epoch)

@@ -21,7 +21,7 @@ def test_gpu_runs_script_trains_selects_and_packs(ict_dir, tmp_path):
                BENCH_STEPS="1", SELECT_ICT="none", BUILD_ARGS="--size 400",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")  # fmt: skip
     specs = ["plain eval_every=2 snapshot_every=2 log_every=2 max_steps=4",
-             "transfer lambda_transfer=10 transfer_space=displacement eval_every=2 snapshot_every=2 log_every=2 max_steps=4"]
+             "rigid lambda_rigidity=10 eval_every=2 snapshot_every=2 log_every=2 max_steps=4"]
     r = subprocess.run(["bash", "scripts/gpu_runs.sh", *specs], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     log = (out / "log.txt").read_text()
@@ -29,10 +29,10 @@ def test_gpu_runs_script_trains_selects_and_packs(ict_dir, tmp_path):
     # every run's metrics and selection came back
     with tarfile.open(out / "results.tar.gz") as tar:
         names = set(tar.getnames())
-        for run in ("plain", "transfer"):
+        for run in ("plain", "rigid"):
             assert {f"{run}/metrics.jsonl", f"{run}/selection.json", f"{run}/config.json", f"{run}.log"} <= names
-        cfg = json.load(tar.extractfile("transfer/config.json"))
-    assert cfg["lambda_transfer"] == 10 and cfg["transfer_space"] == "displacement"
+        cfg = json.load(tar.extractfile("rigid/config.json"))
+    assert cfg["rigidity"]["weight"] == 10 and cfg["rigidity"]["scale_mm"] == 0.5
     # KEEP=1: one model, in parts under 16 MiB that concatenate to a loadable float16 generator
     parts = sorted(out.glob("*.st.part-*"))
     assert parts and len({p.name.split(".")[0] for p in parts}) == 1

@@ -8,7 +8,6 @@ from facemodel.cli import main as cli_main
 from facemodel.model import FaceModel, WeightsFormatError, WeightsNotFoundError
 from facemodel.training import Trainer, load_config
 from facemodel.training.config import ConfigError, TrainConfig
-from facemodel.training.labels import VISEMES, viseme_labels
 
 REPO_CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 
@@ -20,13 +19,13 @@ def tiny(small_dataset, **overrides):
 
 
 def test_config_files_round_trip(tmp_path):
-    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "release-0.1.yaml", "release-0.2.yaml",
-                 "decoupled.yaml", "transfer.yaml"):
+    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "release-0.1.yaml", "release-0.2.yaml"):
         cfg = load_config(REPO_CONFIGS / name)
         cfg.to_file(tmp_path / f"{name}.json")
         assert load_config(tmp_path / f"{name}.json") == cfg
     paper = load_config(REPO_CONFIGS / "paper.yaml")
-    assert (paper.lambda_c, paper.lambda_gan, paper.lambda_cls, paper.lambda_feat, paper.lambda_reg) == (0.1, 1, 1, 0.5, 100)
+    assert (paper.classification.critic_weight, paper.adversarial.weight, paper.classification.weight, paper.feature.weight,
+            paper.laplacian.weight) == (0.1, 1, 1, 0.5, 100)  # fmt: skip
     assert [(f.name, f.code_dim) for f in paper.factors] == [("identity", 65), ("expression", 15)]
     assert (paper.noise_dim, paper.batch_size, paper.critic_steps, paper.lr, paper.epochs) == (5, 64, 3, 2e-4, 200)
     assert tuple(paper.betas) == (0.9, 0.999) and paper.instance_noise == 0.1
@@ -34,7 +33,7 @@ def test_config_files_round_trip(tmp_path):
 
 def test_config_overrides_and_errors(tmp_path):
     cfg = load_config(REPO_CONFIGS / "paper.yaml", ["lr=1e-4", "use_reg=false", "data=/x/y"])
-    assert cfg.lr == 1e-4 and cfg.use_reg is False and cfg.data == "/x/y"
+    assert cfg.lr == 1e-4 and cfg.laplacian.weight == 0 and cfg.data == "/x/y"
     with pytest.raises(ConfigError, match="lr_typo"):
         load_config(REPO_CONFIGS / "paper.yaml", ["lr_typo=1"])
     with pytest.raises(ConfigError, match="key=value"):
@@ -137,23 +136,14 @@ def test_from_pretrained_errors(tmp_path):
 def test_three_factor_model_trains(small_dataset, tmp_path):
     factors = [{"name": "identity", "code_dim": 6, "labels": "identity"},
                {"name": "expression", "code_dim": 4, "labels": "expression"},
-               {"name": "viseme", "code_dim": 4, "labels": "viseme"}]  # fmt: skip
+               {"name": "mood", "code_dim": 4, "labels": "expression"}]  # fmt: skip
     trainer = Trainer(tiny(small_dataset, factors=factors, max_steps=6), tmp_path / "run", progress=False)
-    assert set(trainer.D.heads) == {"real", "identity", "expression", "viseme"}
+    assert set(trainer.D.heads) == {"real", "identity", "expression", "mood"}
     assert trainer.gen_config.code_dim == 6 + 4 + 4 + 2
     trainer.train()
     assert trainer.step == 6
     model = FaceModel.from_pretrained(trainer.export())
-    assert model.config.label_names["viseme"] == list(VISEMES)
-
-
-def test_viseme_labels():
-    w = np.zeros((4, 53))
-    w[0, 26] = 0.8  # jawOpen
-    w[1, 39] = 0.5  # mouthPucker
-    w[2, 45] = 0.1  # weak smile: unlabelled
-    w[3, 47] = 0.9  # mouthStretch_L
-    assert viseme_labels(w).tolist() == [1, 2, -1, 3]
+    assert model.config.label_names["mood"] == model.config.label_names["expression"]
 
 
 def test_ablation_flags_change_the_losses(small_dataset, tmp_path):
@@ -253,8 +243,9 @@ def test_regression_targets_train_the_critic_branches(small_dataset, tmp_path):
     t = Trainer(tiny(small_dataset, lambda_regress=1.0, prior_pairs=0.5, lambda_consistency=1.0, max_steps=30),
                 tmp_path / "run", progress=False)  # fmt: skip
     assert set(t.D.regressors) == {"identity", "expression"}
-    assert t.real_targets["identity"].shape[1] == IDENTITY_TARGET_DIMS and t.real_targets["expression"].shape[1] == 53
-    assert abs(float(t.real_targets["expression"].mean())) < 1e-3  # standardised columns
+    targets = t.terms["regression"].targets
+    assert targets["identity"].shape[1] == IDENTITY_TARGET_DIMS and targets["expression"].shape[1] == 53
+    assert abs(float(targets["expression"].mean())) < 1e-3  # standardised columns
     steps = [t.train_step() for _ in range(30)]
     assert all(np.isfinite(s["g_cons"]) and s["g_cons"] >= 0 for s in steps)
     assert np.mean([s["d_regress"] for s in steps[-5:]]) < steps[0]["d_regress"]  # the regressors learn
@@ -314,7 +305,7 @@ def test_blendshape_meter_reads_weights_and_drives_the_consistency_term(small_da
     assert w.shape == (5, 53)
     t = Trainer(tiny(small_dataset, lambda_blendshape_consistency=1.0, max_steps=4, meter_components=20),
                 tmp_path / "run", progress=False)  # fmt: skip
-    sv = torch.linalg.svdvals(t.meter.matrix.double())
+    sv = torch.linalg.svdvals(t.terms["blendshape_consistency"].meter.matrix.double())
     assert int((sv > 1e-4 * sv[0]).sum()) == 20  # the knob reaches the meter (rank of a float32 matrix)
     logs = [t.train_step() for _ in range(4)]
     assert any(s["g_bcons"] > 0 for s in logs) and all(np.isfinite(s["g_bcons"]) for s in logs)
@@ -354,10 +345,11 @@ def test_expression_spread_target_and_hinge(small_dataset, tmp_path):
     truth = float((w[a] - w[b]).square().sum(1).mean())  # random pairs, any identity
     assert 0.3 * truth < target < 3 * truth  # same order as the data's true weight differences
     t = Trainer(tiny(small_dataset, lambda_expression_spread=1.0, max_steps=4), tmp_path / "run", progress=False)
-    assert t.spread_target > 0 and t.meter is not None
+    term = t.terms["expression_spread"]
+    assert term.target > 0 and term.meter is not None
     logs = [t.train_step() for _ in range(4)]
     assert all(s["g_spread"] >= 0 and np.isfinite(s["g_spread"]) for s in logs)
-    t.spread_target = 1e6  # an unreachable target makes the hinge active on the identity-sharing steps
+    term.target = 1e6  # an unreachable target makes the hinge active on the identity-sharing steps
     assert max(t.train_step()["g_spread"] for _ in range(2)) > 0
 
 
@@ -371,60 +363,33 @@ def test_motion_spread_target_and_hinge(small_dataset, tmp_path):
     assert same > 0
     assert same_identity_motion(ds, np.ones_like(w), pairs=200) == 0  # nothing mobile, nothing moves
     t = Trainer(tiny(small_dataset, lambda_motion_spread=1.0, max_steps=4), tmp_path / "run", progress=False)
-    assert t.motion_target > 0 and t.rigidity is not None
-    t.motion_target = 1e6  # unreachable: the hinge is active on the identity-sharing steps
+    term = t.terms["motion_spread"]
+    assert term.target > 0 and term.mobility is not None
+    term.target = 1e6  # unreachable: the hinge is active on the identity-sharing steps
     assert max(t.train_step()["g_mspread"] for _ in range(2)) > 0
 
 
 def test_release_recipe_turns_on_the_measured_deviations():
     cfg = load_config(REPO_CONFIGS / "release-0.1.yaml")
     paper = load_config(REPO_CONFIGS / "paper.yaml")
-    assert cfg.lambda_rigidity > 0 and cfg.lambda_motion_spread > 0 and cfg.lambda_regress > 0 and cfg.prior_pairs > 0
-    assert paper.lambda_rigidity == paper.lambda_motion_spread == paper.lambda_regress == paper.prior_pairs == 0
-    assert (cfg.lambda_c, cfg.lambda_gan, cfg.lambda_cls, cfg.lambda_feat, cfg.lambda_reg) == (0.1, 1, 1, 0.5, 100)
-    # the candidate recipe: the release recipe plus an additive generator and the session-7 terms
-    cand = load_config(REPO_CONFIGS / "decoupled.yaml")
-    assert sum(cand.factor_hidden) == cand.hidden and paper.factor_hidden is None and cfg.factor_hidden is None
-    assert cand.lambda_motion_subspace > 0 and cand.lambda_blendshape_consistency > 0
-    same = {k for k, v in cfg.model_dump().items() if cand.model_dump()[k] == v}
-    assert set(cfg.model_dump()) - same == {"factor_hidden", "lambda_motion_subspace", "lambda_blendshape_consistency",
-                                            "lambda_expression_spread", "snapshot_every"}  # fmt: skip
-    # 0.2.0's recipe: the candidate plus expression anchoring and a stronger Laplacian term
+    assert cfg.rigidity.weight > 0 and cfg.motion_spread.weight > 0 and cfg.regression.weight > 0 and cfg.prior_pairs > 0
+    assert paper.rigidity.weight == paper.motion_spread.weight == paper.regression.weight == paper.prior_pairs == 0
+    assert (cfg.classification.critic_weight, cfg.adversarial.weight, cfg.classification.weight, cfg.feature.weight,
+            cfg.laplacian.weight) == (0.1, 1, 1, 0.5, 100)  # fmt: skip
+    # 0.2.0's recipe: an additive generator, the session-7 terms, expression anchoring and a stronger Laplacian term
     rel = load_config(REPO_CONFIGS / "release-0.2.yaml")
-    same = {k for k, v in cand.model_dump().items() if rel.model_dump()[k] == v}
-    assert set(cand.model_dump()) - same == {"lambda_reg", "lambda_expression_anchor"}
-    assert rel.lambda_reg == 4 * cfg.lambda_reg and rel.lambda_expression_anchor > 0 and cand.lambda_expression_anchor == 0
+    assert sum(rel.factor_hidden) == rel.hidden and paper.factor_hidden is None and cfg.factor_hidden is None
+    assert rel.motion_subspace.weight > 0 and rel.blendshape_consistency.weight > 0
+    old, two = cfg.legacy_flat(), rel.legacy_flat()
+    same = {k for k, v in old.items() if two[k] == v}
+    assert set(old) - same == {"factor_hidden", "lambda_motion_subspace", "lambda_blendshape_consistency",
+                               "lambda_expression_spread", "snapshot_every", "lambda_reg", "lambda_expression_anchor"}  # fmt: skip
+    assert rel.laplacian.weight == 4 * cfg.laplacian.weight and rel.expression_anchor.weight > 0 == cfg.expression_anchor.weight
     # 0.3.0's recipe: 0.2.0's plus identity anchoring, nothing else
     new = load_config(REPO_CONFIGS / "release.yaml")
-    same = {k for k, v in rel.model_dump().items() if new.model_dump()[k] == v}
-    assert set(rel.model_dump()) - same == {"lambda_identity_anchor"}
-    assert new.lambda_identity_anchor > 0 == rel.lambda_identity_anchor
-
-
-def test_expression_cluster_labels_cover_every_mesh_and_keep_the_names(small_dataset, tmp_path):
-    from facemodel.data.dataset import FaceDataset
-    from facemodel.training.labels import expression_cluster_labels
-
-    ds = FaceDataset(small_dataset, split="train")
-    labels, names = expression_cluster_labels(ds, 8)
-    assert (labels >= 0).all() and names[:7] == ds.expression_labels and names[7:] == [f"cluster_{k:02d}" for k in range(8)]
-    given = ds.meta("expression")
-    assert np.array_equal(labels[given >= 0], given[given >= 0])  # the data's labels are kept
-    w = ds.meta("blendshapes")
-    free = given < 0
-    # clusters group similar expressions: within-cluster spread well below the overall spread
-    within = np.mean([w[free & (labels == c)].var(0).sum() for c in range(7, 15) if (free & (labels == c)).sum() > 1])
-    assert within < 0.7 * w[free].var(0).sum()
-    factors = [{"name": "identity", "code_dim": 8, "labels": "identity"},
-               {"name": "expression", "code_dim": 4, "labels": "expression_clusters", "clusters": 8}]  # fmt: skip
-    base = Trainer(tiny(small_dataset, max_steps=2), tmp_path / "base", progress=False)
-    base.train()
-    t = Trainer(tiny(small_dataset, factors=factors, max_steps=4), tmp_path / "run", progress=False)
-    assert t.gen_config.factors[1].num_labels == 15
-    fresh = t.warm_start(tmp_path / "base" / "checkpoint.pt")  # 7 -> 15 expression labels: the head starts fresh
-    assert "heads.expression.weight" in fresh
-    t.train()
-    assert FaceModel.from_pretrained(t.export()).config.label_names["expression"][4] == "happiness"
+    same = {k for k, v in two.items() if new.legacy_flat()[k] == v}
+    assert set(two) - same == {"lambda_identity_anchor"}
+    assert new.identity_anchor.weight > 0 == rel.identity_anchor.weight
 
 
 # ---- snapshots and checkpoint selection (facemodel.training.select) --------------------------
@@ -579,141 +544,6 @@ def test_reference_motion_is_the_ground_truth_expressions(small_dataset, ict):
     assert reference_motion(small_dataset, source, verts, n=4) == ref  # seeded
 
 
-# ---- pair critic (lambda_pair) -------------------------------------------------------------
-def test_expression_partners_are_nearest_weights_of_another_identity():
-    from facemodel.training.config import ConfigError
-    from facemodel.training.pairs import expression_partners
-
-    rng = np.random.default_rng(0)
-    w = rng.random((60, 5)).astype(np.float32)
-    ids = np.repeat(np.arange(6), 10)
-    part = expression_partners(w, ids, chunk=7)
-    assert (ids[part] != ids).all()
-    for i in range(60):
-        other = np.flatnonzero(ids != ids[i])
-        assert part[i] == other[np.argmin(((w[other] - w[i]) ** 2).sum(1))]
-    with pytest.raises(ConfigError, match="two identities"):
-        expression_partners(w, np.zeros(60))
-
-
-def test_pair_critic_trains_and_resumes(small_dataset, tmp_path):
-    from facemodel.data.dataset import FaceDataset
-    from facemodel.training.pairs import PairSampler
-
-    ds = FaceDataset(small_dataset, split="train")
-    ps = PairSampler(ds, ("identity", "expression"), seed=0)
-    rows = np.arange(0, len(ds), 7)
-    same = ps.partners(rows, "identity")
-    ident = ds.identity_classes()
-    assert (ident[same] == ident[rows]).all() and (same != rows).all()
-    expr = ps.partners(rows, "expression")
-    assert (ident[expr] != ident[rows]).all()
-
-    cfg = tiny(small_dataset, max_steps=30, log_every=5, lambda_pair=1.0)
-    trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    assert set(trainer.D.pair_critics) == {"identity", "expression"}
-    trainer.train()
-    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    for f in ("identity", "expression"):
-        assert all(np.isfinite(r[f"pair_wdist_{f}"]) and np.isfinite(r[f"g_pair_{f}"]) for r in logs)
-        # each pair critic learns to tell real pairs from generated ones
-        assert np.mean([r[f"pair_wdist_{f}"] for r in logs[-2:]]) > np.mean([r[f"pair_wdist_{f}"] for r in logs[:1]])
-    # the partner RNG is part of the checkpoint: resuming continues the same draws
-    state = trainer.pairs.state_dict()
-    resumed = Trainer(cfg, tmp_path / "run", resume=True, progress=False)
-    assert resumed.pairs.state_dict() == state
-
-
-# ---- transfer consistency (lambda_transfer) -------------------------------------------------
-def test_deformation_gradients_match_the_numpy_reference(template):
-    from facemodel.geometry.deformation_transfer import deformation_gradients as reference
-    from facemodel.training.transfer import deformation_gradients
-
-    rng = np.random.default_rng(0)
-    rest = np.asarray(template.vertices, np.float64)
-    deformed = rest + rng.normal(0, 0.3, (2,) + rest.shape)
-    faces = np.asarray(template.faces, np.int64)[:500]
-    got = deformation_gradients(torch.from_numpy(rest), torch.from_numpy(deformed), torch.from_numpy(faces))
-    np.testing.assert_allclose(got.numpy(), reference(rest, deformed, faces), rtol=1e-6, atol=1e-8)
-
-
-def test_transfer_consistency_is_zero_only_when_every_face_deforms_alike(template):
-    from facemodel.training.transfer import transfer_consistency, transfer_triangles
-
-    rng = np.random.default_rng(1)
-    keep = transfer_triangles(template.vertices, template.faces)
-    assert 0.8 * len(template.faces) < len(keep) <= len(template.faces)
-    faces = torch.from_numpy(np.asarray(template.faces, np.int64)[keep])
-    base = torch.from_numpy(np.asarray(template.vertices, np.float64))
-    identities = torch.stack([base + torch.from_numpy(rng.normal(0, 2.0, (1, 3))) * base / 50 for _ in range(3)])
-    # expression e: the same similarity (scaled rotation) of every identity's face -> the same
-    # gradient on every triangle of every face (a similarity maps the scaled normal along)
-    def similarity(scale, axis, angle):
-        k = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]], dtype=torch.float64)
-        k = k / np.linalg.norm(axis)
-        return scale * (torch.eye(3, dtype=torch.float64) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k)
-
-    maps = [torch.eye(3, dtype=torch.float64), similarity(1.05, (0, 1, 0.2), 0.1), similarity(0.97, (1, 0, 0), -0.15)]
-    alike = torch.stack([torch.stack([v @ m.T for m in maps]) for v in identities])  # (3, 3, V, 3)
-    loss, motion = transfer_consistency(alike, faces)
-    assert float(loss) < 1e-8 and float(motion) > 0.01
-    # one identity deforms differently: the spread shows up
-    other = alike.clone()
-    other[0, 1] = identities[0] @ maps[2].T
-    assert float(transfer_consistency(other, faces)[0]) > 1e-4
-    # displacements: equal when every face moves by the same offsets, whatever its shape
-    offsets = torch.from_numpy(rng.normal(0, 1.0, (1, 3) + base.shape))
-    moved = identities[:, None] + torch.cat([torch.zeros_like(offsets[:, :1]), offsets[:, 1:]], 1)
-    loss, motion = transfer_consistency(moved, faces, space="displacement")
-    assert float(loss) < 1e-12 and 1.0 < float(motion) < 2.0  # mean |N(0, I_3)| ~ 1.6 mm
-    assert float(transfer_consistency(alike, faces, space="displacement")[0]) > 1e-3  # similarities move big faces more
-    # relative: scale-free (twice the motion, the same value), zero when alike
-    noisy = moved + torch.from_numpy(rng.normal(0, 0.2, moved.shape)) * (torch.arange(3) > 0).view(1, 3, 1, 1)
-    r1 = float(transfer_consistency(noisy, faces, space="displacement", relative=True)[0])
-    doubled = noisy[:, :1] + 2 * (noisy - noisy[:, :1])
-    r2 = float(transfer_consistency(doubled, faces, space="displacement", relative=True)[0])
-    assert r1 > 0.01 and abs(r1 - r2) < 1e-9
-    assert float(transfer_consistency(moved, faces, space="displacement", relative=True)[0]) < 1e-9
-    # pseudo-Huber: quadratic below the knee, linear above it
-    from facemodel.training.transfer import _pseudo_huber
-
-    r = torch.tensor([1e-3, 10.0], dtype=torch.float64)
-    got = _pseudo_huber(r, 0.5)
-    assert abs(float(got[0]) - 1e-6 / 1.0) < 1e-9 and abs(float(got[1]) - (10.0 - 0.5)) < 0.02
-    with pytest.raises(ValueError, match="I>=2"):
-        transfer_consistency(alike[:1], faces)
-    with pytest.raises(ValueError, match="space"):
-        transfer_consistency(alike, faces, space="vertices")
-
-
-def test_transfer_codes_share_rows_and_columns():
-    from facemodel.training.transfer import transfer_codes
-
-    slices = {"identity": slice(0, 4), "expression": slice(4, 7), "noise": slice(7, 9)}
-    z = transfer_codes(slices, 9, 3, 2, generator=torch.Generator().manual_seed(0)).view(3, 3, 9)
-    ident, expr, noise = z[..., 0:4], z[..., 4:7], z[..., 7:9]
-    assert torch.equal(ident, ident[:, :1].expand_as(ident)) and not torch.equal(ident[0], ident[1])
-    assert torch.equal(noise, noise[:, :1].expand_as(noise))
-    assert torch.equal(expr, expr[:1].expand_as(expr)) and not torch.equal(expr[:, 0], expr[:, 1])
-
-
-@pytest.mark.parametrize("space, weight, relative", [("displacement", 300.0, False), ("gradient", 1000.0, False),
-                                                     ("displacement", 100.0, True)])  # fmt: skip
-def test_transfer_term_trains_and_lowers_the_spread(small_dataset, tmp_path, space, weight, relative):
-    cfg = tiny(small_dataset, max_steps=40, log_every=5, lambda_transfer=weight, transfer_identities=3,
-               transfer_expressions=2, transfer_triangles=2048, transfer_space=space, transfer_relative=relative)  # fmt: skip
-    trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    assert trainer.transfer_faces is not None and trainer.transfer_faces.shape[1] == 3
-    trainer.train()
-    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["g_transfer"]) and np.isfinite(r["transfer_motion"]) for r in logs)
-    # the term is optimised: the spread falls from its value at initialisation
-    assert np.mean([r["g_transfer"] for r in logs[-2:]]) < 0.8 * logs[0]["g_transfer"]
-    with pytest.raises(ConfigError, match="two factors"):
-        Trainer(tiny(small_dataset, lambda_transfer=1.0, factors=[{"name": "identity", "code_dim": 8, "labels": "identity"}]),
-                tmp_path / "run2", progress=False)  # fmt: skip
-
-
 # ---- data_on_device ------------------------------------------------------------------------
 def test_data_on_device_gives_the_same_batches_and_training(small_dataset, tmp_path):
     from facemodel.data.dataset import FaceDataset
@@ -726,7 +556,7 @@ def test_data_on_device_gives_the_same_batches_and_training(small_dataset, tmp_p
 
     runs = {}
     for flag in (False, True):
-        cfg = tiny(small_dataset, max_steps=6, log_every=2, data_on_device=flag, lambda_pair=1.0)
+        cfg = tiny(small_dataset, max_steps=6, log_every=2, data_on_device=flag)
         t = Trainer(cfg, tmp_path / f"run{flag}", progress=False)
         assert (t._offsets_t is not None) == flag
         torch.testing.assert_close(t._displacements(rows), t._displacements(rows), rtol=0, atol=0)
@@ -739,38 +569,6 @@ def test_data_on_device_gives_the_same_batches_and_training(small_dataset, tmp_p
     assert [r["step"] for r in logs[True]] == [r["step"] for r in logs[False]]
     for ra, rb in zip(logs[False], logs[True]):  # the same draws: the runs differ only by that rounding
         assert abs(ra["d_loss"] - rb["d_loss"]) < 1e-2 * (1 + abs(ra["d_loss"]))
-
-
-# ---- identity spread (lambda_identity_spread) ---------------------------------------------
-def test_identity_spread_target_is_what_tells_people_apart(small_dataset, tmp_path):
-    from facemodel.data.dataset import FaceDataset
-    from facemodel.training.rigidity import (between_identity_shape, expression_motion_mm, other_identity_pairs,
-                                             rigidity_loss, rigidity_weights, same_identity_pairs)  # fmt: skip
-
-    ds = FaceDataset(small_dataset, split="train")
-    a, b = other_identity_pairs(ds, 300, seed=0)
-    ident = ds.identity_classes()
-    assert (ident[a] != ident[b]).all()
-    one_person = FaceDataset(small_dataset, split="train")
-    one_person.identity_classes = lambda: np.zeros(len(one_person), np.int64)
-    with pytest.raises(ConfigError, match="at least two identities"):
-        other_identity_pairs(one_person, 10)
-    w = rigidity_weights(expression_motion_mm(ds, identities=6, per_identity=16), 0.5)
-    target = between_identity_shape(ds, w, pairs=300)
-    sa, sb = same_identity_pairs(ds, 300)
-    same = float(rigidity_loss(torch.from_numpy(ds.vertices(sa)), torch.from_numpy(ds.vertices(sb)),
-                               torch.from_numpy(w), scale=10.0))  # fmt: skip
-    # on the still vertices two meshes of one person barely differ; two people do
-    assert target > 20 * same and target > 0
-
-    cfg = tiny(small_dataset, max_steps=20, log_every=5, lambda_identity_spread=10.0)
-    trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    assert trainer.identity_target > 0 and trainer.rigidity is not None
-    trainer.train()
-    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["g_ispread"]) and r["g_ispread"] >= 0 for r in logs)
-    # an untrained generator's faces are nearly alike: the hinge is active at first
-    assert logs[0]["g_ispread"] > 0
 
 
 def test_factorised_generator_trains_resumes_exports_and_fits(small_dataset, tmp_path):
@@ -801,23 +599,6 @@ def test_factorised_generator_trains_resumes_exports_and_fits(small_dataset, tmp
     assert float(fit.rmse) < 0.5  # mm
 
 
-def test_identity_meter_reads_coefficients_and_drives_the_identity_consistency_term(small_dataset, tmp_path):
-    from facemodel.data.dataset import FaceDataset
-    from facemodel.training.expression_meter import fit_identity_meter
-
-    ds = FaceDataset(small_dataset, split="train")
-    meter, mae = fit_identity_meter(ds, dims=10, meshes=600, components=200)
-    coeffs = ds.identity_table("pca_weights")[ds.meta("identity")][:, :10]
-    assert mae < 0.25 * float(np.abs(coeffs - coeffs.mean(0)).mean())  # far better than the mean
-    assert meter(torch.from_numpy(ds.vertices(np.arange(5)))).shape == (5, 10)
-    t = Trainer(tiny(small_dataset, lambda_identity_consistency=1.0, max_steps=4), tmp_path / "run", progress=False)
-    logs = [t.train_step() for _ in range(4)]
-    # steps alternate: labelled identity codes (pairs share the expression code: no term), then
-    # labelled expression codes (pairs share the identity code: the term is on)
-    assert [s["g_icons"] > 0 for s in logs] == [False, True, False, True]
-    assert all(np.isfinite(s["g_icons"]) for s in logs)
-
-
 def test_motion_subspace_holds_the_data_expressions_and_drives_its_term(small_dataset, tmp_path):
     from facemodel.data.dataset import FaceDataset
     from facemodel.training.rigidity import same_identity_pairs
@@ -839,6 +620,12 @@ def test_motion_subspace_holds_the_data_expressions_and_drives_its_term(small_da
                 tmp_path / "run", progress=False)  # fmt: skip
     logs = [t.train_step() for _ in range(4)]
     assert [s["g_msub"] > 0 for s in logs] == [False, True, False, True]  # only pairs sharing the identity code
+
+
+def _term_value(trainer, name: str):
+    """A generator term's value alone (weight 1; the anchoring terms need no batch)."""
+    ctx = trainer._generator_context(None, None, None)
+    return lambda: trainer.terms[name].generator(ctx)[0]
 
 
 def _term_alone_optimises(trainer, term, steps: int = 60) -> tuple[float, float]:
@@ -887,7 +674,7 @@ def test_expression_anchor_whitens_the_weights_and_its_term_teaches_the_generato
     logs = [t.train_step() for _ in range(2)]
     assert all(s["g_anchor"] > 0 and np.isfinite(s["g_anchor"]) for s in logs)
     # the term alone, optimised: the generator learns to make the pairs' expression differences
-    first, last = _term_alone_optimises(t, t._anchor_loss, 40)
+    first, last = _term_alone_optimises(t, _term_value(t, "expression_anchor"), 40)
     assert last < 0.5 * first
 
 
@@ -914,39 +701,10 @@ def test_identity_anchor_codes_are_whitened_shapes_and_its_term_reproduces_train
     logs = [t.train_step() for _ in range(2)]
     assert all(s["g_ianchor"] > 0 and np.isfinite(s["g_ianchor"]) for s in logs)
     assert "g_anchor" not in logs[0]  # the expression anchor's own pair term stays off
-    first, last = _term_alone_optimises(t, t._identity_anchor_loss)
+    first, last = _term_alone_optimises(t, _term_value(t, "identity_anchor"))
     assert last < 0.5 * first
     # anchor rows: seeded by step and term; rank 0 keeps the single-process stream, other ranks differ
     single = np.random.default_rng([t.config.seed, t.step, 13]).integers(0, 10**6, 8)
     assert np.array_equal(t._step_rng(13).integers(0, 10**6, 8), single)
     t.rank = 1
     assert not np.array_equal(t._step_rng(13).integers(0, 10**6, 8), single)
-
-
-def test_extrapolation_anchor_teaches_unseen_weight_combinations_to_add_up(small_dataset, tmp_path):
-    from facemodel.data.dataset import FaceDataset
-    from facemodel.training.anchoring import fit_expression_anchor, random_weights
-    from facemodel.training.rigidity import same_identity_pairs
-
-    ds = FaceDataset(small_dataset, split="train")
-    anchor, stats = fit_expression_anchor(ds, 8, pairs=600, seed=0)
-    K, R = anchor.mean.shape[0], anchor.vertex_ids.shape[0]
-    assert anchor.displacement.shape == (K, R, 3) and R > 0
-    # the linear model behind A predicts same-person differences on its vertices
-    a, b = same_identity_pairs(ds, 60, seed=7)
-    w = torch.from_numpy(np.asarray(ds.meta("blendshapes"), dtype=np.float32))
-    moved = torch.from_numpy(ds.vertices(a) - ds.vertices(b))[:, anchor.vertex_ids]
-    pred = torch.einsum("pk,krc->prc", w[a] - w[b], anchor.displacement)
-    err = (pred - moved).square().sum(-1).mean().sqrt()
-    assert err < 0.5 * moved.square().sum(-1).mean().sqrt()
-    u = random_weights(50, K, np.random.default_rng(0), active=(2, 5), low=0.3)
-    active = (u > 0).sum(1)
-    assert u.shape == (50, K) and active.min() >= 2 and active.max() <= 5 and u[u > 0].min() >= 0.3 and u.max() <= 1
-
-    t = Trainer(tiny(small_dataset, lambda_expression_extrapolation=1.0, anchor_pairs=8, max_steps=2), tmp_path / "run",
-                progress=False)  # fmt: skip
-    logs = [t.train_step() for _ in range(2)]
-    assert all(s["g_extra"] > 0 and np.isfinite(s["g_extra"]) for s in logs)
-    assert "g_anchor" not in logs[0] and "g_ianchor" not in logs[0]
-    first, last = _term_alone_optimises(t, t._extrapolation_loss)
-    assert last < 0.5 * first

@@ -10,29 +10,23 @@ the model with blendshape weights (issue #8) cannot beat ICT's own additive shap
 53 blendshape weights to the expression code: the whitened principal components of the
 expression *displacements* the weights make (estimated from same-identity mesh differences,
 so no blendshape basis is needed), so that the training weights' codes have zero mean and
-identity covariance, like the prior the generator samples. With ``lambda_expression_anchor``
-on, every generator step takes pairs ``(i, j)`` of training meshes of one person and asks
+identity covariance, like the prior the generator samples. With the ``expression_anchor``
+term on, every generator step takes pairs ``(i, j)`` of training meshes of one person and asks
 
     G(z_id, A(w_i), z_n) - G(z_id, A(w_j), z_n)  ~  x_i - x_j
 
 (mean squared distance per face-area vertex, mm^2, on random prior identity and noise codes):
 the expression code of a weight vector makes that weight vector's expression, on every face.
 
-Identity anchoring (``lambda_identity_anchor``, session 9) ties the identity code too:
+Identity anchoring (term ``identity_anchor``, session 9) ties the identity code too:
 :func:`fit_identity_anchor` gives every training identity a fixed code, the whitened principal
-components of its most neutral mesh, and every generator step asks ``anchor_pairs`` training
+components of its most neutral mesh, and every generator step asks ``identity_anchor.pairs`` training
 meshes to be reproduced whole,
 
     G(B(identity_i), A(w_i), z_n)  ~  x_i
 
 (mean squared distance per vertex, mm^2, random prior noise code). The adversarial terms still
 shape the rest of the code space; the anchored codes are where the generator must be the data.
-
-Extrapolation anchoring (``lambda_expression_extrapolation``) covers weight combinations the
-data lack (a tracker emits any): pairs of sparse random weight vectors ``u, v``
-(:func:`random_weights`) must differ by what the fitted linear displacement model says,
-``G(z, A(u)) - G(z, A(v)) ~ (u - v) D`` on the vertices ``D`` was fitted on, so unseen
-combinations add up as in a blendshape rig instead of being left to the adversarial terms.
 """
 
 from __future__ import annotations
@@ -45,7 +39,7 @@ from ..data.dataset import FaceDataset
 from ..errors import DatasetFormatError
 from .rigidity import same_identity_differences
 
-__all__ = ["FACE_VERTICES", "ExpressionAnchor", "anchor_loss", "fit_expression_anchor", "fit_identity_anchor", "random_weights"]
+__all__ = ["FACE_VERTICES", "ExpressionAnchor", "anchor_loss", "fit_expression_anchor", "fit_identity_anchor"]
 
 #: ICT's face area (vertices 0-9408): where the anchoring term compares displacements
 FACE_VERTICES = 9409
@@ -63,10 +57,6 @@ class ExpressionAnchor(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("matrix", torch.as_tensor(matrix, dtype=torch.float32))
-        #: (K, R, 3) mm: the fitted displacement per unit weight on ``vertex_ids`` (R,), the linear
-        #: model behind ``A``; set by :func:`fit_expression_anchor` (extrapolation anchoring)
-        self.register_buffer("displacement", torch.zeros(len(mean), 0, 3), persistent=False)
-        self.register_buffer("vertex_ids", torch.zeros(0, dtype=torch.long), persistent=False)
 
     def forward(self, weights: torch.Tensor) -> torch.Tensor:
         """(P, K) weights in [0, 1] -> (P, E) expression codes."""
@@ -136,22 +126,7 @@ def fit_expression_anchor(
         "kept": float((s[:code_dim] ** 2).sum() / max((s**2).sum(), 1e-12)),
         "fit_residual_mm": float(np.sqrt((res**2).sum(1).mean() / R)),
     }
-    anchor = ExpressionAnchor(mean, matrix)
-    anchor.displacement = torch.as_tensor(D.reshape(K, R, 3), dtype=torch.float32)
-    anchor.vertex_ids = torch.as_tensor(np.asarray(vid), dtype=torch.long)
-    return anchor, stats
-
-
-def random_weights(n: int, num_weights: int, rng: np.random.Generator, *, active: tuple[int, int] = (2, 8),
-                   low: float = 0.2) -> np.ndarray:
-    """(n, num_weights) float32 sparse random blendshape weights for extrapolation anchoring:
-    each row activates a random number (``active``, inclusive) of random weights, each uniform in
-    ``[low, 1]``; combinations the data need not contain."""
-    out = np.zeros((n, num_weights), dtype=np.float32)
-    for row in out:
-        k = int(rng.integers(active[0], active[1] + 1))
-        row[rng.choice(num_weights, min(k, num_weights), replace=False)] = rng.uniform(low, 1.0, min(k, num_weights))
-    return out
+    return ExpressionAnchor(mean, matrix), stats
 
 
 def fit_identity_anchor(dataset: FaceDataset, code_dim: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:

@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from ..errors import ConfigError
 from ..networks.config import check_factor_hidden
+from .terms import TERMS
 
-__all__ = ["FactorSpec", "TrainConfig", "load_config", "ConfigError"]
+__all__ = ["FactorSpec", "TrainConfig", "load_config", "ConfigError", "FLAT_KEYS"]
 
 
 class FactorSpec(BaseModel):
@@ -22,16 +23,98 @@ class FactorSpec(BaseModel):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     code_dim: int = Field(gt=0)
-    labels: Literal["identity", "expression", "viseme", "expression_clusters"] = Field(
-        description="label source: dataset identity classes, expression labels, visemes derived from ICT mouth "
-        "shapes, or expression labels where the data has them and k-means clusters of the blendshape weights "
-        "everywhere else (every mesh labelled)"
+    labels: Literal["identity", "expression"] = Field(
+        description="label source: dataset identity classes or expression labels; it is also the factor's role "
+        "for the terms that need one (the first factor of each source)"
     )
-    clusters: int = Field(32, ge=2, description="number of blendshape clusters (labels: expression_clusters)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            if raw.get("labels") in REMOVED_LABELS:
+                raise ValueError(f"label source {raw['labels']!r} was removed with its experiment (commit {REMOVED_AT}, "
+                                 "docs/training.md); use labels: identity or expression")  # fmt: skip
+            raw = {k: v for k, v in raw.items() if k != "clusters"}  # the k-means clusters' count (removed)
+        return raw
 
 
-class TrainConfig(BaseModel):
-    """Every knob of a training run (paper values as defaults, paper §5.1 and supplement)."""
+#: old flat keys (configs of 0.3.x and before) -> (term, knob) paths they set
+FLAT_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    "lambda_gan": (("adversarial", "weight"),),
+    "gp_weight": (("adversarial", "gradient_penalty"),),
+    "lambda_cls": (("classification", "weight"),),
+    "lambda_c": (("classification", "critic_weight"),),
+    "classify": (("classification", "factors"),),
+    "lambda_feat": (("feature", "weight"),),
+    "lambda_reg": (("laplacian", "weight"),),
+    "lambda_regress": (("regression", "weight"),),
+    "lambda_consistency": (("consistency", "weight"),),
+    "lambda_rigidity": (("rigidity", "weight"),),
+    "rigidity_scale_mm": (("rigidity", "scale_mm"), ("motion_spread", "scale_mm")),
+    "lambda_motion_spread": (("motion_spread", "weight"),),
+    "lambda_blendshape_consistency": (("blendshape_consistency", "weight"),),
+    "meter_components": (("blendshape_consistency", "components"), ("expression_spread", "components")),
+    "lambda_expression_spread": (("expression_spread", "weight"),),
+    "lambda_motion_subspace": (("motion_subspace", "weight"),),
+    "motion_subspace_components": (("motion_subspace", "components"),),
+    "lambda_expression_anchor": (("expression_anchor", "weight"),),
+    "lambda_identity_anchor": (("identity_anchor", "weight"),),
+    "anchor_pairs": (("expression_anchor", "pairs"), ("identity_anchor", "pairs")),
+}
+#: old ablation switches (paper Table 1): false sets the term's weight to 0
+SWITCHES = {"use_reg": "laplacian", "use_feature_loss": "feature"}
+#: the commit that last had the experiments removed since (docs/training.md keeps their record)
+REMOVED_AT = "4031c19"
+#: weights of removed terms: accepted at 0 (old run folders record them), refused otherwise
+REMOVED_WEIGHTS = ("lambda_identity_consistency", "lambda_expression_extrapolation", "lambda_pair", "lambda_transfer",
+                   "lambda_identity_spread")  # fmt: skip
+#: knobs of removed terms, dropped
+REMOVED_KNOBS = ("transfer_identities", "transfer_expressions", "transfer_triangles", "transfer_space", "transfer_delta",
+                 "transfer_relative")  # fmt: skip
+REMOVED_LABELS = ("viseme", "expression_clusters")
+
+
+def migrate_flat_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """Map the old flat keys of ``raw`` onto the terms' nested knobs (other keys unchanged).
+
+    Raises:
+        ValueError: a removed term has a weight other than 0.
+    """
+    out = {k: v for k, v in raw.items() if k not in FLAT_KEYS and k not in SWITCHES and k not in REMOVED_KNOBS}
+    for key in REMOVED_WEIGHTS:
+        if out.pop(key, 0) not in (0, 0.0, None):
+            raise ValueError(f"{key} was removed with its experiment (commit {REMOVED_AT}; docs/training.md has its "
+                             "record); set it to 0 or drop it")  # fmt: skip
+    for key, paths in FLAT_KEYS.items():
+        if key in raw:
+            for term, knob in paths:
+                out[term] = {**dict(out.get(term) or {}), knob: raw[key]}
+    for key, term in SWITCHES.items():
+        if key in raw and not raw[key]:
+            out[term] = {**dict(out.get(term) or {}), "weight": 0.0}
+    return out
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+#: one field per loss term of :data:`~facemodel.training.terms.TERMS` (its name: its config; weight 0 = off)
+_TermFields = create_model("_TermFields", __base__=_Strict,
+                           **{T.name: (T.Config, Field(default_factory=T.Config)) for T in TERMS})  # fmt: skip
+
+
+class TrainConfig(_TermFields):
+    """Every knob of a training run (paper values as defaults, paper §5.1 and supplement).
+
+    Each loss term's knobs sit under the term's name (:mod:`facemodel.training.terms`: the
+    paper's ``adversarial``, ``classification``, ``feature``, ``laplacian``; our deviations,
+    all off by default, docs/training.md), e.g.
+    ``rigidity: {weight: 100, scale_mm: 0.5}``; a term is on when its weight is > 0. The old
+    flat keys (``lambda_rigidity``, ``rigidity_scale_mm``... of the 0.3.x configs) are still
+    read (:data:`FLAT_KEYS`), and :meth:`legacy_flat` gives that view back.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -58,85 +141,10 @@ class TrainConfig(BaseModel):
     # covers more of the critic's pixels (1 = the paper's plain harmonic map).
     uv_stiffness: float = Field(1.0, gt=0)
     uv_face_vertices: int = Field(6706, ge=1)
-    # losses (Eq. 6 and 8)
-    lambda_c: float = 0.1  # critic classification weight
-    lambda_gan: float = 1.0  # lambda_1
-    lambda_cls: float = 1.0  # lambda_2
-    lambda_feat: float = 0.5  # lambda_3
-    lambda_reg: float = 100.0  # lambda_4
-    gp_weight: float = 10.0  # Gulrajani et al.
     instance_noise: float = 0.1  # sigma on the critic input
-    # deviations for dense decoupling (0 / false = the paper): the critic's factor branches also
-    # regress the data's identity coefficients and blendshape weights (weight lambda_regress,
-    # real meshes only), and a fraction of the labelled factor's codes are drawn from the prior
-    # instead of the label codes, so the feature loss covers codes users actually sample.
-    lambda_regress: float = Field(0.0, ge=0)
-    # ...and the generator is asked that two meshes sharing a factor's code get the same
-    # regressed targets (mean squared difference of the standardised predictions)
-    lambda_consistency: float = Field(0.0, ge=0)
-    # ...and two meshes sharing the identity code are asked not to differ where the data's
-    # expressions do not move the face (per-vertex weights from the within-identity motion of
-    # the training meshes, see facemodel.training.rigidity)
-    lambda_rigidity: float = Field(0.0, ge=0)
-    # ...and two meshes sharing the expression code are asked to read the same blendshape
-    # weights through a frozen linear read-out fitted on the data (facemodel.training.expression_meter)
-    lambda_blendshape_consistency: float = Field(0.0, ge=0)
-    # PCA modes of the frozen blendshape read-out (fewer: a better-conditioned meter that
-    # high-frequency displacements cannot steer; docs/training.md "Session 7")
-    meter_components: int = Field(300, ge=1)
-    # ...and two meshes sharing the identity code (not the expression code) are asked to read
-    # the same identity PCA coefficients through a frozen linear read-out (the mirror image)
-    lambda_identity_consistency: float = Field(0.0, ge=0)
-    # ...and two meshes sharing the identity code (not the expression code) are asked to differ
-    # only inside the data's expression-motion subspace (PCA of same-identity mesh differences,
-    # `motion_subspace_components` modes; facemodel.training.subspace), in mm^2 per vertex
-    lambda_motion_subspace: float = Field(0.0, ge=0)
-    motion_subspace_components: int = Field(128, ge=1)
-    # ...and expression anchoring (facemodel.training.anchoring): a fixed linear map A from the
-    # data's blendshape weights to expression codes (whitened principal axes of the expression
-    # displacements), and for `anchor_pairs` same-person training pairs a step,
-    # G(z, A(w_i)) - G(z, A(w_j)) must equal x_i - x_j (mm^2 per face-area vertex)
-    lambda_expression_anchor: float = Field(0.0, ge=0)
-    anchor_pairs: int = Field(32, ge=1)
-    # ...and identity anchoring: every training identity a fixed code (whitened principal
-    # components of its most neutral mesh), and `anchor_pairs` training meshes a step reproduced
-    # whole from [its identity's code, A(its weights), random noise] (mm^2 per vertex)
-    lambda_identity_anchor: float = Field(0.0, ge=0)
-    # ...and extrapolation anchoring: `anchor_pairs` pairs of sparse random weight vectors u, v a
-    # step, G(z, A(u)) - G(z, A(v)) must equal the fitted linear displacement (u - v) D (mm^2 per
-    # vertex of D's subset): weight combinations the data lack add up as in a blendshape rig
-    lambda_expression_extrapolation: float = Field(0.0, ge=0)
-    # ...and two meshes sharing the identity code (but not the expression code) are asked to
-    # read weights at least as different as two random meshes of one identity in the data do
-    # (a hinge), so the expression code has to carry the expressions
-    lambda_expression_spread: float = Field(0.0, ge=0)
-    # ...or, by geometry: pairs sharing only the identity code must differ where expressions
-    # move the face at least as much as two meshes of one person do in the data (a hinge)
-    lambda_motion_spread: float = Field(0.0, ge=0)
-    # ...or adversarially: a pair critic per factor tells real pairs sharing it (same person;
-    # another person with the nearest blendshape weights) from generated pairs sharing its code
-    # (facemodel.training.pairs); lambda_pair weighs its Wasserstein term for both networks
-    lambda_pair: float = Field(0.0, ge=0)
-    # ...or by local geometry: an expression code must deform every face alike; the spread over
-    # identities of per-triangle deformation gradients (facemodel.training.transfer) on a grid of
-    # transfer_identities x (transfer_expressions + 1) prior codes, transfer_triangles of them a step
-    lambda_transfer: float = Field(0.0, ge=0)
-    # ...and, against the identity collapse transfer consistency causes in displacement space:
-    # pairs sharing only the expression code must differ where expressions leave the face still
-    # at least as much as two people do in the data (a hinge; the identity twin of motion spread)
-    lambda_identity_spread: float = Field(0.0, ge=0)
-    transfer_identities: int = Field(4, ge=2)
-    transfer_expressions: int = Field(4, ge=1)
-    transfer_triangles: int = Field(4096, ge=0)  # triangles sampled per step (0: all)
-    transfer_space: Literal["gradient", "displacement"] = "gradient"
-    transfer_delta: float | None = Field(None, gt=0)  # pseudo-Huber knee (default 0.02 / 0.5 mm)
-    transfer_relative: bool = False  # spread / deformation: shrinking expressions does not pay
-    rigidity_scale_mm: float = Field(0.5, gt=0)
+    # a fraction of each batch's pairs take the labelled factor's code from the prior instead of
+    # the label codes (our deviation; 0 = the paper), so the pair terms cover the codes users sample
     prior_pairs: float = Field(0.0, ge=0, le=1)
-    # ablations (paper Table 1)
-    use_reg: bool = True
-    use_feature_loss: bool = True
-    classify: Literal["all", "identity"] = "all"
     # optimisation
     critic_steps: int = 3
     batch_size: int = 64
@@ -161,6 +169,11 @@ class TrainConfig(BaseModel):
     snapshot_every: int = 0  # export the EMA generator to OUT/snapshots/stepNNNNNNN every N steps (0: off)
     eval_samples: int = 256
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys(cls, raw: Any) -> Any:
+        return migrate_flat_keys(raw) if isinstance(raw, dict) else raw
+
     @model_validator(mode="after")
     def _check_factor_hidden(self) -> "TrainConfig":
         if self.factor_hidden is not None:
@@ -173,6 +186,27 @@ class TrainConfig(BaseModel):
 
     def to_file(self, path: str | os.PathLike) -> None:
         Path(path).write_text(self.model_dump_json(indent=2))
+
+    def role(self, role: str) -> str | None:
+        """Name of the factor playing ``role`` (the first whose ``labels`` is ``role``), or None."""
+        return next((f.name for f in self.factors if f.labels == role), None)
+
+    def require_role(self, role: str, what: str) -> str:
+        """:meth:`role`, or ConfigError naming ``what`` needs it."""
+        name = self.role(role)
+        if name is None:
+            raise ConfigError(f"{what} needs a factor with `labels: {role}` in `factors`; add one or set the "
+                              "term's weight to 0")  # fmt: skip
+        return name
+
+    def legacy_flat(self) -> dict[str, Any]:
+        """The config as the 0.3.x flat keys (``lambda_rigidity``...), JSON values: the view the
+        old configs' effective recipes are pinned in (tests/data/configs_before.json)."""
+        flat = self.model_dump(mode="json", exclude={T.name for T in TERMS})
+        for key, ((term, knob), *_) in FLAT_KEYS.items():
+            flat[key] = getattr(getattr(self, term), knob)
+        flat.update({key: getattr(self, term).weight > 0 for key, term in SWITCHES.items()})
+        return flat
 
 
 def _parse_value(text: str) -> Any:
@@ -205,12 +239,28 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise ConfigError(f"cannot parse {str(p)!r}: {exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{str(p)!r} must hold a mapping of config keys")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=1e-4)")
-        key, value = item.split("=", 1)
-        raw[key.strip()] = _parse_value(value.strip())
     try:
+        raw = migrate_flat_keys(raw)
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=1e-4, rigidity.weight=100)")
+            key, value = item.split("=", 1)
+            *path, last = key.strip().split(".")  # term.knob sets one knob of a term
+            layer = {last: _parse_value(value.strip())}
+            for part in reversed(path):
+                layer = {part: layer}
+            _merge(raw, migrate_flat_keys(layer))
         return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
+    except (ValidationError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError(f"invalid training config: {exc}") from exc
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    """Merge ``new`` into ``into``, nested mappings key by key."""
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v

@@ -3,7 +3,7 @@
 Geometry-mapping layer -> shared trunk (conv 3x3 stride 2: 3->16->32) -> one branch per head
 (conv 3x3 stride 2: 32->64->128, flatten 2048 at n = 64, linear). Heads: ``"real"`` (the
 Wasserstein critic score) and one classifier per factor; optionally (our deviation, see
-``lambda_regress`` in the training config) a linear regressor per factor on the same branch
+term ``regression`` of the training config) a linear regressor per factor on the same branch
 features. Leaky ReLU 0.2, no normalisation
 layers (they would break the per-sample gradient penalty).
 """
@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from ..geometry.geometry_image import GeometryImage
+from ..geometry.template import Template
+from .config import ConfigError
 
-__all__ = ["Critic", "CriticOutput"]
+__all__ = ["Critic", "CriticOutput", "critic_uv"]
 
 
 @dataclass
@@ -38,6 +40,26 @@ class CriticOutput:
     logits: dict[str, torch.Tensor]
     features: dict[str, torch.Tensor]
     regression: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def critic_uv(template: Template, *, stiffness: float = 1.0, face_vertices: int = 6706) -> np.ndarray:
+    """(V, 2) UV coordinates of the critic's geometry image: the template's harmonic map with the
+    edges among vertices ``>= face_vertices`` (ICT: back of the head, neck, ears) ``stiffness``
+    times stiffer, so the face proper covers more pixels (1: the plain map; ``TrainConfig.uv_stiffness``).
+
+    Raises:
+        ConfigError: ``face_vertices`` is not below the vertex count.
+    """
+    if stiffness == 1.0:
+        return template.uv
+    from ..geometry.uv import harmonic_uv
+
+    V = template.num_vertices
+    if face_vertices >= V:
+        raise ConfigError(f"uv_face_vertices={face_vertices} but the template has {V} vertices; "
+                          "set it below the vertex count (or uv_stiffness=1 for the plain harmonic map)")  # fmt: skip
+    stiff = np.arange(face_vertices, V)
+    return harmonic_uv(template.vertices, template.faces, stiff_vertices=stiff, stiffness=stiffness).uv
 
 
 def _branch(c_in: int, widths: tuple[int, ...], slope: float) -> nn.Sequential:
@@ -62,7 +84,6 @@ class Critic(nn.Module):
         negative_slope: Leaky ReLU slope.
         targets: {factor name: T}: add a linear regressor of T numbers on that factor's
             branch features (e.g. 53 blendshape weights for ``"expression"``). None = the paper.
-        pairs: factors that get a pair critic (:meth:`pair_score`); () = the paper.
 
     Shape:
         - input: (B, V, 3) displacements from the template, mm.
@@ -81,7 +102,6 @@ class Critic(nn.Module):
         branch_widths: tuple[int, ...] = (64, 128),
         negative_slope: float = 0.2,
         targets: dict[str, int] | None = None,
-        pairs: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         down = 2 ** (len(trunk_widths) + len(branch_widths))
@@ -110,16 +130,6 @@ class Critic(nn.Module):
             self.regressors = nn.ModuleDict({name: nn.Linear(self.feature_dim, t) for name, t in targets.items()})
         else:
             self.regressors = None
-        unknown = sorted(set(pairs) - set(classes))
-        if unknown:
-            raise ValueError(f"pair critics for unknown factors {unknown}; factors: {sorted(classes)}")
-        # pair critics (our deviation, ``lambda_pair``): two geometry images side by side (6
-        # channels) -> the trunk's and a branch's widths -> one Wasserstein score per pair
-        self.pair_critics = nn.ModuleDict({
-            name: nn.Sequential(_branch(6, tuple(trunk_widths) + tuple(branch_widths), negative_slope),
-                                nn.Linear(self.feature_dim, 1))
-            for name in pairs
-        })  # fmt: skip
 
     def image(self, displacements: torch.Tensor) -> torch.Tensor:
         """(B, V, 3) mm -> (B, 3, n, n) scaled geometry image."""
@@ -132,11 +142,6 @@ class Critic(nn.Module):
         logits = {name: self.heads[name](feats[name]) for name in self.factor_names}
         reg = {name: head(feats[name]) for name, head in self.regressors.items()} if self.regressors is not None else {}
         return CriticOutput(score=score, logits=logits, features={n: feats[n] for n in self.factor_names}, regression=reg)
-
-    def pair_score(self, factor: str, pair_image: torch.Tensor) -> torch.Tensor:
-        """(P, 6, n, n) two geometry images per pair (:func:`~facemodel.training.pairs.pair_images`)
-        -> (P,) score of the pair critic of ``factor`` (higher = more like a real pair sharing it)."""
-        return self.pair_critics[factor](pair_image).squeeze(1)
 
     def forward(self, displacements: torch.Tensor, *, noise_std: float = 0.0) -> CriticOutput:
         img = self.image(displacements)

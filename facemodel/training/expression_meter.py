@@ -3,13 +3,9 @@
 The critic's heads are trained on real meshes only, so a generator asked to make two samples
 "look alike" to them can game them. :class:`BlendshapeMeter` is instead fitted once, before
 training, by ridge regression on the training meshes (PCA of the face-area vertices, then a
-ridge map to the 53 weights), and never changes. With ``lambda_blendshape_consistency`` on,
+ridge map to the 53 weights), and never changes. With the ``blendshape_consistency`` term on,
 two generated meshes that share the expression code are asked to read the same weights, so
 the expression code, and not the identity code, decides the expression.
-
-:func:`fit_identity_meter` is the same read-out for the identity's PCA coefficients: with
-``lambda_identity_consistency`` on, two meshes that share the identity code (but not the
-expression code) are asked to read the same identity, so the expression code cannot carry it.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ from torch import nn
 from ..data.dataset import FaceDataset
 from ..errors import DatasetFormatError
 
-__all__ = ["BlendshapeMeter", "fit_blendshape_meter", "fit_identity_meter", "fit_linear_meter", "same_identity_spread"]
+__all__ = ["BlendshapeMeter", "fit_blendshape_meter", "fit_linear_meter", "same_identity_spread"]
 
 
 class BlendshapeMeter(nn.Module):
@@ -101,30 +97,15 @@ def fit_blendshape_meter(dataset: FaceDataset, **kwargs) -> tuple[BlendshapeMete
         weights = dataset.meta("blendshapes")
     except KeyError as exc:
         raise DatasetFormatError("the blendshape meter needs an ICT 4D dataset (per-mesh blendshape weights); "
-                                 "set lambda_blendshape_consistency=0 for other data") from exc  # fmt: skip
+                                 "set blendshape_consistency.weight=0 and expression_spread.weight=0 for other data") from exc  # fmt: skip
     return fit_linear_meter(dataset, weights, **kwargs)
-
-
-def fit_identity_meter(dataset: FaceDataset, *, dims: int = 40, **kwargs) -> tuple[BlendshapeMeter, float]:
-    """:func:`fit_linear_meter` of the first ``dims`` ICT identity PCA coefficients of each mesh
-    (unit variance each, so a read-out gap of 1 is one standard deviation of one mode).
-
-    Raises:
-        DatasetFormatError: the dataset has no identity coefficients.
-    """
-    try:
-        coeffs = dataset.identity_table("pca_weights")[dataset.meta("identity")][:, :dims]
-    except KeyError as exc:
-        raise DatasetFormatError("the identity meter needs an ICT 4D dataset (per-identity PCA coefficients); "
-                                 "set lambda_identity_consistency=0 for other data") from exc  # fmt: skip
-    return fit_linear_meter(dataset, coeffs, **kwargs)
 
 
 @torch.no_grad()
 def same_identity_spread(dataset: FaceDataset, meter: BlendshapeMeter, *, pairs: int = 2000, seed: int = 0) -> float:
     """Mean squared read-out difference ``E ||meter(a) - meter(b)||^2`` over random pairs of
     training meshes of the same identity: how different two expressions of one person read
-    in the data (the target of ``lambda_expression_spread``)."""
+    in the data (the target of the ``expression_spread`` term)."""
     from .rigidity import same_identity_pairs
 
     a, b = same_identity_pairs(dataset, pairs, seed=seed)

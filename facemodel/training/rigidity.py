@@ -13,10 +13,9 @@ import numpy as np
 import torch
 
 from ..data.dataset import FaceDataset
-from .config import ConfigError
 
-__all__ = ["expression_motion_mm", "rigidity_weights", "rigidity_loss", "same_identity_pairs", "same_identity_motion",
-           "other_identity_pairs", "between_identity_shape"]
+__all__ = ["expression_motion_mm", "rigidity_weights", "rigidity_loss", "same_identity_pairs", "same_identity_differences",
+           "same_identity_motion"]
 
 
 def expression_motion_mm(dataset: FaceDataset, *, identities: int = 60, per_identity: int = 64, seed: int = 0) -> np.ndarray:
@@ -92,27 +91,3 @@ def same_identity_motion(dataset: FaceDataset, weights: np.ndarray, *, pairs: in
     mobile = torch.from_numpy(1.0 - np.asarray(weights, np.float32))
     va, vb = torch.from_numpy(dataset.vertices(a)), torch.from_numpy(dataset.vertices(b))
     return float(rigidity_loss(va, vb, mobile, scale=scale))
-
-
-def other_identity_pairs(dataset: FaceDataset, pairs: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``(a, b)``, each (pairs,), of random training-mesh pairs of two different identities."""
-    rng = np.random.default_rng(seed)
-    classes = dataset.identity_classes()
-    if len(np.unique(classes)) < 2:
-        raise ConfigError("the identity-spread term (lambda_identity_spread) needs a training split with at least two "
-                          "identities; set lambda_identity_spread=0 or train on a dataset with more people")
-    a = rng.integers(0, len(dataset), pairs)
-    b = rng.integers(0, len(dataset), pairs)
-    while (bad := classes[a] == classes[b]).any():
-        b[bad] = rng.integers(0, len(dataset), int(bad.sum()))
-    return a, b
-
-
-def between_identity_shape(dataset: FaceDataset, weights: np.ndarray, *, pairs: int = 2000, scale: float = 10.0,
-                           seed: int = 0) -> float:  # fmt: skip
-    """How far meshes of two different people differ where expressions leave the face still, in
-    the units of :func:`rigidity_loss` with ``weights``: the target of the identity-spread term
-    (pairs sharing only the expression code must differ at least this much there)."""
-    a, b = other_identity_pairs(dataset, pairs, seed=seed)
-    va, vb = torch.from_numpy(dataset.vertices(a)), torch.from_numpy(dataset.vertices(b))
-    return float(rigidity_loss(va, vb, torch.from_numpy(np.asarray(weights, np.float32)), scale=scale))

@@ -4,7 +4,7 @@ Two meshes of one person differ by an expression change. In the ICT 4D data ever
 is a combination of 53 blendshapes deformation-transferred onto that person, so the changes
 of all training identities span a low-dimensional subspace of displacement space.
 :func:`fit_motion_subspace` finds it once, before training (PCA of same-identity mesh
-differences); with ``lambda_motion_subspace`` on, two generated meshes that share the identity
+differences); with the ``motion_subspace`` term on, two generated meshes that share the identity
 code (but not the expression code) are asked to differ only inside it, so the expression code
 makes expressions the data has, not shapes an expression judge has never seen.
 """
@@ -72,7 +72,7 @@ def fit_motion_subspace(
     if distinct <= components:
         raise DatasetFormatError(f"the motion subspace needs more than {components} same-identity pairs of distinct "
                                  f"meshes; the dataset gives {distinct}: "
-                                 "lower components or set lambda_motion_subspace=0")  # fmt: skip
+                                 "lower components (motion_subspace.components) or set motion_subspace.weight=0")  # fmt: skip
     _, _, vt = np.linalg.svd(fit, full_matrices=False)  # no centring: a zero difference is a valid motion
     U = vt[:components]
     sub = MotionSubspace(vid, U)
