@@ -26,6 +26,12 @@ __all__ = [
     "constrain",
 ]
 
+#: Expression labels, index = class id. Order follows the paper's "seven basic" labels.
+EXPRESSION_LABELS: tuple[str, ...] = (
+    "neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise",
+)  # fmt: skip
+
+_LR = ("_L", "_R")
 
 
 def _both(name: str, w: float = 1.0) -> dict[str, float]:
