@@ -1,6 +1,7 @@
 """Figures of a facemodel dataset (ICT 4D or imported scans) for the documentation.
 
-Writes four PNGs into ``--out`` (default ``docs/images``) and prints their paths:
+Writes four PNGs into ``--out`` (default ``dataset-figures/``, not tracked; ``--out docs/images``
+re-renders the README's) and prints their paths:
 
 - ``ict4d_expressions.png``: one identity in every expression label (a static-scan subject:
   its neutral and each emotion at the highest intensity; otherwise the apex frames of
@@ -13,7 +14,7 @@ Writes four PNGs into ``--out`` (default ``docs/images``) and prints their paths
 
 Usage::
 
-    python examples/dataset_figures.py --data ~/.cache/facemodel/ict4d --out docs/images
+    python examples/dataset_figures.py --data ~/.cache/facemodel/ict4d [--out docs/images]
 
 Every figure function is importable (``expressions_figure(ds)`` etc. return a PIL image)
 and raises :class:`facemodel.errors.DatasetFormatError` when the dataset lacks what it needs.
@@ -452,7 +453,7 @@ def geometry_image_figure(ds: FaceDataset, row: int | None = None, *, size: int 
 # driver
 # ---------------------------------------------------------------------------------------
 def make_figures(
-    data: str | Path, out: str | Path = "docs/images", *, size: int = 192, seed: int = 0
+    data: str | Path, out: str | Path = "dataset-figures", *, size: int = 192, seed: int = 0
 ) -> tuple[list[Path], dict[str, str]]:
     """Write every figure the dataset supports.
 
@@ -488,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--data", required=True, help="dataset folder (facemodel data build-ict / import)")
-    parser.add_argument("--out", default="docs/images", help="output folder (default: docs/images)")
+    parser.add_argument("--out", default="dataset-figures", help="output folder (default: dataset-figures, not tracked)")
     parser.add_argument("--size", type=int, default=192, help="tile size in pixels (default: 192)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the choice of subjects (default: 0)")
     args = parser.parse_args(argv)

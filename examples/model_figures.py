@@ -1,11 +1,12 @@
 """Render a trained model like the paper's Fig. 3, 8 and 9.
 
-    python examples/model_figures.py --model RUN/model --out docs/images [--prefix cpu_v1]
+    python examples/model_figures.py [--model RUN/model] [--out model-figures] [--prefix released]
 
-Writes ``<prefix>_samples.png`` (random samples), ``<prefix>_same_identity.png`` (each row
+Without ``--model`` it draws the released weights installed with the package. The figures go
+to ``model-figures/`` (not tracked); ``--out docs/images`` re-renders the README's. Writes ``<prefix>_samples.png`` (random samples), ``<prefix>_same_identity.png`` (each row
 one identity code, random expression codes), ``<prefix>_same_expression.png`` (each row
 one expression code, random identities) and ``<prefix>_expression_labels.png`` (the learned
-label code of each expression on a few random identities).
+label code of each expression on a few random identities: the label gallery), 512 px tiles.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ def codes_with(model: FaceModel, n: int, fixed: dict[str, torch.Tensor], g: torc
 
 
 @torch.no_grad()
-def figures(model: FaceModel, out: Path, prefix: str, *, rows: int = 4, cols: int = 6, size: int = 128, seed: int = 0) -> list[Path]:
+def figures(model: FaceModel, out: Path, prefix: str, *, rows: int = 2, cols: int = 4, size: int = 512, seed: int = 0,
+            gallery_identities: int = 3) -> list[Path]:  # fmt: skip
+    """Write the four figures (``rows`` x ``cols`` faces each; the label gallery: every label on
+    ``gallery_identities`` random identities) as ``out/<prefix>_<name>.png``; returns the paths."""
     g = torch.Generator().manual_seed(seed)
     cfg = model.config.generator
     faces = model.faces.numpy()
@@ -51,21 +55,22 @@ def figures(model: FaceModel, out: Path, prefix: str, *, rows: int = 4, cols: in
         names = model.config.label_names["expression"]
         codes = model.label_codes("expression")
         z = torch.cat([codes_with(model, len(names), {"expression": codes, "identity": torch.randn(cfg.factor("identity").code_dim, generator=g)}, g)
-                       for _ in range(3)])  # fmt: skip
-        save("expression_labels", model(z), len(names), labels=names * 3)
+                       for _ in range(gallery_identities)])  # fmt: skip
+        save("expression_labels", model(z), len(names), labels=names * gallery_identities)
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="folder written by save_pretrained / training export")
-    p.add_argument("--out", default="docs/images")
-    p.add_argument("--prefix", default="model")
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--model", default=None, help="model folder or Hub repo id (default: the released weights)")
+    p.add_argument("--out", default="model-figures", help="output folder (default: model-figures, not tracked)")
+    p.add_argument("--prefix", default=None, help="file name prefix (default: released, or model with --model)")
+    p.add_argument("--size", type=int, default=512, help="tile size in pixels (default 512)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     model = FaceModel.from_pretrained(a.model)
-    for path in figures(model, Path(a.out), a.prefix, size=a.size, seed=a.seed):
+    prefix = a.prefix or ("released" if a.model is None else "model")
+    for path in figures(model, Path(a.out), prefix, size=a.size, seed=a.seed):
         print(path)
     return 0
 

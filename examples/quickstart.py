@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                       surprised.vertices, target.vertices, model.decode(fit.codes).vertices])  # fmt: skip
     labels = [f"sample {i}" for i in range(4)] + [f"sample {i} + surprise" for i in range(4)]
     labels += ["0 + happy + surprise", "surprise source", "fit target", "fit result"]
-    save_png(render_grid(rows.numpy(), model.faces.numpy(), size=160, ncols=4, labels=labels), out / "quickstart.png")
+    save_png(render_grid(rows.numpy(), model.faces.numpy(), ncols=4, labels=labels), out / "quickstart.png")
     print(f"wrote {out / 'quickstart.png'} and OBJ files in {out}")
     return 0
 

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     n = len(targets)
     grid = torch.cat([targets.vertices, result.vertices, source.vertices])
     labels = [f"target {i}" for i in range(n)] + [f"target {i} + source expression" for i in range(n)] + ["source"]
-    save_png(render_grid(grid.numpy(), model.faces.numpy(), size=160, ncols=n, labels=labels), out / "transfer.png")
+    save_png(render_grid(grid.numpy(), model.faces.numpy(), ncols=n, labels=labels), out / "transfer.png")
     print(f"wrote {n} meshes to {out} and {out / 'transfer.png'}")
     return 0
 

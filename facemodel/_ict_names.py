@@ -17,3 +17,10 @@ ICT_BLENDSHAPES: tuple[str, ...] = (
     "mouthShrugLower", "mouthShrugUpper", "mouthSmile_L", "mouthSmile_R", "mouthStretch_L",
     "mouthStretch_R", "mouthUpperUp_L", "mouthUpperUp_R", "noseSneer_L", "noseSneer_R",
 )  # fmt: skip
+
+#: Expression labels, index = class id. Order follows the paper's "seven basic" labels.
+EXPRESSION_LABELS: tuple[str, ...] = (
+    "neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise",
+)  # fmt: skip
+
+_LR = ("_L", "_R")

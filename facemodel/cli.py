@@ -7,6 +7,7 @@
     facemodel info | sample | transfer | add | encode | fit | render  [--model DIR|REPO] ...
     facemodel evaluate --model DIR --data DIR --out DIR [--quick]
     facemodel animate --identity SEED|MESH --weights FILE.csv|.json --out DIR|FILE.glb [--model DIR|REPO]
+    facemodel demo [--model DIR|REPO] [--host 127.0.0.1] [--port 7860]     (pip install "facemodel[demo]")
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _cmd_build_ict(args: argparse.Namespace) -> int:
     else:
         source = ICTSource(args.source)
     config = ICTDatasetConfig(
-        seed=args.seed, size=args.size, identities=args.identities, offsets_dtype=args.dtype
+        seed=args.seed, size=args.size, identities=args.identities, offsets_dtype=args.dtype,
+        tracker_fraction=args.tracker_fraction,
     )
     manifest = build_ict_dataset(source, args.out, config, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {manifest.num_meshes} meshes of {manifest.num_identities} identities to {args.out}")
@@ -90,9 +92,25 @@ def _load_model(args: argparse.Namespace):
     return FaceModel.from_pretrained(args.model, device=args.device)
 
 
+def _refuse_existing(paths, args: argparse.Namespace) -> None:
+    """One policy for every output of the CLI (files and folders): an existing path is kept
+    unless ``--overwrite`` is given; checked before anything is written."""
+    from pathlib import Path
+
+    from .errors import OutputPathError
+
+    if getattr(args, "overwrite", False):
+        return
+    taken = [str(p) for p in paths if p is not None and Path(p).exists()]
+    if taken:
+        raise OutputPathError(f"{', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; "
+                              "choose another --out/--png or pass --overwrite to replace")  # fmt: skip
+
+
 def _write_outputs(faces, args: argparse.Namespace) -> None:
     from .geometry.render import render_grid, save_png
 
+    _refuse_existing((faces.export_paths(args.out) if args.out else []) + [args.png], args)
     if args.out:
         for path in faces.export(args.out):
             print(path)
@@ -120,25 +138,43 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(value: str | None):
+    """A label argument: ``"4"`` is the index 4, anything else a name (``None``: random)."""
+    return int(value) if value is not None and value.strip().isdigit() else value
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     model = _load_model(args)
-    faces = model.sample(args.n, seed=args.seed, identity=args.identity, expression=args.expression,
+    faces = model.sample(args.n, seed=args.seed, identity=_label(args.identity), expression=_label(args.expression),
                          truncation=args.truncation)  # fmt: skip
     _write_outputs(faces, args)
     return 0
 
 
-def _source(model, value: str):
-    """A mesh path, or ``seed:N`` for a random face."""
+_MESH_SUFFIXES = (".obj", ".ply", ".glb", ".off", ".stl")
+
+
+def _source(model, value: str, *, label: bool = False):
+    """A mesh path, or ``seed:N`` for a random face; with ``label``, also an expression label
+    name or index (a face with that label code)."""
+    from pathlib import Path
+
     if value.startswith("seed:"):
         return model.sample(1, seed=int(value[5:]))
+    if label and not Path(value).exists() and not value.lower().endswith(_MESH_SUFFIXES):
+        from .model import UnknownLabelError
+
+        try:
+            return model.sample(1, seed=0, expression=_label(value))
+        except UnknownLabelError as exc:
+            raise UnknownLabelError(f"{value!r} is neither a mesh file nor an expression label: {exc}") from None
     return model.encode(value)
 
 
 def _cmd_transfer(args: argparse.Namespace) -> int:
     model = _load_model(args)
     targets = _cat([_source(model, t) for t in args.target])
-    faces = model.transfer_expression(_source(model, args.source), targets)
+    faces = model.transfer_expression(_source(model, args.source, label=True), targets)
     _write_outputs(faces, args)
     return 0
 
@@ -154,7 +190,7 @@ def _cat(faces_list):
 
 def _cmd_add(args: argparse.Namespace) -> int:
     model = _load_model(args)
-    expressions = [_source(model, e) if e.startswith("seed:") or "." in e else e for e in args.expression]
+    expressions = [_source(model, e) if e.startswith("seed:") or "." in e else _label(e) for e in args.expression]
     faces = model.add_expressions(_source(model, args.target), *expressions, weights=args.weights)
     _write_outputs(faces, args)
     return 0
@@ -165,6 +201,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
     from ._fs import atomic_file
 
+    _refuse_existing([args.codes], args)
     model = _load_model(args)
     faces = model.encode(args.mesh)
     if args.codes:
@@ -199,6 +236,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from .geometry.mesh_io import load_mesh
     from .geometry.render import render_grid, save_png
 
+    _refuse_existing([args.png], args)
     meshes = [load_mesh(p) for p in args.meshes]
     if len({m.vertices.shape[0] for m in meshes}) != 1:
         from .errors import TopologyMismatchError
@@ -355,8 +393,14 @@ def _cmd_animate(args: argparse.Namespace) -> int:
         raise FaceModelError(f"--batch-size must be positive, got {args.batch_size}")
     out = Path(args.out)
     glb = out.suffix.lower() == ".glb"
-    if not glb and out.suffix.lower() in {".obj", ".ply", ".off", ".stl", ".gltf"}:
-        raise FaceModelError(f"--out {args.out}: give a folder (an OBJ/PLY sequence, --format) or a .glb file")
+    if not glb and out.suffix:
+        from .errors import OutputPathError
+
+        raise OutputPathError(f"--out {args.out}: animate writes one .glb file (animated morph targets) or a folder of "
+                              f"OBJ/PLY frames named without an extension (e.g. --out {out.stem}/); "
+                              f"{out.suffix} output is not supported")  # fmt: skip
+    if glb:
+        _refuse_existing([out], args)  # a folder is checked by atomic_dir, with the same rule
     weights = read_weights(args.weights)  # checked in full before anything is written
     model = _load_model(args)
     identity = _animate_identity(model, args.identity)
@@ -406,6 +450,12 @@ def _cmd_animate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args=args)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.cli import run
 
@@ -430,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--size", type=int, default=30_000, help="number of meshes (default 30000)")
     b.add_argument("--identities", type=int, default=None, help="number of identities (default size/100)")
+    b.add_argument("--tracker-fraction", type=float, default=0.0,
+                   help="fraction of meshes that are tracker-like motion over all 53 shapes (default 0: the 0.3.x build)")
     b.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage of vertex offsets")
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -462,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", default=None, help="mesh output: .obj, .ply or .glb (several faces: name_000.obj, ...)")
             p.add_argument("--png", default=None, help="render the result to this PNG")
             p.add_argument("--side", action="store_true", help="add a side view to the PNG")
-            p.add_argument("--size", type=int, default=256, help="PNG tile size in pixels")
+            p.add_argument("--size", type=int, default=512, help="PNG tile size in pixels (default 512)")
+            p.add_argument("--overwrite", action="store_true", help="replace existing output files")
         return p
 
     p = model_args(sub.add_parser("info", help="describe a model (factors, labels, provenance)"), outputs=False)
@@ -471,11 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=1, help="number of faces")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--expression", default=None, help="expression label name or index (default random)")
-    p.add_argument("--identity", default=None, help="identity label name (default random)")
+    p.add_argument("--identity", default=None, help="identity label name or index (default random)")
     p.add_argument("--truncation", type=float, default=None, help="scale random codes by this (0..1)")
     p.set_defaults(func=_cmd_sample)
     p = model_args(sub.add_parser("transfer", help="give target faces the source's expression"))
-    p.add_argument("--source", required=True, help="mesh file (template topology) or seed:N")
+    p.add_argument("--source", required=True, help="mesh file (template topology), seed:N, or an expression label "
+                   "name or index (e.g. happiness)")
     p.add_argument("--target", required=True, nargs="+", help="mesh files or seed:N")
     p.set_defaults(func=_cmd_transfer)
     p = model_args(sub.add_parser("add", help="add expressions (labels or meshes) to a face"))
@@ -503,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("obj", "ply"), default="obj", help="frame format of a folder output")
     p.add_argument("--fps", type=float, default=60.0, help="frame rate of the GLB animation (Live Link Face: 60)")
     p.add_argument("--batch-size", type=int, default=1024, help="frames generated at once")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder or .glb")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_animate)
     p = sub.add_parser("render", help="render meshes of one topology to a PNG grid")
@@ -511,8 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", required=True)
     p.add_argument("--side", action="store_true")
     p.add_argument("--labels", action="store_true", help="label tiles with file names")
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=int, default=512, help="tile size in pixels (default 512)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("demo", help='a local web page to try the model (pip install "facemodel[demo]")')
+    p.add_argument("--model", default=None, help="model folder or Hub repo id (default: the released weights)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.set_defaults(func=_cmd_demo)
 
     info = data.add_parser("info", help="summarise a dataset folder")
     info.add_argument("dir")

@@ -90,22 +90,45 @@ class Faces:
             return [trimesh.Trimesh(x, f, process=False) for x in v]
         return trimesh.Trimesh(v[0 if index is None else index], f, process=False)
 
+    def export_paths(self, path: str | os.PathLike, format: str | None = None) -> list[Path]:
+        """The files :meth:`export` would write for ``path``, without writing anything.
+
+        Raises:
+            MeshFormatError: a format other than obj, ply or glb.
+        """
+        path = Path(path)
+        fmt = (format or path.suffix.lstrip(".")).lower()
+        if fmt not in {"obj", "ply", "glb"}:
+            raise MeshFormatError(f"unknown export format {fmt!r} of {str(path)!r}; use a .obj, .ply or .glb path")
+        if path.suffix.lower() != f".{fmt}":
+            path = path.with_name(path.name + f".{fmt}") if "{i}" not in path.name else path
+        if (fmt == "glb" and len(self) > 1) or (len(self) == 1 and "{i}" not in str(path)):
+            return [path]
+        if "{i}" in str(path):
+            return [Path(str(path).format(i=i)) for i in range(len(self))]
+        return [path.with_name(f"{path.stem}_{i:03d}{path.suffix}") for i in range(len(self))]
+
     def export(self, path: str | os.PathLike, format: str | None = None) -> list[Path]:
         """Write the faces as OBJ, PLY or GLB (atomically), in mm.
 
         One face is written to ``path``. Several faces go to ``path`` with the index
-        appended to the stem (``face.obj`` -> ``face_000.obj``, ...), or, for ``path``
-        containing ``{i}``, to ``path.format(i=...)``; GLB writes one file (a scene).
+        appended to the stem (``faces.obj`` -> ``faces_000.obj``, ``faces_001.obj``, ...; no
+        ``faces.obj`` itself), or, for ``path`` containing ``{i}``, to ``path.format(i=...)``;
+        GLB writes one file (a scene with one node per face). :meth:`export_paths` tells the
+        names beforehand.
 
         Returns:
-            the written paths.
+            the written paths, in face order.
+
+        Example:
+            >>> model.sample(4, seed=0).export("faces.obj")
+            [PosixPath('faces_000.obj'), PosixPath('faces_001.obj'), PosixPath('faces_002.obj'), PosixPath('faces_003.obj')]
         """
         from .geometry.mesh_io import save_mesh
 
+        paths = self.export_paths(path, format)
         path = Path(path)
-        fmt = (format or path.suffix.lstrip(".")).lower()
-        if fmt not in {"obj", "ply", "glb"}:
-            raise MeshFormatError(f"unknown export format {fmt!r}; use obj, ply or glb")
+        fmt = paths[0].suffix.lstrip(".").lower()
         if path.suffix.lower() != f".{fmt}":
             path = path.with_name(path.name + f".{fmt}") if "{i}" not in path.name else path
         f = self.faces.cpu().numpy()
@@ -123,8 +146,4 @@ class Faces:
             return [path]
         if len(self) == 1 and "{i}" not in str(path):
             return [save_mesh(path, v[0], f)]
-        out = []
-        for i, x in enumerate(v):
-            p = Path(str(path).format(i=i)) if "{i}" in str(path) else path.with_name(f"{path.stem}_{i:03d}{path.suffix}")
-            out.append(save_mesh(p, x, f))
-        return out
+        return [save_mesh(p, x, f) for p, x in zip(paths, v)]

@@ -166,7 +166,7 @@ def test_progress_bar_on_long_inputs(mapped, tmp_path, capsys):
             "--out", str(tmp_path / "long.glb"), "--batch-size", "100"]  # fmt: skip
     assert main(argv) == 0
     assert "240/240" in capsys.readouterr().err
-    assert main(argv + ["--quiet"]) == 0
+    assert main(argv + ["--quiet", "--overwrite"]) == 0  # an existing .glb is kept unless --overwrite
     assert "240/240" not in capsys.readouterr().err
 
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from facemodel.data.builder import ICTDatasetConfig, build_ict_dataset, plan_ict_dataset
+from facemodel.data.builder import KINDS, ICTDatasetConfig, build_ict_dataset, plan_ict_dataset, shape_coverage
 from facemodel.data.expressions import EXPRESSION_LABELS, ICT_BLENDSHAPES, NOVEL_COMBINATIONS
 from facemodel.data.store import read_manifest
 from facemodel.errors import DataSourceError, OutputPathError
@@ -171,3 +171,58 @@ def test_mouth_close_never_exceeds_jaw_open(full_plan):
     jaw, close = ICT_BLENDSHAPES.index("jawOpen"), ICT_BLENDSHAPES.index("mouthClose")
     assert (w[:, close] <= w[:, jaw] + 1e-7).all()
     assert w.min() >= 0 and w.max() <= 1
+
+
+def _plan_digest(plan) -> str:
+    import hashlib
+
+    parts = [np.stack(plan.blendshapes).tobytes()] + [np.asarray(x, np.int64).tobytes()
+                                                     for x in (plan.identity, plan.expression, plan.kind)]  # fmt: skip
+    return hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def test_tracker_fraction_zero_is_the_03x_plan(full_plan):
+    """The 0.3.x datasets stay reproducible: the digest was taken from the builder before the
+    tracker kind existed."""
+    assert _plan_digest(full_plan) == "27b06ace1a95aaf9fdcf1567e7e56acd8e8833470810d5565594b4fc5a28a19d"
+    assert (shape_coverage(full_plan, threshold=0.03) == 0).sum() == 15  # gaze, jaw/mouth sideways, ...
+
+
+@pytest.fixture(scope="module")
+def tracker_plan():
+    return plan_ict_dataset(ICTDatasetConfig(tracker_fraction=0.25))
+
+
+def test_tracker_kind_exercises_every_shape(tracker_plan):
+    cov = shape_coverage(tracker_plan)  # train split, weight > 0.5
+    assert cov.min() >= 0.01, dict(zip(ICT_BLENDSHAPES, cov.round(4)))
+    kinds = np.asarray(tracker_plan.kind)
+    assert abs((kinds == KINDS.index("tracker")).mean() - 0.25) < 0.005
+    expr = np.asarray(tracker_plan.expression)
+    assert abs((expr >= 0).mean() - 0.07) <= 0.01  # the paper's labelled fraction is kept
+    assert (expr[kinds == KINDS.index("tracker")] == -1).all()
+
+
+def test_tracker_motion_respects_rig_semantics(tracker_plan):
+    w = np.stack(tracker_plan.blendshapes)[np.asarray(tracker_plan.kind) == KINDS.index("tracker")]
+    col = {n: i for i, n in enumerate(ICT_BLENDSHAPES)}
+    assert ((w >= 0) & (w <= 1)).all()
+    assert (w[:, col["mouthClose"]] <= w[:, col["jawOpen"]] + 1e-7).all()
+    for a, b in (("jawLeft", "jawRight"), ("mouthLeft", "mouthRight")):
+        assert not ((w[:, col[a]] > 0) & (w[:, col[b]] > 0)).any(), (a, b)
+    # sweeps: every shape alone at high weight (mouthClose with the jaw it needs open)
+    for j, name in enumerate(ICT_BLENDSHAPES):
+        others = np.delete(w, [j, col["jawOpen"]] if name == "mouthClose" else [j], axis=1)
+        assert ((w[:, j] > 0.75) & (others.max(1) == 0)).any(), name
+
+
+def test_tracker_plan_is_deterministic(tracker_plan):
+    assert _plan_digest(plan_ict_dataset(ICTDatasetConfig(tracker_fraction=0.25))) == _plan_digest(tracker_plan)
+    assert _plan_digest(plan_ict_dataset(ICTDatasetConfig(tracker_fraction=0.25, seed=1))) != _plan_digest(tracker_plan)
+
+
+def test_small_build_with_tracker_kind(ict, tmp_path):
+    out = tmp_path / "tracker"
+    m = build_ict_dataset(ict, out, ICTDatasetConfig(seed=3, size=400, identities=10, tracker_fraction=0.2),
+                          progress=False)  # fmt: skip
+    assert "tracker" in m.kinds and m.counts["per_kind"]["tracker"] == 80

@@ -1,9 +1,10 @@
 """Behaviour pin for refactors: the released weights' public calls give the outputs recorded
 from the code before the restructure (scripts/record_reference_outputs.py, tests/data/).
 
-Values are compared on every 61st vertex at 1e-6 mm (float32 round-off across CPUs); on the
-recording machine the SHA-256 of the full outputs also matches (checked by the script itself,
-not here, since BLAS kernels differ between CPU families).
+Values are compared on every 61st vertex (tolerances in ``_tolerance``); on the recording
+machine, with the same BLAS threads, the SHA-256 of the full outputs also matches (checked by
+``scripts/record_reference_outputs.py --check``, not here, since BLAS kernels differ between
+CPU families and thread counts).
 """
 
 from __future__ import annotations
@@ -52,7 +53,14 @@ def test_public_call_matches_the_recorded_output(outputs, name):
     got = (v.reshape(v.shape[0], -1, 3)[:, :: rec.STEP] if v.ndim == 3 else v).numpy()
     want = REF[name]
     assert got.shape == want.shape, name
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 if "rmse" in name else 1e-5, err_msg=name)
+    np.testing.assert_allclose(got, want, rtol=0, atol=_tolerance(name), err_msg=name)
+
+
+def _tolerance(name: str) -> float:
+    """Decoding is exact to float32 round-off; iterative fits (numpy LAPACK solves) move by up
+    to ~1e-3 code units / mm with the BLAS thread count (OMP_NUM_THREADS=1 vs 2 here), so they
+    get 5e-3, still far below any real change of behaviour (0.1 mm and more)."""
+    return 5e-3 if name.startswith(("fit", "encode")) else 1e-5
 
 
 def test_reference_covers_every_pinned_call():

@@ -14,6 +14,12 @@ Composition (defaults, ``size=30000``), mirroring the paper's mix of static and 
   ``label_fraction`` (7%) of all meshes carry an expression label;
 - ``free`` sequences for every identity, unlabelled: speech-like mouth motion, blinks and
   mixed AUs (like BP4D), filling the remaining budget;
+- ``tracker`` sequences for every identity (``tracker_fraction`` of ``size``, taken from the
+  free budget; 0 by default, as in the 0.3.x builds), unlabelled: tracker-like motion over
+  all 53 shapes, each shape alone over its range and in random combinations
+  (:meth:`ExpressionSampler.tracker_sequence`, shapes dealt from shuffled decks), so that the shapes the other kinds never move
+  (gaze, jaw and mouth sideways, jaw forward, cheek puff) are exercised. Drawn from their own
+  random stream, so that a build at 0 is the 0.3.x build, mesh for mesh;
 - ``novel``: test identities only, expression combinations that the training generator
   never produces (for the sparse-reconstruction benchmark), unlabelled.
 
@@ -48,13 +54,14 @@ from .expressions import (
 from .ict import ICTSource
 from .store import SPLITS, Manifest, write_dataset_files
 
-__all__ = ["ICTDatasetConfig", "ICTFaceGenerator", "build_ict_dataset", "plan_ict_dataset", "KINDS"]
+__all__ = ["ICTDatasetConfig", "ICTFaceGenerator", "build_ict_dataset", "plan_ict_dataset", "shape_coverage", "KINDS"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("static", "emotion", "free", "novel")
+KINDS = ("static", "emotion", "free", "novel", "tracker")
 EMOTIONS = tuple(label for label in EXPRESSION_LABELS if label != "neutral")
 STATIC_INTENSITIES = (0.4, 0.6, 0.8, 1.0)
+SWEEP_FRAMES = 10  # frames of one shape's 0 -> peak -> 0 sweep in a tracker sequence
 
 
 class ICTDatasetConfig(BaseModel):
@@ -70,6 +77,8 @@ class ICTDatasetConfig(BaseModel):
     emotion_frames: int = Field(25, ge=5, description="frames per neutral->apex->neutral sequence")
     free_sequence_frames: int = Field(40, ge=5, description="maximum frames of a free-form sequence")
     novel_intensities: tuple[float, ...] = (0.6, 1.0)
+    tracker_fraction: float = Field(0.0, ge=0, lt=0.9, description="fraction of the meshes that are "
+                                    "tracker-like motion over all 53 shapes (0: the 0.3.x datasets)")
     offsets_dtype: str = Field("float16", pattern="^(float16|float32)$")
 
     @model_validator(mode="after")
@@ -157,13 +166,27 @@ def plan_ict_dataset(config: ICTDatasetConfig) -> _Plan:
     n_novel = n_test * len(NOVEL_COMBINATIONS) * len(config.novel_intensities)
     n_labelled = n_static * n_static_mesh + n_sequences * 3
     n_emotion_frames = n_sequences * config.emotion_frames
-    n_free = config.size - n_static * n_static_mesh - n_emotion_frames - n_novel
+    n_tracker = round(config.tracker_fraction * config.size)
+    n_free = config.size - n_static * n_static_mesh - n_emotion_frames - n_novel - n_tracker
     if n_free < n_id:
         raise DatasetFormatError(
             f"size={config.size} is too small for {n_id} identities with {n_labelled} labelled meshes; "
             "increase size or decrease identities"
         )
     free_per_id = _allocate(n_free, tuple([1.0 / n_id] * n_id))
+    tracker_per_id = _allocate(n_tracker, tuple([1.0 / n_id] * n_id))
+    # its own stream (only drawn from when tracker_fraction > 0): the other kinds stay as in 0.3.x
+    tracker = ExpressionSampler(np.random.default_rng([config.seed, len(ICT_BLENDSHAPES)]))
+    # shapes are dealt per split from shuffled decks of all 53, so every shape moves equally
+    # often; single-shape sweeps (every third tracker sequence) have decks of their own
+    decks = {(s, sweep): [] for s in range(3) for sweep in (False, True)}
+    n_tracker_seq = 0
+
+    def deal(s: int, sweep: bool, k: int) -> list[int]:
+        deck = decks[s, sweep]
+        while len(deck) < k:
+            deck[:0] = tracker.rng.permutation(len(ICT_BLENDSHAPES)).tolist()
+        return [deck.pop() for _ in range(k)]
 
     plan = _Plan(identity_split=split, identity_weights=weights)
     seq = 0
@@ -196,6 +219,17 @@ def plan_ict_dataset(config: ICTDatasetConfig) -> _Plan:
             kind = ("speech", "blinks", "mixed")[int(sampler.rng.integers(3))]
             for f, w in enumerate(sampler.free_sequence(F, kind)):
                 plan.add(i, w, kind="free", seq=seq, frame=f)
+            seq += 1
+            remaining -= F
+        remaining = tracker_per_id[i]
+        while remaining > 0:
+            F = min(remaining, config.free_sequence_frames)
+            sweep = n_tracker_seq % 3 == 0  # shapes alone one after the other, else 3-8 together
+            k = max(1, F // SWEEP_FRAMES) if sweep else int(tracker.rng.integers(3, 9))
+            shapes = deal(int(split[i]), sweep, k)
+            n_tracker_seq += 1
+            for f, w in enumerate(tracker.tracker_sequence(F, shapes, sweep=sweep)):
+                plan.add(i, w, kind="tracker", seq=seq, frame=f)
             seq += 1
             remaining -= F
         if split[i] == 2:
@@ -358,3 +392,11 @@ def build_ict_dataset(
             (tmp / "LICENSE-ICT-FaceKit").write_text(licence.read_text())
     log.info("built %s meshes into %s", N, out)
     return manifest
+
+
+def shape_coverage(plan: _Plan, *, split: int = 0, threshold: float = 0.5) -> np.ndarray:
+    """(53,) fraction of a split's meshes (default: train) in which each ICT shape's weight
+    exceeds ``threshold``: the dataset's exercise of every shape (0.3.x builds: 15 shapes at 0)."""
+    w = np.stack(plan.blendshapes)
+    rows = plan.identity_split[np.asarray(plan.identity)] == split
+    return (w[rows] > threshold).mean(0)

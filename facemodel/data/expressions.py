@@ -10,10 +10,11 @@ samples of a label are identical.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from .._ict_names import ICT_BLENDSHAPES
+from .._ict_names import _LR, EXPRESSION_LABELS, ICT_BLENDSHAPES
 
 __all__ = [
     "ICT_BLENDSHAPES",
@@ -25,13 +26,6 @@ __all__ = [
     "au_to_weights",
     "constrain",
 ]
-
-#: Expression labels, index = class id. Order follows the paper's "seven basic" labels.
-EXPRESSION_LABELS: tuple[str, ...] = (
-    "neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise",
-)  # fmt: skip
-
-_LR = ("_L", "_R")
 
 
 def _both(name: str, w: float = 1.0) -> dict[str, float]:
@@ -108,6 +102,12 @@ def _vec(weights: dict[str, float]) -> np.ndarray:
 
 
 _JAW, _CLOSE = ICT_BLENDSHAPES.index("jawOpen"), ICT_BLENDSHAPES.index("mouthClose")
+#: pairs of shapes that pull opposite ways (the second is zeroed where the first moves)
+_EXCLUSIVE = tuple((_INDEX[a], _INDEX[b]) for a, b in (("jawLeft", "jawRight"), ("mouthLeft", "mouthRight")))
+#: coherent gaze directions: the shapes of both eyes that look the same way
+_GAZE = tuple(tuple(_INDEX[n] for n in names) for names in (
+    ("eyeLookUp_L", "eyeLookUp_R"), ("eyeLookDown_L", "eyeLookDown_R"),
+    ("eyeLookOut_L", "eyeLookIn_R"), ("eyeLookIn_L", "eyeLookOut_R")))  # fmt: skip
 
 
 def constrain(weights: np.ndarray) -> np.ndarray:
@@ -179,8 +179,59 @@ class ExpressionSampler:
             y += self.rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * f * t + self.rng.uniform(0, 2 * np.pi))
         return np.clip(y / 2.0, 0.0, 1.0)
 
+    def _held_curve(self, frames: int) -> np.ndarray:
+        """(frames,) a shape a tracker holds: rests, rises over a few frames, holds a peak in
+        [0.7, 1] for 50-90 % of the sequence (with a slight drift), then falls back."""
+        t = np.arange(frames, dtype=np.float64)
+        hold = self.rng.uniform(0.5, 0.9) * frames
+        start = self.rng.uniform(0, frames - hold)
+        ramp = max(2.0, 0.1 * frames)
+        up = np.clip((t - start) / ramp + 0.5, 0, 1)
+        down = np.clip((start + hold - t) / ramp + 0.5, 0, 1)
+        env = np.minimum(up, down)
+        env = env * env * (3 - 2 * env)  # smoothstep: no kinks at the ramps' ends
+        drift = 1 + 0.1 * np.sin(2 * np.pi * self.rng.uniform(0.02, 0.08) * t + self.rng.uniform(0, 2 * np.pi))
+        return np.clip(env * drift * self.rng.uniform(0.7, 1.0), 0.0, 1.0)
+
+    def tracker_sequence(self, frames: int, shapes: Sequence[int], *, sweep: bool = False) -> np.ndarray:
+        """(frames, 53) tracker-like motion of the given shapes (what a face tracker emits).
+
+        Args:
+            frames: sequence length.
+            shapes: indices of the shapes to move (the builder deals them from a shuffled deck
+                of all 53, so that every shape moves equally often).
+            sweep: move the shapes alone one after the other, each over its range (0 -> peak
+                in [0.8, 1] -> 0 over an equal share of the frames);
+                otherwise every shape follows its own held curve (:meth:`_held_curve`), and a
+                third of the sequences add a coherent gaze (both eyes look the same way).
+
+        Mutually exclusive shapes (``jawLeft``/``jawRight``, ``mouthLeft``/``mouthRight``)
+        take turns: where both would move, the one with the larger weight moves.
+        ``mouthClose`` opens the jaw at least as far (see :func:`constrain`). Weights in [0, 1].
+        """
+        w = np.zeros((frames, len(ICT_BLENDSHAPES)))
+        if sweep:
+            edges = np.linspace(0, frames, len(shapes) + 1).round().astype(int)
+            for j, a, b in zip(shapes, edges[:-1], edges[1:]):
+                w[a:b, int(j)] = np.sin(np.pi * np.arange(b - a) / max(b - a - 1, 1)) * self.rng.uniform(0.8, 1.0)
+        else:
+            for j in shapes:
+                w[:, int(j)] = self._held_curve(frames)
+            for a, b in _EXCLUSIVE:
+                weaker = np.where(w[:, a] >= w[:, b], b, a)
+                w[np.arange(frames), weaker] = 0.0
+            if self.rng.random() < 1 / 3:
+                curve = self._held_curve(frames)
+                for j in _GAZE[int(self.rng.integers(len(_GAZE)))]:
+                    w[:, j] = np.maximum(w[:, j], curve)
+        w[:, _JAW] = np.maximum(w[:, _JAW], w[:, _CLOSE])
+        return constrain(w)
+
     def free_sequence(self, frames: int, kind: str) -> np.ndarray:
-        """(frames, 53) unlabelled motion: ``"speech"``, ``"blinks"`` or ``"mixed"``."""
+        """(frames, 53) unlabelled motion: ``"speech"``, ``"blinks"``, ``"mixed"`` or ``"tracker"``
+        (:meth:`tracker_sequence` of shapes drawn at random)."""
+        if kind == "tracker":
+            return self.tracker_sequence(frames, self.rng.choice(len(ICT_BLENDSHAPES), size=5, replace=False))
         w = np.zeros((frames, len(ICT_BLENDSHAPES)))
         if kind == "speech":
             names = self.rng.choice(_SPEECH, size=4, replace=False)

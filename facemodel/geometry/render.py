@@ -56,6 +56,7 @@ VIEWS: dict[str, float] = {"front": 0.0, "three_quarter": 45.0, "side": 90.0}
 #: default light direction in camera space (towards the light): front-upper-left
 DEFAULT_LIGHT: tuple[float, float, float] = (-0.45, 0.5, 1.0)
 DEFAULT_COLOR: tuple[float, float, float] = (0.75, 0.78, 0.85)
+DEFAULT_SIZE = 512  # tile side in pixels: expressions can be judged at this size
 DEFAULT_MARGIN = 0.05  # fraction of the image left free on each side by the default framing
 
 # viridis sampled at 11 evenly spaced stops (matplotlib's table), linearly interpolated
@@ -329,7 +330,7 @@ def render_mesh(
     faces: np.ndarray,
     *,
     view: View = "front",
-    size: int = 256,
+    size: int = DEFAULT_SIZE,
     color: Sequence[float] = DEFAULT_COLOR,
     background: Sequence[float] = (1.0, 1.0, 1.0),
     light: Sequence[float] = DEFAULT_LIGHT,
@@ -422,7 +423,7 @@ def render_grid(
     faces: np.ndarray,
     *,
     views: Sequence[View] = ("front",),
-    size: int = 256,
+    size: int = DEFAULT_SIZE,
     ncols: int | None = None,
     labels: Sequence[str] | None = None,
     common_scale: bool = True,
@@ -444,7 +445,7 @@ def render_grid(
         vertices: (B, V, 3) positions in mm (a single (V, 3) mesh is accepted as B = 1).
         faces: (F, 3) int triangles shared by all meshes.
         views: view names / azimuths drawn for every mesh, e.g. ``("front", "side")``.
-        size: tile side in pixels.
+        size: tile side in pixels (default 512: large enough to judge an expression).
         ncols: cells per row; default ``ceil(sqrt(B / len(views)))``.
         labels: optional B strings drawn centred under each cell (PIL's default font).
         common_scale: one framing (scale and centre) for all meshes, so sizes compare;
