@@ -11,6 +11,7 @@ rendering), ``facemodel.data`` (ICT 4D dataset, imports), ``facemodel.fitting`` 
 
 from __future__ import annotations
 
+from . import errors as _errors
 from .errors import (
     BlendshapeError,
     CheckpointError,
@@ -54,31 +55,5 @@ __all__ = [
     "Faces",
     "load_mesh",
     "save_mesh",
-    "FaceModelError",
-    "MeshFormatError",
-    "TopologyMismatchError",
-    "InvalidGeometryError",
-    "DataSourceError",
-    "DownloadError",
-    "ChecksumMismatchError",
-    "UnsafeArchiveError",
-    "DatasetFormatError",
-    "LabelsError",
-    "OutputPathError",
-    "WeightsNotFoundError",
-    "WeightsFormatError",
-    "UnknownLabelError",
-    "HubUploadError",
-    "InvalidRepoIdError",
-    "FittingError",
-    "LandmarkError",
-    "UnknownLandmarksError",
-    "PointsFormatError",
-    "BlendshapeError",
-    "NoExpressionMapError",
-    "EvaluationError",
-    "ConfigError",
-    "CheckpointError",
-    "SelectionError",
-    "ReleaseError",
+    *_errors.__all__,  # every error class
 ]

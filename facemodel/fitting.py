@@ -26,6 +26,11 @@ Solvers:
   an exact line search over the pieces of the ray; the pose is then re-solved in closed
   form (weighted Umeyama) at the new code (variable projection). Faces are batched with
   per-face damping and stopping: a batch returns the per-face results (up to rounding).
+  This exact path needs the paper's one-hidden-layer generator
+  (:meth:`~facemodel.networks.Generator.affine_hidden`); any other generator of the interface
+  (:class:`~facemodel.networks.GeneratorInterface`, e.g. ``hidden_layers=2``) gets the same
+  Levenberg-Marquardt with its Jacobian ``A dh/dz`` from ``hidden_jacobian`` at every
+  iteration and a search of each step on a grid of lengths.
   This solver runs on the CPU in NumPy (a few hundred numbers per face); results come
   back on ``device``.
 - ``"lbfgs"``: :class:`torch.optim.LBFGS` on ``z``, alternated with the closed-form pose.
