@@ -26,6 +26,11 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _top_level_imports(name: str, path: Path, known: set[str], *, lazy: bool = False) -> set[str]:
     """Modules of the package that ``name`` imports when it is loaded: imports at module level
     (also inside module-level if/try blocks); with ``lazy`` also those inside functions."""
@@ -46,6 +51,8 @@ def _top_level_imports(name: str, path: Path, known: set[str], *, lazy: bool = F
                     mod = node.module or ""
                 found.add(mod)
                 found.update(f"{mod}.{a.name}" for a in node.names)  # submodules imported by name
+            elif isinstance(node, ast.If) and _is_type_checking(node.test):
+                visit(node.orelse)  # annotations only: never imported at run time
             elif isinstance(node, (ast.If, ast.Try, ast.With)):
                 visit(node.body)
                 for extra in ("orelse", "finalbody"):
@@ -58,6 +65,7 @@ def _top_level_imports(name: str, path: Path, known: set[str], *, lazy: bool = F
                 visit(node.body)
 
     visit(ast.parse(path.read_text()).body)
+
     def inside(pkg: str) -> bool:  # a package ``name`` belongs to is already being imported
         return name == pkg or name.startswith(pkg + ".")
 

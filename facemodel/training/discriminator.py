@@ -18,7 +18,7 @@ from torch import nn
 
 from ..geometry.geometry_image import GeometryImage
 from ..geometry.template import Template
-from .config import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["Critic", "CriticOutput", "critic_uv"]
 
