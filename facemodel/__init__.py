@@ -44,9 +44,31 @@ from .errors import (
 
 __version__ = "0.3.1"
 
-from .geometry.mesh_io import load_mesh, save_mesh  # noqa: E402
-from .model import FaceModel, FaceModelConfig  # noqa: E402
-from .outputs import Faces  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:  # the names below load on first use (``import facemodel`` stays light: no torch)
+    from .geometry.mesh_io import load_mesh, save_mesh
+    from .model import FaceModel, FaceModelConfig
+    from .outputs import Faces
+
+_LAZY = {"FaceModel": ".model", "FaceModelConfig": ".model", "Faces": ".outputs",
+         "load_mesh": ".geometry.mesh_io", "save_mesh": ".geometry.mesh_io"}  # fmt: skip
+
+
+def __getattr__(name: str):
+    """Load :class:`FaceModel` and friends on first access (PEP 562), so that ``import
+    facemodel`` and ``facemodel --help`` do not pay for torch and pydantic."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "__version__",
