@@ -55,7 +55,9 @@ import torch
 from scipy.linalg import lapack as _lapack
 
 from .errors import FaceModelError
+from .fitting_prior import DEFAULT_LOSS_SCALE_MM, LOSSES, PRIORS, ROBUST_ROUNDS, irls_weights, resolve_prior, whitened_head
 from .landmarks import LandmarkSet, landmark_set
+from .prior import code_prior
 
 __all__ = ["FitResult", "Transform", "FittingError", "fit_landmarks", "fit_landmarks_2d", "SOLVERS", "ALIGNMENTS", "CAMERAS"]
 
@@ -111,6 +113,13 @@ class FitResult:
         objective: (B,) final objective, model-space mm^2 (Eq. 13 with weights).
         solver, align: what was used (``align`` holds the camera name for 2D fits).
         landmark_set: the :class:`~facemodel.landmarks.LandmarkSet` fitted.
+        plausibility: (B,) the codes' Mahalanobis norm against the model's code prior
+            (:func:`facemodel.prior.code_prior`), whatever prior was fitted with.
+        typical_range: (lo, median, hi) of that norm over codes drawn from the prior (1st,
+            50th, 99th percentile): a fit above ``hi`` is less typical than 99 % of them.
+        prior: ``"model"`` (Mahalanobis prior) or ``"l2"`` (``reg ||z||^2``); ``reg``: its weight.
+        loss_weights: (B, K) the robust loss's final per-landmark factors in [0, 1]
+            (all 1 for ``loss="l2"``).
     """
 
     codes: torch.Tensor
@@ -126,6 +135,11 @@ class FitResult:
     solver: str = "gauss-newton"
     align: str = "similarity"
     landmark_set: LandmarkSet | None = field(default=None, repr=False)
+    plausibility: torch.Tensor | None = None
+    typical_range: tuple[float, float, float] | None = None
+    prior: str = "l2"
+    reg: float = 0.01
+    loss_weights: torch.Tensor | None = field(default=None, repr=False)
     _decoder: Any = field(default=None, repr=False)
     _vertices: torch.Tensor | None = field(default=None, repr=False)
 
@@ -1023,7 +1037,16 @@ def _solve_first_order(head, pm, P, w, z0, reg, max_iters, tol, solver, opts, de
 
 # ---- public API ------------------------------------------------------------------------------
 def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters, tol, generator, device,
-         solver_options, decode) -> FitResult:  # fmt: skip
+         solver_options, decode, prior=None, loss="l2", loss_scale=None) -> FitResult:  # fmt: skip
+    prior, reg = resolve_prior(prior, reg, "3d" if pm.dim == 3 else "2d")
+    if prior not in PRIORS:
+        raise FittingError(f"unknown prior {prior!r}; choose one of {list(PRIORS)}")
+    if loss not in LOSSES:
+        raise FittingError(f"unknown loss {loss!r}; choose one of {list(LOSSES)}")
+    loss_scale = DEFAULT_LOSS_SCALE_MM if loss_scale is None else loss_scale
+    if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not loss_scale > 0 \
+            or not math.isfinite(loss_scale):  # fmt: skip
+        raise FittingError(f"loss_scale must be a finite number > 0 (mm), got {loss_scale!r}")
     max_iters = _check_common(reg, tol, max_iters, solver, generator)
     dtype, model_device = _model_dtype_device(model)
     explicit = device is not None
@@ -1065,14 +1088,31 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
                 + (" (or align='none' for points already in model space)" if pm.dim == 3 else "")
             )
     head = _head(model, lmk, P.dtype)
+    cp = code_prior(model)
     z0 = _initial_codes(init, solver, pm.dim, B, head.D, dtype, dev, explicit, generator)
+    if prior == "model":  # solve in whitened codes u, z = mean + L u: reg ||u||^2 is the Mahalanobis prior
+        head = whitened_head(head, cp)
+        if not (init is None or isinstance(init, str)):  # explicit codes; "mean" (the prior's mean) and
+            z0 = cp.whiten(z0).astype(P.dtype)  # "random" (a draw from the prior) are in u already
     if isinstance(z0, str):  # "linear"
         z0 = _linear_init(head, pm, P, w)
-    if solver == "gauss-newton":
-        out = _solve_gn(head, pm, P, w, z0, float(reg), max_iters, float(tol), opts)
-    else:
-        out = _solve_first_order(head, pm, P, w, z0, float(reg), max_iters, float(tol), solver, opts, dev)
+    w_in, lw = w, np.ones_like(w)
+    for rnd in range(1 + (ROBUST_ROUNDS if loss == "huber" else 0)):
+        if rnd:  # IRLS: Huber factors of the last fit's residuals, warm start
+            rn = np.linalg.norm(pm.residual(P, out["m"], out["X"]).reshape(B, K, pm.dim), axis=-1)
+            lw = irls_weights(rn, float(loss_scale)).astype(P.dtype)
+            w, z0 = np.ascontiguousarray(w_in * lw), out["z"]
+        if solver == "gauss-newton":
+            out = _solve_gn(head, pm, P, w, z0, float(reg), max_iters, float(tol), opts)
+        else:
+            out = _solve_first_order(head, pm, P, w, z0, float(reg), max_iters, float(tol), solver, opts, dev)
+        if rnd:
+            out["iters"] = out["iters"] + prev_iters
+        prev_iters = out["iters"]
+    w = w_in
     z, m, X = out["z"], out["m"], out["X"]
+    if prior == "model":
+        z = cp.color(z).astype(P.dtype)
     r = pm.residual(P, m, X).reshape(B, K, pm.dim)
     scale, rot, trans, factor = pm.to_input(X)
     res = np.where(present, np.linalg.norm(r, axis=-1) * factor[:, None], np.nan)
@@ -1098,6 +1138,11 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
         solver=solver,
         align=pm.align,
         landmark_set=lmk,
+        plausibility=T(cp.mahalanobis(z), torch.float64),
+        typical_range=cp.typical_range,
+        prior=prior,
+        reg=float(reg),
+        loss_weights=T(lw),
         _decoder=decoder,
     )
 
@@ -1128,7 +1173,10 @@ def fit_landmarks(
     *,
     landmarks: Any = "ibug68",
     weights: torch.Tensor | np.ndarray | None = None,
-    reg: float = 0.01,
+    reg: float | None = None,
+    prior: str | None = None,
+    loss: str = "l2",
+    loss_scale: float | None = None,
     align: str = "similarity",
     init: str | torch.Tensor | np.ndarray | None = None,
     solver: str = "gauss-newton",
@@ -1197,7 +1245,7 @@ def fit_landmarks(
         raise FittingError(f"unknown align {align!r}; choose one of {list(ALIGNMENTS)}")
     return _fit(model, points, _Pose3D(align), landmarks=landmarks, weights=weights, reg=reg, init=init,
                 solver=solver, max_iters=max_iters, tol=tol, generator=generator, device=device,
-                solver_options=solver_options, decode=decode)  # fmt: skip
+                solver_options=solver_options, decode=decode, prior=prior, loss=loss, loss_scale=loss_scale)  # fmt: skip
 
 
 def fit_landmarks_2d(
@@ -1206,7 +1254,10 @@ def fit_landmarks_2d(
     *,
     landmarks: Any = "ibug68",
     weights: torch.Tensor | np.ndarray | None = None,
-    reg: float = 0.01,
+    reg: float | None = None,
+    prior: str | None = None,
+    loss: str = "huber",
+    loss_scale: float | None = None,
     camera: str = "scaled_orthographic",
     init: str | torch.Tensor | np.ndarray | None = None,
     solver: str = "gauss-newton",
@@ -1241,4 +1292,4 @@ def fit_landmarks_2d(
         raise FittingError(f"unknown camera {camera!r}; choose one of {list(CAMERAS)}")
     return _fit(model, points2d, _Camera2D(), landmarks=landmarks, weights=weights, reg=reg, init=init,
                 solver=solver, max_iters=max_iters, tol=tol, generator=generator, device=device,
-                solver_options=solver_options, decode=decode)  # fmt: skip
+                solver_options=solver_options, decode=decode, prior=prior, loss=loss, loss_scale=loss_scale)  # fmt: skip

@@ -201,9 +201,11 @@ def test_batch_equals_single_fits(model):
         assert float(batch.objective[i]) == pytest.approx(float(single.objective[0]), rel=1e-4)
     # a large batch (grouped Jacobian updates) gives the same per-face answers
     _, _, many, _, _ = _faces(model, 70, seed=6)
-    big = fit_landmarks(model, many, decode=False, max_iters=30)
+    # (reg=0.01 on ||z||^2: sharp optima; under the default prior the optimum is flatter and
+    # codes agree only to the stopping tolerance)
+    big = fit_landmarks(model, many, decode=False, max_iters=30, reg=0.01)
     assert big.vertices is None and big.codes.shape == (70, 85) and big.converged.all()
-    small = fit_landmarks(model, many[[0, 69]], decode=False, max_iters=30)
+    small = fit_landmarks(model, many[[0, 69]], decode=False, max_iters=30, reg=0.01)
     torch.testing.assert_close(big.codes[[0, 69]], small.codes, atol=1e-4, rtol=0)
 
 
