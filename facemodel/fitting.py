@@ -64,7 +64,7 @@ __all__ = ["FitResult", "Transform", "FittingError", "fit_landmarks", "fit_landm
 SOLVERS = ("gauss-newton", "lbfgs", "adam")
 ALIGNMENTS = ("similarity", "rigid", "none")
 CAMERAS = ("scaled_orthographic",)
-DEFAULT_MAX_ITERS = {"gauss-newton": 6, "lbfgs": 20, "adam": 1000}
+DEFAULT_MAX_ITERS = {"gauss-newton": 20, "lbfgs": 20, "adam": 1000}
 _CHUNK = 128  # faces per Gauss-Newton chunk (bounds memory: ~10 MB of Jacobians per thread)
 _DECODE_CHUNK = 256
 _MAX_REJECTS = 6  # consecutive rejected steps before stopping
@@ -1181,7 +1181,7 @@ def fit_landmarks(
     init: str | torch.Tensor | np.ndarray | None = None,
     solver: str = "gauss-newton",
     max_iters: int | None = None,
-    tol: float = 1e-6,
+    tol: float = 1e-5,
     generator: torch.Generator | int | None = None,
     device: str | torch.device | None = None,
     solver_options: Mapping[str, Any] | None = None,
@@ -1202,7 +1202,18 @@ def fit_landmarks(
             :func:`facemodel.landmarks.landmark_set`): ``"ibug68"`` (default), ``"ibug51"``,
             a registered name, K vertex indices, or ``(triangles (K, 3), barycentrics (K, 3))``.
         weights: (K,) or (B, K) non-negative per-landmark weights (default 1).
-        reg: lambda of Eq. 13 on ``||z||^2`` (paper: 0, 0.01, 10).
+        reg: weight of the code prior. Default (neither ``reg`` nor ``prior`` given): the
+            model's code prior (``prior="model"``) at the weight chosen on validation faces
+            (:data:`facemodel.fitting_prior.DEFAULT_REG`). An explicit ``reg`` alone keeps
+            the paper's ``reg ||z||^2`` (``prior="l2"``; paper: 0, 0.01, 10); ``reg=0`` is
+            the unregularised fit.
+        prior: ``"model"``: ``reg ||L^-1 (z - mean)||^2`` against
+            :func:`facemodel.prior.code_prior` (identity and noise N(0, I), the expression
+            code's distribution under the blendshape map), or ``"l2"``: ``reg ||z||^2``.
+        loss: ``"l2"`` (default for 3D) or ``"huber"``: iteratively reweighted (one warm-started
+            re-fit) with the Huber factor ``min(1, loss_scale / r_k)`` of each landmark's
+            residual ``r_k``, so outliers pull linearly, not quadratically.
+        loss_scale: the Huber threshold in model-space mm (default 3).
         align: ``"similarity"`` (rotation, translation, scale), ``"rigid"`` (scale 1: points
             in mm), ``"none"`` (points already in model space, mm).
         init: ``"linear"`` (default for gauss-newton: a ridge regression of codes on the
@@ -1212,7 +1223,7 @@ def fit_landmarks(
             adam, the paper's protocol), or codes (D,) / (B, D).
         solver: ``"gauss-newton"`` (default), ``"lbfgs"``, or ``"adam"`` (the paper's
             protocol; a slow baseline).
-        max_iters: outer iterations (default: gauss-newton 6, lbfgs 20 runs of 20
+        max_iters: outer iterations (default: gauss-newton 20 (most faces stop at 8-14), lbfgs 20 runs of 20
             iterations, adam 1000 steps).
         tol: stop a face when the relative decrease of its objective in an iteration is
             below this. Near LeakyReLU kinks the decrease of noisy fits can stay ~1e-4 per
@@ -1259,10 +1270,11 @@ def fit_landmarks_2d(
     loss: str = "huber",
     loss_scale: float | None = None,
     camera: str = "scaled_orthographic",
+    contour: bool = True,
     init: str | torch.Tensor | np.ndarray | None = None,
     solver: str = "gauss-newton",
     max_iters: int | None = None,
-    tol: float = 1e-6,
+    tol: float = 1e-5,
     generator: torch.Generator | int | None = None,
     device: str | torch.device | None = None,
     solver_options: Mapping[str, Any] | None = None,
@@ -1275,13 +1287,18 @@ def fit_landmarks_2d(
     ``sum_i w_i ||R[:2] v~_i(z) - (x_i - t) / s||^2 + reg ||z||^2`` over the code and the
     camera jointly (the image residuals divided by the scale: model-space mm^2, as in
     :func:`fit_landmarks`), from an affine camera fitted at the initial code. Depth is not
-    observed: keep ``reg`` > 0 for plausible shapes; the jaw line (the first 17 iBUG
-    points) is a silhouette, not a fixed surface point, in non-frontal views
-    (``landmarks="ibug51"`` drops it).
+    observed: the default prior keeps shapes plausible. The jaw line (the first 17 iBUG
+    points) is a silhouette, not a fixed surface point, in non-frontal views: with
+    ``contour=True`` (default, ``landmarks="ibug68"``) each face is re-fitted twice with its
+    jaw points moved to the vertices of their contour lines that project outermost under
+    the last camera (:mod:`facemodel.contour`, as eos does); ``landmarks="ibug51"`` drops them.
 
     Args:
         points2d: (K, 2) or (B, K, 2) image points; NaN rows / weight 0 for missing ones.
         camera: ``"scaled_orthographic"`` (the only camera so far).
+        contour: slide the jaw points to the silhouette (ibug68 only; the re-fits run face
+            by face).
+        loss: ``"huber"`` (default here: detector points have outliers) or ``"l2"``.
         others: as :func:`fit_landmarks`.
 
     Returns:
@@ -1290,6 +1307,58 @@ def fit_landmarks_2d(
     """
     if camera not in CAMERAS:
         raise FittingError(f"unknown camera {camera!r}; choose one of {list(CAMERAS)}")
-    return _fit(model, points2d, _Camera2D(), landmarks=landmarks, weights=weights, reg=reg, init=init,
-                solver=solver, max_iters=max_iters, tol=tol, generator=generator, device=device,
-                solver_options=solver_options, decode=decode, prior=prior, loss=loss, loss_scale=loss_scale)  # fmt: skip
+    kw = dict(weights=weights, reg=reg, solver=solver, max_iters=max_iters, tol=tol, generator=generator,
+              device=device, solver_options=solver_options, prior=prior, loss=loss, loss_scale=loss_scale)  # fmt: skip
+    if contour not in (True, False):
+        raise FittingError(f"contour must be True or False, got {contour!r}")
+    use_contour = contour and isinstance(landmarks, str) and landmarks == "ibug68"
+    if not use_contour:
+        return _fit(model, points2d, _Camera2D(), landmarks=landmarks, init=init, decode=decode, **kw)
+    # the first fit leaves the jaw out (the inner 51 points fix the camera), the next ones place the
+    # jaw points on the silhouette (plain least squares), the last one applies the loss
+    w0 = np.ones(68)
+    w0[:17] = 0.0
+    if weights is not None:
+        wu = weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights, np.float64)
+        w0 = wu * w0 if wu.shape in ((68,), (np.shape(points2d)[0], 68)) else wu  # a bad shape: let _fit say so
+    res = _fit(model, points2d, _Camera2D(), landmarks=landmarks, init=init, decode=False,
+               **{**kw, "loss": "l2", "weights": w0})  # fmt: skip
+    return _contour_rounds(model, points2d, res, kw, decode)
+
+
+def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool) -> FitResult:
+    """Re-fit each face with its jaw points moved to the silhouette of the last fit (see
+    :mod:`facemodel.contour`), warm-started from its codes."""
+    from .contour import CONTOUR_ROUNDS, contour_landmarks
+
+    P = points2d if isinstance(points2d, torch.Tensor) else np.asarray(points2d, np.float64)
+    P = P[None] if P.ndim == 2 else P  # (checked by the first fit)
+    w = kw.pop("weights")
+    if w is not None and not isinstance(w, torch.Tensor):
+        w = np.asarray(w, np.float64)
+    iters = res.iterations.clone()
+    for rnd in range(1, CONTOUR_ROUNDS):
+        specs = contour_landmarks(model, res)
+        kr = kw if rnd == CONTOUR_ROUNDS - 1 else {**kw, "loss": "l2"}
+        parts = [_fit(model, P[b : b + 1], _Camera2D(), landmarks=specs[b], init=res.codes[b : b + 1], decode=False,
+                      weights=None if w is None else (w if w.ndim == 1 else w[b : b + 1]), **kr)
+                 for b in range(P.shape[0])]  # fmt: skip
+        res = _cat_results(parts)
+        iters += res.iterations
+    res.iterations = iters
+    if decode:
+        res._decoder = _decoder(model, res.codes, res.codes.device, res.codes.dtype)
+    return res
+
+
+def _cat_results(parts: list[FitResult]) -> FitResult:
+    """One FitResult of per-face results (their landmark sets differ: the first is kept)."""
+    if len(parts) == 1:
+        return parts[0]
+    cat = {}
+    for name in ("codes", "scale", "rotation", "translation", "residuals", "rmse", "iterations", "converged",
+                 "landmarks", "objective", "plausibility", "loss_weights"):  # fmt: skip
+        cat[name] = torch.cat([getattr(p, name) for p in parts])
+    p0 = parts[0]
+    return FitResult(**cat, solver=p0.solver, align=p0.align, landmark_set=p0.landmark_set,
+                     typical_range=p0.typical_range, prior=p0.prior, reg=p0.reg)  # fmt: skip

@@ -27,12 +27,12 @@ __all__ = ["PRIORS", "LOSSES", "DEFAULT_REG", "DEFAULT_LOSS_SCALE_MM", "resolve_
 PRIORS = ("model", "l2")
 LOSSES = ("l2", "huber")
 #: default weight of the Mahalanobis prior, per kind of fit (chosen by benchmarks/select_prior_weight.py)
-DEFAULT_REG = {"3d": 1.0, "2d": 1.0}
+DEFAULT_REG = {"3d": 3.0, "2d": 10.0}
 #: the old default: the paper's lambda on ||z||^2
 L2_DEFAULT_REG = 0.01
 #: Huber threshold on a landmark's residual (model-space mm; 2D: image residual / camera scale)
 DEFAULT_LOSS_SCALE_MM = 3.0
-ROBUST_ROUNDS = 2  # IRLS re-solves after the first fit
+ROBUST_ROUNDS = 1  # IRLS re-solves after the first fit (warm-started)
 
 
 def resolve_prior(prior: str | None, reg: float | None, kind: str) -> tuple[str, float | None]:
