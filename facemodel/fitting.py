@@ -55,7 +55,7 @@ import torch
 from scipy.linalg import lapack as _lapack
 
 from .errors import FaceModelError
-from .fitting_prior import DEFAULT_LOSS_SCALE_MM, LOSSES, PRIORS, ROBUST_ROUNDS, irls_weights, resolve_prior, whitened_head
+from .fitting_prior import DEFAULT_LOSS_SCALE_MM, LOSSES, PRIOR_MAX_ITERS_GN, PRIOR_TOL, PRIORS, ROBUST_ROUNDS, irls_weights, resolve_prior, whitened_head
 from .landmarks import LandmarkSet, landmark_set
 from .prior import code_prior
 
@@ -64,7 +64,7 @@ __all__ = ["FitResult", "Transform", "FittingError", "fit_landmarks", "fit_landm
 SOLVERS = ("gauss-newton", "lbfgs", "adam")
 ALIGNMENTS = ("similarity", "rigid", "none")
 CAMERAS = ("scaled_orthographic",)
-DEFAULT_MAX_ITERS = {"gauss-newton": 20, "lbfgs": 20, "adam": 1000}
+DEFAULT_MAX_ITERS = {"gauss-newton": 6, "lbfgs": 20, "adam": 1000}
 _CHUNK = 128  # faces per Gauss-Newton chunk (bounds memory: ~10 MB of Jacobians per thread)
 _DECODE_CHUNK = 256
 _MAX_REJECTS = 6  # consecutive rejected steps before stopping
@@ -1047,6 +1047,10 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
     if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not loss_scale > 0 \
             or not math.isfinite(loss_scale):  # fmt: skip
         raise FittingError(f"loss_scale must be a finite number > 0 (mm), got {loss_scale!r}")
+    if tol is None:  # the model prior's optimum is flatter: a looser relative tolerance, more iterations
+        tol = PRIOR_TOL if prior == "model" else 1e-6
+    if max_iters is None and solver == "gauss-newton" and prior == "model":
+        max_iters = PRIOR_MAX_ITERS_GN
     max_iters = _check_common(reg, tol, max_iters, solver, generator)
     dtype, model_device = _model_dtype_device(model)
     explicit = device is not None
@@ -1181,7 +1185,7 @@ def fit_landmarks(
     init: str | torch.Tensor | np.ndarray | None = None,
     solver: str = "gauss-newton",
     max_iters: int | None = None,
-    tol: float = 1e-5,
+    tol: float | None = None,
     generator: torch.Generator | int | None = None,
     device: str | torch.device | None = None,
     solver_options: Mapping[str, Any] | None = None,
@@ -1223,10 +1227,12 @@ def fit_landmarks(
             adam, the paper's protocol), or codes (D,) / (B, D).
         solver: ``"gauss-newton"`` (default), ``"lbfgs"``, or ``"adam"`` (the paper's
             protocol; a slow baseline).
-        max_iters: outer iterations (default: gauss-newton 20 (most faces stop at 8-14), lbfgs 20 runs of 20
+        max_iters: outer iterations (default: gauss-newton 20 under the model prior (most
+            faces stop after 8-14), 6 with ``prior="l2"``; lbfgs 20 runs of 20
             iterations, adam 1000 steps).
         tol: stop a face when the relative decrease of its objective in an iteration is
-            below this. Near LeakyReLU kinks the decrease of noisy fits can stay ~1e-4 per
+            below this (default 1e-5 under the model prior, 1e-6 with ``prior="l2"``);
+            ``converged`` is True for the faces that stopped so. Near LeakyReLU kinks the decrease of noisy fits can stay ~1e-4 per
             iteration for a while with little effect on the fit; such faces stop at
             ``max_iters`` with ``converged`` False.
         generator: a torch.Generator or int seed for ``init="random"`` (default seed 0).
@@ -1274,7 +1280,7 @@ def fit_landmarks_2d(
     init: str | torch.Tensor | np.ndarray | None = None,
     solver: str = "gauss-newton",
     max_iters: int | None = None,
-    tol: float = 1e-5,
+    tol: float | None = None,
     generator: torch.Generator | int | None = None,
     device: str | torch.device | None = None,
     solver_options: Mapping[str, Any] | None = None,
