@@ -11,9 +11,11 @@ similarity (or rigid) transform ``S`` is estimated with ``z``, and Eq. 13 is min
     E(z, S) = sum_i w_i ||v~_i(z) - S(p_i)||^2 + reg * ||z||^2
 
 ``S`` maps the input points into the model's frame, so the data term is in **mm^2**
-whatever the input units, and ``reg`` is the paper's lambda on the raw code (codes are
-~N(0, I) under the generator's prior; the paper uses 0, 0.01 and 10). Residuals and RMSE
-in :class:`FitResult` are reported in the **input's units**.
+whatever the input units. By default the regulariser is the model's code prior,
+``reg ||L^-1 (z - mean)||^2`` (:mod:`facemodel.prior`, :mod:`facemodel.fitting_prior`: the
+solve runs in whitened codes), at a weight chosen on validation faces; an explicit ``reg``
+alone is the paper's lambda on the raw code (``prior="l2"``; the paper uses 0, 0.01 and 10).
+Residuals and RMSE in :class:`FitResult` are reported in the **input's units**.
 
 Solvers:
 
@@ -34,7 +36,8 @@ Solvers:
 
 Near a LeakyReLU kink the objective of a noisy fit keeps decreasing by ~1e-4 per
 iteration for a while with no visible effect on the fit; such fits stop at ``max_iters``
-with ``converged`` False. Exact data converge in ~5 iterations.
+with ``converged`` False. Under the default prior (20 iterations, tol 1e-5) ~96 % of fits
+meet the stopping rule, after 8-14 iterations.
 
 :func:`fit_landmarks_2d` fits 2D landmarks under a scaled-orthographic camera
 ``x = s R[:2] v + t`` solved jointly with ``z`` (image residuals divided by ``s``: model-space
