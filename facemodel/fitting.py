@@ -74,6 +74,7 @@ _MAX_REJECTS = 6  # consecutive rejected steps before stopping
 _GRID = (1.0, 0.8, 0.6, 0.45, 0.3, 0.2, 0.1, 0.04)
 _EXACT_MAX_BREAKS = 64  # rays crossing more kinks are searched on _GRID (early, long steps)
 _REGRESSION_SAMPLES = 4096
+_CONTOUR_ITERS = 6  # Gauss-Newton iterations of the rounds that only place a 2D fit's jaw points
 _TRI = np.tril(np.ones((_EXACT_MAX_BREAKS, _EXACT_MAX_BREAKS), np.float32))
 
 
@@ -1331,7 +1332,7 @@ def fit_landmarks_2d(
         wu = weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights, np.float64)
         w0 = wu * w0 if wu.shape in ((68,), (np.shape(points2d)[0], 68)) else wu  # a bad shape: let _fit say so
     res = _fit(model, points2d, _Camera2D(), landmarks=landmarks, init=init, decode=False,
-               **{**kw, "loss": "l2", "weights": w0})  # fmt: skip
+               **{**kw, "loss": "l2", "weights": w0, "max_iters": kw["max_iters"] or _CONTOUR_ITERS})  # fmt: skip
     return _contour_rounds(model, points2d, res, kw, decode)
 
 
@@ -1348,7 +1349,7 @@ def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool) -> 
     iters = res.iterations.clone()
     for rnd in range(1, CONTOUR_ROUNDS):
         specs = contour_landmarks(model, res)
-        kr = kw if rnd == CONTOUR_ROUNDS - 1 else {**kw, "loss": "l2"}
+        kr = kw if rnd == CONTOUR_ROUNDS - 1 else {**kw, "loss": "l2", "max_iters": kw["max_iters"] or _CONTOUR_ITERS}
         parts = [_fit(model, P[b : b + 1], _Camera2D(), landmarks=specs[b], init=res.codes[b : b + 1], decode=False,
                       weights=None if w is None else (w if w.ndim == 1 else w[b : b + 1]), **kr)
                  for b in range(P.shape[0])]  # fmt: skip
