@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--noise", type=float, nargs="*", default=[0.0, 1.0, 2.0])
     ap.add_argument("--yaws", type=float, nargs="*", default=[0, 30, 45, 60])
+    ap.add_argument("--pitch", type=float, default=0.0, help="camera pitch of the 2D rows, degrees")
     ap.add_argument("--select", action="store_true")
     ap.add_argument("--regs", type=float, nargs="*", default=[0.1, 0.3, 1, 3, 10, 30])
     ap.add_argument("--linear", action="store_true", help="also fit the linear baselines (needs the ICT 4D dataset)")
@@ -268,11 +269,11 @@ def main() -> None:
         print(f"\nmodel's dense-encode floor (model.encode, first {n} faces, {time.perf_counter() - t0:.0f} s): "
               f"{procrustes_rmse(enc.vertices.double().numpy(), v[:n]).mean():.3f} mm")  # fmt: skip
     if args.yaws:
-        print(f"\n2D, same faces, scaled orthographic 1.5 px/mm, 1 px noise: dense RMSE (mm) / NLE (IOD)")
+        print(f"\n2D, same faces, scaled orthographic 1.5 px/mm, pitch {args.pitch:g} deg, 1 px noise: dense RMSE (mm) / NLE (IOD)")
         print("| yaw | ours (defaults) | ours, old default (l2 0.01, fixed jaw) | median plausibility |")
         print("|---:|---:|---:|---:|")
         for yaw in args.yaws:
-            lt, ln = project(v, lm, yaw, rng, lines, normals)
+            lt, ln = project(v, lm, yaw, rng, lines, normals, pitch_deg=args.pitch)
             fv, r = ours2d(ln)
             fo, ro = ours2d(ln, reg=0.01, loss="l2", contour=False)
             print(f"| {yaw:.0f} | {procrustes_rmse(fv, v).mean():.2f} / {nle(r, lt).mean():.4f} | "

@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--yaws", type=float, nargs="*", default=[0, 30, 45, 60])
     ap.add_argument("--photos", action="store_true")
     ap.add_argument("--overlays", default=None, help="write the photo overlays into this folder")
+    ap.add_argument("--data", default=str(_Path.home() / ".cache" / "facemodel" / "ict4d"),
+                    help="ICT 4D dataset: its training split's roughness is the reference of the fits' roughness")
     args = ap.parse_args()
 
     import numpy as np
@@ -93,6 +95,16 @@ def main() -> None:
           f"eos-py {bench_eos._eos_version()}")  # fmt: skip
     print("command: OMP_NUM_THREADS=1 python " + " ".join(_sys.argv))
     lines, normals = contour_lines(model)
+    from facemodel.data.dataset import FaceDataset
+    from facemodel.evaluation.metrics import roughness, roughness_reference
+
+    rough_ref, rest, lap = roughness_reference(FaceDataset(args.data, split="train"), 256)
+    print(f"training data roughness (256 meshes of {args.data}): {rough_ref:.3f} mm^2; fits are reported as "
+          "max roughness / this")  # fmt: skip
+
+    def rough(verts):
+        return float(roughness(torch.as_tensor(np.asarray(verts), dtype=torch.float32), rest, lap).max()) / rough_ref
+
     # warm up both
     x0 = np.random.default_rng(0).normal(size=(68, 2))
     ict = ICTSource(ICT)
@@ -103,9 +115,9 @@ def main() -> None:
     run_pair(model, fitter, x0[0], x0[0], 640, 480)
     if args.yaws:
         print(f"\n2D, {args.faces} unseen ICT faces (seed {args.seed}), 1.5 px/mm, 1 px noise, 640 x 480")
-        print("| yaw | ours: NLE | eos: NLE | ours: dense RMSE (mm) | ours: plausibility (median) | "
-              "eos: plausibility (median) | ours: ms / face | eos: ms / face |")  # fmt: skip
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| yaw | ours: NLE | eos: NLE | ours: dense RMSE (mm) | ours: max roughness / data | "
+              "ours: plausibility (median) | eos: plausibility (median) | ours: ms / face | eos: ms / face |")  # fmt: skip
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for yaw in args.yaws:
             lt, ln = project(v, lm, yaw, rng, lines, normals)
             no, ne, to, te, po, pe, verts = [], [], [], [], [], [], []
@@ -117,7 +129,8 @@ def main() -> None:
                 with torch.no_grad():
                     verts.append(model(res.codes)[0].double().numpy())
             rm = procrustes_rmse(np.stack(verts), v).mean()
-            print(f"| {yaw:.0f} | {np.mean(no):.4f} | {np.mean(ne):.4f} | {rm:.2f} | {np.median(po):.2f} | "
+            print(f"| {yaw:.0f} | {np.mean(no):.4f} | {np.mean(ne):.4f} | {rm:.2f} | {rough(np.stack(verts)):.2f} | "
+                  f"{np.median(po):.2f} | "
                   f"{np.median(pe):.2f} | {1e3 * np.median(to):.1f} | {1e3 * np.median(te):.1f} |")  # fmt: skip
     if args.photos:
         import skimage.data
@@ -126,8 +139,8 @@ def main() -> None:
 
         print("\nReal photos (dlib's 68 points of the largest face; error against those points)")
         print("| photo | ours: NLE | eos: NLE | ours: plausibility (typical 7.6-10.9) | eos: shape-coefficient norm "
-              "(typical ~7.9) | ours: ms | eos: ms | dlib detection: s |")  # fmt: skip
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+              "(typical ~7.9) | ours: roughness / data | ours: ms | eos: ms | dlib detection: s |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name in ("astronaut", "camera"):
             img = getattr(skimage.data, name)()
             t0 = time.perf_counter()
@@ -139,8 +152,10 @@ def main() -> None:
             for _ in range(5):
                 res, a, eo, er, b, ee = run_pair(model, fitter, pts, pts, w, h)
                 ts_o.append(a), ts_e.append(b)
+            with torch.no_grad():
+                rr = rough(model(res.codes))
             print(f"| {name} | {eo.mean() / iod:.4f} | {ee.mean() / iod:.4f} | {float(res.plausibility[0]):.2f} | "
-                  f"{np.linalg.norm(er[2]):.2f} | {1e3 * np.median(ts_o):.1f} | {1e3 * np.median(ts_e):.1f} | {td:.2f} |")  # fmt: skip
+                  f"{np.linalg.norm(er[2]):.2f} | {rr:.2f} | {1e3 * np.median(ts_o):.1f} | {1e3 * np.median(ts_e):.1f} | {td:.2f} |")  # fmt: skip
             if args.overlays:
                 from PIL import Image
 

@@ -58,7 +58,8 @@ import torch
 from scipy.linalg import lapack as _lapack
 
 from .errors import FaceModelError
-from .fitting_prior import DEFAULT_LOSS_SCALE_MM, LOSSES, PRIOR_MAX_ITERS_GN, PRIOR_TOL, PRIORS, ROBUST_ROUNDS, irls_weights, resolve_prior, whitened_head
+from .fitting_prior import (DEFAULT_LOSS_SCALE_MM, LOSSES, PRIOR_MAX_ITERS_GN, PRIOR_TOL, PRIORS, ROBUST_ROUNDS,
+                            irls_weights, resolve_prior, whitened_head)  # fmt: skip
 from .landmarks import LandmarkSet, landmark_set
 from .prior import code_prior
 
