@@ -214,7 +214,12 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .io_points import load_points
+    from .photo import is_image
 
+    if is_image(args.points):
+        from .photo import cmd_fit_photo
+
+        return cmd_fit_photo(_load_model(args), args)
     model = _load_model(args)
     points = load_points(args.points)
     kwargs = {"reg": args.reg}
@@ -541,9 +546,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mesh", help="mesh in the template's topology (mm)")
     p.add_argument("--codes", default=None, help="write the codes (1, D) to this .npy")
     p.set_defaults(func=_cmd_encode)
-    p = model_args(sub.add_parser("fit", help="fit the model to 3D or 2D landmarks (iBUG-68)"))
-    p.add_argument("points", help="landmarks: .npy, .csv, .json or .pts; K x 3 (3D) or K x 2 (2D)")
-    p.add_argument("--reg", type=float, default=0.01, help="code regularisation (paper Eq. 13 lambda)")
+    p = model_args(sub.add_parser("fit", help="fit the model to 3D or 2D landmarks (iBUG-68) or to a photo"))
+    p.add_argument("points", help="landmarks: .npy, .csv, .json or .pts; K x 3 (3D) or K x 2 (2D); or a photo "
+                   "(.jpg, .png, ...: needs the photo extra)")  # fmt: skip
+    p.add_argument("--reg", type=float, default=None, help="weight of the code prior (default: the model prior at its "
+                   "validated weight; an explicit value alone uses the paper's lambda ||z||^2)")  # fmt: skip
+    p.add_argument("--face", type=int, default=0, help="photos: which detected face (0: the largest)")
+    p.add_argument("--codes", default=None, help="photos: write codes, camera, landmarks (and blendshape weights) to "
+                   "this .json or .npz (default: next to --out)")  # fmt: skip
     p.add_argument("--align", choices=("similarity", "rigid", "none"), default="similarity")
     p.set_defaults(func=_cmd_fit)
     p = sub.add_parser("animate", help="animate a face from blendshape weights (Live Link Face / ARKit / "

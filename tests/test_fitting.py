@@ -193,17 +193,19 @@ def test_missing_points_nan_rows_and_zero_weights(model):
 def test_batch_equals_single_fits(model):
     # exact data, reg > 0: a unique optimum inside a linear piece, reached by every path
     _, _, pts, _, _ = _faces(model, 3, seed=5)
-    batch = fit_landmarks(model, pts, max_iters=30)
+    # (reg=0.01 on ||z||^2, the old default: a sharp optimum; the default prior's optimum is
+    # flatter, so codes there agree only to ~3e-4, float32 rounding of the two paths)
+    batch = fit_landmarks(model, pts, max_iters=30, reg=0.01)
     for i in range(3):
-        single = fit_landmarks(model, pts[i], max_iters=30)
+        single = fit_landmarks(model, pts[i], max_iters=30, reg=0.01)
         torch.testing.assert_close(batch.codes[i], single.codes[0], atol=1e-4, rtol=0)
         torch.testing.assert_close(batch.rotation[i], single.rotation[0], atol=1e-6, rtol=0)
         assert float(batch.objective[i]) == pytest.approx(float(single.objective[0]), rel=1e-4)
     # a large batch (grouped Jacobian updates) gives the same per-face answers
     _, _, many, _, _ = _faces(model, 70, seed=6)
-    big = fit_landmarks(model, many, decode=False, max_iters=30)
+    big = fit_landmarks(model, many, decode=False, max_iters=30, reg=0.01)
     assert big.vertices is None and big.codes.shape == (70, 85) and big.converged.all()
-    small = fit_landmarks(model, many[[0, 69]], decode=False, max_iters=30)
+    small = fit_landmarks(model, many[[0, 69]], decode=False, max_iters=30, reg=0.01)
     torch.testing.assert_close(big.codes[[0, 69]], small.codes, atol=1e-4, rtol=0)
 
 
@@ -267,7 +269,8 @@ def test_fit_2d_scaled_orthographic(model):
         lm = model(z)[:, model.landmarks]
     R = _so3_exp(0.3 * torch.randn(2, 3, generator=g))
     x = 2.5 * (lm @ R.transpose(1, 2))[..., :2] + torch.tensor([320.0, 240.0])
-    res = fit_landmarks_2d(model, x, reg=1e-4, max_iters=30)
+    # the points are projected fixed vertices: no contour, no robust loss
+    res = fit_landmarks_2d(model, x, reg=1e-4, max_iters=30, contour=False, loss="l2")
     assert res.translation.shape == (2, 2) and res.rotation.shape == (2, 3, 3) and res.align == "scaled_orthographic"
     assert (res.rmse < 1e-2).all()  # pixels, on a face ~350 px wide
     torch.testing.assert_close(res.scale, torch.full((2,), 2.5), rtol=1e-3, atol=0)
@@ -277,7 +280,7 @@ def test_fit_2d_scaled_orthographic(model):
     # missing points (NaN) and a single face
     holes = x[0].clone()
     holes[::5] = float("nan")
-    one = fit_landmarks_2d(model, holes, reg=1e-4, max_iters=30)
+    one = fit_landmarks_2d(model, holes, reg=1e-4, max_iters=30, contour=False, loss="l2")
     assert float(one.rmse[0]) < 0.05 and torch.isnan(one.residuals[0, ::5]).all()
 
 

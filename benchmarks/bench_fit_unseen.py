@@ -1,0 +1,284 @@
+"""Landmark fits of faces the model never saw: upstream ICT faces, 3D points and 2D projections.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_fit_unseen.py --model /work/main/weights \
+        [--faces 100] [--seed 2026] [--select] [--linear]
+
+Faces: the upstream ICT-FaceKit linear model (``../shared/data/ict-facekit``): identity
+weights N(0, 1) on all 100 identity modes, 2-6 of the 53 blendshapes at U(0.3, 1.0) each,
+drawn with ``--seed`` (validation: ``--seed`` + 1). The 68 iBUG landmarks (the model's
+landmark set on the true mesh) get Gaussian noise of 0 / 1 / 2 mm per coordinate and a random
+similarity (scale 0.001: metres, rotation ~0.35 rad per axis, translation ~1 m).
+
+Metric: dense face-area RMSE (all 9,409 vertices, mm) after a similarity Procrustes of the
+fitted mesh onto the true one. Baselines: the mean face (the ICT generic neutral, Procrustes
+on all vertices: a generous baseline), optionally (``--linear``) the linear identity +
+expression PCA of our training data (``facemodel.evaluation.baselines.linear``, 100 + 53 and
+65 + 20 components) fitted to the same landmarks (ridge, pose alternated, its lambda chosen on
+the validation faces), and the model's dense-encode floor (``model.encode`` of the true mesh).
+
+``--select`` instead sweeps the prior weight on the validation faces (3D at 1 mm noise; 2D
+with 2 px detector noise at random yaw in +-60 deg) and prints the table behind
+``facemodel.fitting_prior.DEFAULT_REG``.
+
+2D: ``--yaws 0 30 45 60``: the same faces under a scaled-orthographic camera (1.5 px / mm,
+640 x 480, y down) at that yaw (pitch 0), 2D landmarks with 1 px noise; reported: the dense
+RMSE of the fitted mesh (Procrustes) and the landmark error normalised by the inter-ocular
+distance (outer eye corners 37 / 46), against the true 2D points.
+"""
+
+from __future__ import annotations
+
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from _machine import cpu_name  # noqa: E402
+
+import argparse
+import datetime
+import os
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ICT = REPO.parent / "shared" / "data" / "ict-facekit"
+
+
+def ict_faces(ict, n: int, seed: int):
+    """(n, 9409, 3) float64 mm: upstream ICT identities (100 modes) with 2-6 blendshapes."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    wid = rng.standard_normal((n, 100))
+    v = ict.identity_mm(wid).astype(np.float64)
+    deltas = ict.expression_shapes_mm.astype(np.float64) - ict.neutral_mm.astype(np.float64)
+    for i in range(n):
+        k = int(rng.integers(2, 7))
+        for j in rng.choice(53, k, replace=False):
+            v[i] += rng.uniform(0.3, 1.0) * deltas[j]
+    return v
+
+
+def procrustes_rmse(a, b):
+    """(n, V, 3) fitted, (n, V, 3) true -> (n,) RMSE (mm) after the similarity taking a onto b."""
+    import numpy as np
+
+    out = []
+    for x, y in zip(np.asarray(a, np.float64), np.asarray(b, np.float64)):
+        mx, my = x.mean(0), y.mean(0)
+        xc, yc = x - mx, y - my
+        U, S, Vt = np.linalg.svd(xc.T @ yc)
+        d = np.sign(np.linalg.det(U @ Vt))
+        D = np.diag([1, 1, d])
+        R = U @ D @ Vt
+        s = (S * np.diag(D)).sum() / (xc**2).sum()
+        out.append(np.sqrt((((s * xc @ R) - yc) ** 2).sum(1).mean()))
+    return np.asarray(out)
+
+
+def random_similarity(n, rng):
+    import numpy as np
+    import torch
+
+    from facemodel.fitting import _so3_exp
+
+    R = _so3_exp(torch.as_tensor(0.35 * rng.standard_normal((n, 3)))).numpy()
+    t = rng.standard_normal((n, 1, 3))
+    return R, t
+
+
+def posed_points(lm, noise, rng):
+    import numpy as np
+
+    R, t = random_similarity(len(lm), rng)
+    noisy = lm + noise * rng.standard_normal(lm.shape)
+    return 0.001 * np.einsum("nkj,nij->nki", noisy, R) + t
+
+
+def project(v, lm, yaw_deg, rng, lines, normals, noise_px=1.0, pitch_deg=0.0):
+    """2D iBUG points of meshes v (n, V, 3) with landmarks lm (n, 68, 3) under a
+    scaled-orthographic camera (1.5 px/mm, y down, 640 x 480) at a yaw / pitch; the 17 jaw
+    points are the silhouette (the outermost projected vertex of each contour line of the
+    true mesh, see facemodel.contour). Returns (true points, noisy points), (n, 68, 2) px."""
+    import numpy as np
+
+    a, p = np.radians(yaw_deg), np.radians(pitch_deg)
+    Ry = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    Rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    M = np.diag([1.5, -1.5]) @ (Rx @ Ry)[:2]  # (2, 3) model mm -> px
+    x = lm @ M.T + np.array([320.0, 240.0])
+    for k, ln in enumerate(lines):
+        c = v[:, ln] @ M.T + np.array([320.0, 240.0])  # (n, L, 2)
+        j = np.argmax(c @ (M @ normals[k]), axis=1)
+        x[:, k] = c[np.arange(len(v)), j]
+    return x, x + noise_px * rng.standard_normal(x.shape)
+
+
+def linear_fit(lin, pts, idx, reg, rounds=6):
+    """Linear baseline fitted to posed 3D landmarks: ridge codes alternated with Umeyama."""
+    import numpy as np
+    import torch
+
+    mean, B = lin._parts(torch.as_tensor(idx))
+    mean, B = mean.double().numpy(), B.double().numpy()  # (3K,), (D, 3K)
+    n, K = pts.shape[:2]
+    m = np.repeat(mean.reshape(1, K, 3), n, 0)
+    G = B @ B.T + reg * np.eye(len(B))
+    for _ in range(rounds):
+        q = np.stack([_umeyama(p, mm) for p, mm in zip(pts, m)])
+        z = np.linalg.solve(G, B @ (q.reshape(n, -1) - mean).T).T
+        m = (mean + z @ B).reshape(n, K, 3)
+    full_mean, full_B = lin._parts(None)
+    return (full_mean.double().numpy() + z @ full_B.double().numpy()).reshape(n, -1, 3)
+
+
+def _umeyama(p, m):
+    """Points p mapped by the similarity taking them onto m."""
+    import numpy as np
+
+    mp, mm = p.mean(0), m.mean(0)
+    pc, mc = p - mp, m - mm
+    U, S, Vt = np.linalg.svd(mc.T @ pc)
+    d = np.sign(np.linalg.det(U @ Vt))
+    D = np.diag([1, 1, d])
+    R = U @ D @ Vt
+    s = (S * np.diag(D)).sum() / (pc**2).sum()
+    return s * pc @ R.T + mm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(REPO.parent / "main" / "weights"))
+    ap.add_argument("--faces", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--noise", type=float, nargs="*", default=[0.0, 1.0, 2.0])
+    ap.add_argument("--yaws", type=float, nargs="*", default=[0, 30, 45, 60])
+    ap.add_argument("--pitch", type=float, default=0.0, help="camera pitch of the 2D rows, degrees")
+    ap.add_argument("--select", action="store_true")
+    ap.add_argument("--regs", type=float, nargs="*", default=[0.1, 0.3, 1, 3, 10, 30])
+    ap.add_argument("--linear", action="store_true", help="also fit the linear baselines (needs the ICT 4D dataset)")
+    ap.add_argument("--data", default=str(Path.home() / ".cache" / "facemodel" / "ict4d"))
+    ap.add_argument("--encode-faces", type=int, default=20)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    from facemodel.data.ict import ICTSource
+    from facemodel.fitting import fit_landmarks, fit_landmarks_2d
+    from facemodel.contour import contour_lines
+    from facemodel.landmarks import landmark_positions
+    from facemodel.model import FaceModel
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    model = FaceModel.from_pretrained(args.model).eval()
+    ict = ICTSource(ICT)
+    lmk = model.landmark_set("ibug68")
+    lines, normals = contour_lines(model)
+    print(f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {cpu_name()}, {torch.get_num_threads()} thread(s), "
+          f"model {args.model} (version {model.config.training.get('version', '?') if isinstance(model.config.training, dict) else '?'})")  # fmt: skip
+    print("command: python " + " ".join(_sys.argv))
+
+    def faces(seed):
+        v = ict_faces(ict, args.faces, seed)
+        return v, landmark_positions(torch.as_tensor(v), lmk).numpy()
+
+    def ours3d(pts, **kw):
+        t0 = time.perf_counter()
+        r = fit_landmarks(model, pts.astype(np.float32), **kw)
+        dt = time.perf_counter() - t0
+        return r.vertices.double().numpy(), r, dt
+
+    def ours2d(x2, **kw):
+        r = fit_landmarks_2d(model, x2.astype(np.float32), **kw)
+        return r.vertices.double().numpy(), r
+
+    def nle(r, x_true):
+        """Landmark error of the fitted 2D landmarks, normalised by the outer-eye-corner distance."""
+        proj = r.transform_points(r.landmarks).double().numpy()
+        iod = np.linalg.norm(x_true[:, 36] - x_true[:, 45], axis=1)
+        return np.linalg.norm(proj - x_true, axis=-1).mean(1) / iod
+
+    if args.select:
+        v, lm = faces(args.seed + 1)
+        rng = np.random.default_rng(args.seed + 1)
+        pts = posed_points(lm, 1.0, rng)
+        print("\n3D, validation faces, 1 mm noise: prior weight -> dense RMSE (mm), plausibility")
+        print("| prior | reg | mean RMSE | median | plausibility (median) |")
+        print("|---|---:|---:|---:|---:|")
+        for prior, regs in (("l2", [0.01, 0.1, 1.0]), ("model", args.regs)):
+            for reg in regs:
+                fv, r, _ = ours3d(pts, reg=reg, prior=prior)
+                e = procrustes_rmse(fv, v)
+                print(f"| {prior} | {reg} | {e.mean():.3f} | {np.median(e):.3f} | {np.median(r.plausibility.numpy()):.2f} |")
+        yaws = rng.uniform(-60, 60, len(v))
+        pairs = [project(v[i : i + 1], lm[i : i + 1], yaws[i], rng, lines, normals, noise_px=2.0) for i in range(len(v))]
+        lm2 = np.concatenate([q[0] for q in pairs])
+        lm2n = np.concatenate([q[1] for q in pairs])
+        print("\n2D, validation faces, yaw U(-60, 60), 2 px noise: prior weight -> dense RMSE, NLE")
+        print("| prior | reg | mean RMSE (mm) | NLE vs true points | plausibility (median) |")
+        print("|---|---:|---:|---:|---:|")
+        for prior, regs in (("l2", [0.01]), ("model", args.regs)):
+            for reg in regs:
+                fv, r = ours2d(lm2n, reg=reg, prior=prior)
+                e = procrustes_rmse(fv, v)
+                print(f"| {prior} | {reg} | {e.mean():.3f} | {nle(r, lm2).mean():.4f} | "
+                      f"{np.median(r.plausibility.numpy()):.2f} |")  # fmt: skip
+        return
+
+    v, lm = faces(args.seed)
+    rng = np.random.default_rng(args.seed)
+    mean_face = np.repeat(ict.neutral_mm[None].astype(np.float64), len(v), 0)
+    base = {"mean face (ICT neutral, dense Procrustes)": procrustes_rmse(mean_face, v).mean()}
+    lins = {}
+    if args.linear:
+        from facemodel.evaluation.baselines.linear import LinearModel
+
+        for di, de in ((100, 53), (65, 20)):
+            t0 = time.perf_counter()
+            lins[(di, de)] = LinearModel.fit(args.data, identity_dim=di, expression_dim=de, max_meshes=6000)
+            print(f"linear {di}+{de} fitted in {time.perf_counter() - t0:.0f} s")
+        # the baselines' lambda on validation faces at 1 mm
+        vv, lmv = faces(args.seed + 1)
+        ptsv = posed_points(lmv, 1.0, np.random.default_rng(args.seed + 1))
+        idx = model.landmarks.numpy() if lmk.is_vertex_set else lmk.vertex_indices[:, 0].numpy()
+        lin_reg = {}
+        for key, lin in lins.items():
+            scores = {reg: procrustes_rmse(linear_fit(lin, ptsv, idx, reg), vv).mean() for reg in (0.1, 1, 10, 100)}
+            lin_reg[key] = min(scores, key=scores.get)
+            print(f"linear {key}: validation RMSE per lambda {({k: round(s, 3) for k, s in scores.items()})}")
+    print(f"\n3D, {len(v)} unseen ICT faces (seed {args.seed}): dense face-area RMSE after Procrustes (mm)")
+    head = "| noise (mm) | ours (defaults) | ours, old default (l2, 0.01) |"
+    head += "".join(f" linear {di}+{de} |" for di, de in lins) + " mean face | ours: median plausibility | ms / face |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for noise in args.noise:
+        pts = posed_points(lm, noise, rng)
+        fv, r, dt = ours3d(pts)
+        fo, _, _ = ours3d(pts, reg=0.01)
+        row = f"| {noise} | {procrustes_rmse(fv, v).mean():.3f} | {procrustes_rmse(fo, v).mean():.3f} |"
+        for key, lin in lins.items():
+            idx = model.landmarks.numpy() if lmk.is_vertex_set else lmk.vertex_indices[:, 0].numpy()
+            row += f" {procrustes_rmse(linear_fit(lin, pts, idx, lin_reg[key]), v).mean():.3f} |"
+        row += f" {base['mean face (ICT neutral, dense Procrustes)']:.3f} | {np.median(r.plausibility.numpy()):.2f} | {dt / len(v) * 1e3:.1f} |"
+        print(row)
+    if args.encode_faces:
+        n = min(args.encode_faces, len(v))
+        t0 = time.perf_counter()
+        enc = model.encode(torch.as_tensor(v[:n], dtype=torch.float32), align="similarity")
+        print(f"\nmodel's dense-encode floor (model.encode, first {n} faces, {time.perf_counter() - t0:.0f} s): "
+              f"{procrustes_rmse(enc.vertices.double().numpy(), v[:n]).mean():.3f} mm")  # fmt: skip
+    if args.yaws:
+        print(f"\n2D, same faces, scaled orthographic 1.5 px/mm, pitch {args.pitch:g} deg, 1 px noise: dense RMSE (mm) / NLE (IOD)")
+        print("| yaw | ours (defaults) | ours, old default (l2 0.01, fixed jaw) | median plausibility |")
+        print("|---:|---:|---:|---:|")
+        for yaw in args.yaws:
+            lt, ln = project(v, lm, yaw, rng, lines, normals, pitch_deg=args.pitch)
+            fv, r = ours2d(ln)
+            fo, ro = ours2d(ln, reg=0.01, loss="l2", contour=False)
+            print(f"| {yaw:.0f} | {procrustes_rmse(fv, v).mean():.2f} / {nle(r, lt).mean():.4f} | "
+                  f"{procrustes_rmse(fo, v).mean():.2f} / {nle(ro, lt).mean():.4f} | {np.median(r.plausibility.numpy()):.2f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

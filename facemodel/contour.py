@@ -1,0 +1,129 @@
+"""Contour-aware jaw landmarks for 2D fits: the 17 iBUG jaw points slide to the silhouette.
+
+A face detector's jaw points (iBUG 1-17) mark the face's outline in the image, not fixed
+surface points: when the head turns, the outline moves back towards the ear on the side
+turned away and forward on the other. As in eos (Huber et al. 2016), each jaw landmark owns a
+*contour line* of model vertices, and at each round of the fit the jaw landmark is moved to
+the vertex of its line that projects outermost under the current camera.
+
+The lines are built once per template (cached): for jaw point ``k`` at template position
+``p_k`` with outward normal ``n_k`` of the frontal jaw curve (in the x-y plane; the template is
+x right, y up, z forward, mm), the vertices within 3 mm of the vertical plane through ``p_k``
+spanned by ``n_k`` and the depth axis, between 45 mm inside and 8 mm outside the frontal
+outline along ``n_k`` and no more than 50 mm behind ``p_k``; one vertex per 3 mm of depth (the
+one nearest the plane), at most ``MAX_CANDIDATES``. "Outermost" is along ``R[:2] n_k``, the
+image direction of the outward normal: the extreme of a cross-section, i.e. the silhouette.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import torch
+
+from .landmarks import LandmarkSet, landmark_positions, landmark_set
+
+__all__ = ["JAW", "contour_lines", "contour_landmarks", "CONTOUR_ROUNDS"]
+
+JAW = tuple(range(17))  # 0-based iBUG jaw points
+CONTOUR_ROUNDS = 3  # fits of a 2D contour-aware fit: fixed jaw first, then two re-assignments
+MAX_CANDIDATES = 40
+_PLANE_MM, _INSIDE_MM, _OUTSIDE_MM, _BEHIND_MM, _BIN_MM = 3.0, 45.0, 8.0, 50.0, 3.0
+
+_LINES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _build_lines(template: np.ndarray, jaw: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Contour lines (17 arrays of vertex indices) and outward normals (17, 3)."""
+    centre = np.array([0.0, jaw[:, 1].mean(), 0.0])
+    normals = np.zeros((17, 3))
+    for k in range(17):
+        a, b = jaw[max(k - 1, 0)], jaw[min(k + 1, 16)]
+        t = (b - a)[:2]
+        n = np.array([t[1], -t[0], 0.0])
+        n /= max(np.linalg.norm(n), 1e-12)
+        if n[:2] @ (jaw[k, :2] - centre[:2]) < 0:
+            n = -n
+        normals[k] = n
+    lines = []
+    for k in range(17):
+        n = normals[k]
+        tangent = np.cross(n, [0.0, 0.0, 1.0])  # normal of the cutting plane
+        d = template - jaw[k]
+        sel = (np.abs(d @ tangent) < _PLANE_MM) & (d @ n > -_INSIDE_MM) & (d @ n < _OUTSIDE_MM) & (d[:, 2] > -_BEHIND_MM)
+        idx = np.flatnonzero(sel)
+        if idx.size == 0:
+            lines.append(np.zeros(0, np.int64))
+            continue
+        # one vertex per depth bin along the line, the nearest to the plane
+        key = np.floor(d[idx, 2] / _BIN_MM).astype(np.int64)  # depth bins
+        best: dict[int, int] = {}
+        for i, kk in zip(idx, key):
+            j = best.get(int(kk))
+            if j is None or abs(d[i] @ tangent) < abs(d[j] @ tangent):
+                best[int(kk)] = int(i)
+        pick = np.asarray(sorted(best.values(), key=lambda i: -d[i, 2]), np.int64)
+        lines.append(pick[:MAX_CANDIDATES])
+    return lines, normals
+
+
+def contour_lines(model: torch.nn.Module) -> tuple[list[np.ndarray], np.ndarray]:
+    """The model's 17 jaw contour lines (vertex indices, front to back) and outward normals
+    (17, 3), from its template and iBUG-68 landmarks (cached per model)."""
+    tmpl = model.template
+    key = (tmpl.data_ptr(), tmpl._version, model.landmarks.data_ptr())
+    hit = _LINES.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    lmk = landmark_set(model, "ibug68")
+    t = tmpl.detach().double().cpu()
+    jaw = landmark_positions(t, lmk).numpy()[:17]
+    out = _build_lines(t.numpy(), jaw)
+    _LINES[model] = (key, out)
+    return out
+
+
+def contour_landmarks(model: torch.nn.Module, fit, base: LandmarkSet | None = None) -> list[tuple]:
+    """Per face, the iBUG-68 landmark spec ``(triangles (68, 3), barycentrics (68, 3))`` whose
+    jaw points sit on the silhouette of a 2D fit's mesh under its camera.
+
+    Args:
+        model: the fitted :class:`~facemodel.model.FaceModel`.
+        fit: a :class:`~facemodel.fitting.FitResult` of a 2D fit (codes, rotation).
+        base: the landmark set of the other 51 points (default: the model's ``ibug68``).
+
+    Returns:
+        One ``(triangles, barycentrics)`` pair per face (int64 / float64 NumPy).
+    """
+    base = landmark_set(model, "ibug68") if base is None else base
+    lines, normals = contour_lines(model)
+    flat = np.concatenate([ln for ln in lines if ln.size])
+    with torch.no_grad():
+        g = model.generator
+        codes = fit.codes.to(g.fc1.weight.device, g.fc1.weight.dtype)
+        # only the candidate rows of the output layer
+        W, b = g.last_layer_rows(torch.as_tensor(flat, device=g.fc1.weight.device))
+        h = g.act(g.fc1(codes))
+        cand = (h @ W.T + b).view(len(codes), -1, 3) + model.template[torch.as_tensor(flat)]
+    cand = cand.double().cpu().numpy()
+    R2 = fit.rotation.double().cpu().numpy()[:, :2]  # (B, 2, 3)
+    tri0 = base.vertex_indices.numpy().astype(np.int64)
+    bar0 = base.barycentrics.numpy().astype(np.float64)
+    out = []
+    for b_ in range(len(cand)):
+        tri, bar = tri0.copy(), bar0.copy()
+        proj = cand[b_] @ R2[b_].T  # (N, 2)
+        start = 0
+        for k, ln in enumerate(lines):
+            if ln.size == 0:
+                continue
+            seg = slice(start, start + ln.size)
+            start += ln.size
+            d = R2[b_] @ normals[k]
+            if np.linalg.norm(d) < 1e-6:  # the normal points at the camera: keep the point
+                continue
+            j = int(np.argmax(proj[seg] @ d))
+            tri[k], bar[k] = ln[j], (1.0, 0.0, 0.0)
+        out.append((tri, bar))
+    return out

@@ -1,0 +1,80 @@
+"""The pieces of :mod:`facemodel.fitting` that make fits plausible: the code prior in the
+solver's coordinates, the default weights and the robust (IRLS) landmark loss.
+
+Fitting under the prior :func:`facemodel.prior.code_prior` ``N(mean, L L^T)`` is done in
+whitened coordinates ``u`` with ``z = mean + L u``: the generator's first layer becomes
+``W1 L`` with bias ``b1 + W1 mean``, and the regulariser ``reg ||u||^2`` is the squared
+Mahalanobis norm. The Gauss-Newton solver is unchanged; the codes are mapped back at the end.
+
+Default weights (``reg`` when neither ``reg`` nor ``prior`` is given) were chosen on
+validation faces by ``benchmarks/select_prior_weight.py`` (see docs/benchmarks.md):
+``DEFAULT_REG["3d"]`` for 3D points with ~1 mm noise per coordinate, ``DEFAULT_REG["2d"]``
+for 2D detector points (~2 px on a face ~150 px wide, residuals measured in model-space mm).
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+
+import numpy as np
+
+from .prior import CodePrior
+
+__all__ = ["PRIORS", "LOSSES", "DEFAULT_REG", "PRIOR_MAX_ITERS_GN", "PRIOR_TOL", "DEFAULT_LOSS_SCALE_MM", "resolve_prior", "whitened_head",
+           "irls_weights"]  # fmt: skip
+
+PRIORS = ("model", "l2")
+LOSSES = ("l2", "huber")
+#: default weight of the Mahalanobis prior, per kind of fit (chosen by benchmarks/select_prior_weight.py)
+DEFAULT_REG = {"3d": 3.0, "2d": 10.0}
+#: the old default: the paper's lambda on ||z||^2
+L2_DEFAULT_REG = 0.01
+#: Huber threshold on a landmark's residual (model-space mm; 2D: image residual / camera scale)
+DEFAULT_LOSS_SCALE_MM = 3.0
+#: Gauss-Newton defaults under the model prior (its optimum is flatter than the l2 one at 0.01)
+PRIOR_MAX_ITERS_GN = 20
+PRIOR_TOL = 1e-5
+ROBUST_ROUNDS = 1  # IRLS re-solves after the first fit (warm-started)
+
+
+def resolve_prior(prior: str | None, reg: float | None, kind: str) -> tuple[str, float | None]:
+    """(prior, reg) from the user's arguments: neither given -> the model prior at its default
+    weight; only ``reg`` -> the old ``reg ||z||^2`` (``"l2"``); ``prior`` without ``reg`` -> that
+    prior's default weight. ``reg`` is returned unchecked (None stays None for the checks)."""
+    if prior is None:
+        prior = "l2" if reg is not None else "model"
+    if reg is None and prior in PRIORS:
+        reg = DEFAULT_REG[kind] if prior == "model" else L2_DEFAULT_REG
+    return prior, reg
+
+
+_WHITE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def whitened_head(head, prior: CodePrior):
+    """A copy of a landmark head taking whitened codes ``u`` (``z = mean + L u``), cached per head
+    and prior. The landmark rows (``A``, ``c``) are shared; the first layer is re-expressed."""
+    try:
+        hit = _WHITE.get(head)
+    except TypeError:
+        hit = None
+    if hit is not None and hit[0] is prior:
+        return hit[1]
+    out = copy.copy(head)
+    W1 = head.W1.astype(np.float64)
+    out.W1 = np.ascontiguousarray((W1 @ prior.chol).astype(head.dtype))
+    out.W1t = np.ascontiguousarray(out.W1.T)
+    out.b1 = (head.b1.astype(np.float64) + W1 @ prior.mean).astype(head.dtype)
+    out._bases, out._m0, out._reg = None, None, None  # caches that depend on the first layer
+    try:
+        _WHITE[head] = (prior, out)
+    except TypeError:
+        pass
+    return out
+
+
+def irls_weights(residual_norms: np.ndarray, scale: float) -> np.ndarray:
+    """Huber IRLS factors ``min(1, scale / r)`` for (B, K) residual norms (model-space mm)."""
+    r = np.asarray(residual_norms, np.float64)
+    return np.where(r > scale, scale / np.maximum(r, 1e-300), 1.0)

@@ -1,0 +1,153 @@
+"""The code prior of the fits, plausibility, the robust loss, convergence, contour-aware 2D
+fits (on the released weights: the prior needs the trained blendshape map)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facemodel import FaceModel
+from facemodel.contour import contour_landmarks, contour_lines
+from facemodel.fitting import FittingError, fit_landmarks, fit_landmarks_2d
+from facemodel.fitting_prior import DEFAULT_REG
+from facemodel.landmarks import landmark_positions
+from facemodel.prior import code_prior
+
+
+@pytest.fixture(scope="module")
+def released():
+    return FaceModel.from_pretrained().eval()
+
+
+def _posed(model, n, seed, noise=0.0):
+    faces = model.sample(n, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    lm = faces.vertices[:, model.landmarks] + noise * torch.randn(n, 68, 3, generator=g)
+    return faces, lm
+
+
+def test_prior_is_gaussian_with_the_expected_blocks(released):
+    p = code_prior(released)
+    assert p is code_prior(released)  # cached
+    sl = released.code_slices
+    cov = p.chol @ p.chol.T
+    np.testing.assert_allclose(cov[sl["identity"], sl["identity"]], np.eye(65), atol=1e-12)
+    np.testing.assert_allclose(p.mean[sl["identity"]], 0.0)
+    e = cov[sl["expression"], sl["expression"]]
+    assert not np.allclose(e, np.eye(15)) and np.all(np.linalg.eigvalsh(e) > 0)  # learned, full rank
+    # Mahalanobis norms of the prior's own samples: about sqrt(85)
+    lo, med, hi = p.typical_range
+    assert lo < med < hi and abs(med - np.sqrt(85)) < 0.3
+    z = p.sample(2000, seed=3)
+    m = p.mahalanobis(z)
+    assert lo - 0.5 < np.median(m) < hi and abs(np.median(m) - med) < 0.2
+    np.testing.assert_allclose(p.color(p.whiten(z)), z, atol=1e-9)
+
+
+def test_converged_is_true_on_exact_data(released):
+    _, lm = _posed(released, 4, seed=1)
+    res = fit_landmarks(released, lm, decode=False)
+    assert res.converged.all(), res.iterations
+    # stopped by max_iters: not converged
+    res1 = fit_landmarks(released, lm, decode=False, max_iters=1)
+    assert not res1.converged.any()
+
+
+def test_default_prior_beats_the_old_l2_default_on_noisy_points(released):
+    faces, lm = _posed(released, 8, seed=2, noise=1.0)
+    new = fit_landmarks(released, lm)
+    old = fit_landmarks(released, lm, reg=0.01)
+    assert new.prior == "model" and new.reg == DEFAULT_REG["3d"] and old.prior == "l2" and old.reg == 0.01
+
+    def err(r):
+        return float((r.vertices - faces.vertices).norm(dim=-1).pow(2).mean().sqrt())
+
+    assert err(new) < 0.7 * err(old)
+    # plausible codes: not above the prior's 99th percentile; the old default overfits far beyond it
+    assert float(new.plausibility.max()) < new.typical_range[2]
+    assert float(old.plausibility.median()) > old.typical_range[2]
+
+
+def test_reg_zero_is_the_unregularised_fit_under_both_priors(released):
+    _, lm = _posed(released, 2, seed=4)
+    a = fit_landmarks(released, lm, reg=0, decode=False)
+    b = fit_landmarks(released, lm, reg=0, prior="model", decode=False)
+    assert a.prior == "l2" and b.prior == "model"
+    assert float(a.rmse.max()) < 1e-3 and float(b.rmse.max()) < 1e-3  # exact data, mm
+
+
+def test_explicit_init_codes_are_respected_under_the_prior(released):
+    faces, lm = _posed(released, 1, seed=5)
+    res = fit_landmarks(released, lm, init=faces.codes, reg=0, prior="model", max_iters=1, decode=False)
+    assert float(res.rmse[0]) < 1e-3  # started at the truth: stays there
+
+
+def test_huber_loss_resists_outliers(released):
+    faces, lm = _posed(released, 4, seed=6, noise=0.5)
+    bad = lm.clone()
+    bad[:, [10, 30, 48]] += 25.0  # three landmarks 43 mm off
+    l2 = fit_landmarks(released, bad)
+    hub = fit_landmarks(released, bad, loss="huber")
+    assert hub.loss_weights.shape == (4, 68) and float(hub.loss_weights[:, [10, 30, 48]].max()) < 0.3
+    assert float(l2.loss_weights.min()) == 1.0
+
+    def err(r):
+        return float((r.vertices - faces.vertices).norm(dim=-1).pow(2).mean().sqrt())
+
+    assert err(hub) < 0.8 * err(l2)
+
+
+@pytest.mark.parametrize("bad", [{"prior": "gauss"}, {"loss": "cauchy"}, {"loss_scale": 0.0}, {"loss_scale": float("nan")}])
+def test_bad_prior_and_loss_arguments(released, bad):
+    _, lm = _posed(released, 1, seed=0)
+    with pytest.raises(FittingError):
+        fit_landmarks(released, lm, **bad)
+
+
+def _project(v, lm, yaw, lines, normals):
+    a = np.radians(yaw)
+    R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    M = np.diag([1.5, -1.5]) @ R[:2]
+    x = lm @ M.T
+    for k, ln in enumerate(lines):  # the true jaw: the silhouette of the true mesh
+        c = v[:, ln] @ M.T
+        x[:, k] = c[np.arange(len(v)), np.argmax(c @ (M @ normals[k]), axis=1)]
+    return x
+
+
+def test_contour_lines_cover_the_jaw(released):
+    lines, normals = contour_lines(released)
+    assert len(lines) == 17 and all(5 <= len(ln) <= 40 for ln in lines)
+    lm = landmark_positions(released.template, released.landmark_set("ibug68"))[:17].numpy()
+    t = released.template.numpy()
+    for k, ln in enumerate(lines):  # each line starts near its landmark and runs backwards
+        assert np.linalg.norm(t[ln] - lm[k], axis=1).min() < 5.0
+        assert t[ln, 2].min() < lm[k, 2] - 5.0 and np.ptp(t[ln, 2]) > 15.0
+    assert np.allclose(np.linalg.norm(normals[:, :2], axis=1), 1.0)
+
+
+def test_contour_fit_survives_60_degrees_of_yaw(released):
+    faces = released.sample(3, seed=7, truncation=0.8)
+    v = faces.vertices.double().numpy()
+    lm = faces.vertices[:, released.landmarks].double().numpy()
+    lines, normals = contour_lines(released)
+    x = _project(v, lm, 60.0, lines, normals)
+    on = fit_landmarks_2d(released, x.astype(np.float32))
+    off = fit_landmarks_2d(released, x.astype(np.float32), contour=False)
+    # with the contour the jaw points moved off their fixed vertices
+    fixed = released.landmark_set("ibug68").vertex_indices[:17, 0].numpy()
+    assert (on.landmark_set.vertex_indices[:17, 0].numpy() != fixed).sum() >= 8
+    proj_on = on.transform_points(on.landmarks).double().numpy()
+    proj_off = off.transform_points(off.landmarks).double().numpy()
+    iod = np.linalg.norm(x[:, 36] - x[:, 45], axis=1)
+    e_on = (np.linalg.norm(proj_on - x, axis=-1).mean(1) / iod).mean()
+    e_off = (np.linalg.norm(proj_off - x, axis=-1).mean(1) / iod).mean()
+    assert e_on < 0.5 * e_off and e_on < 0.05
+    specs = contour_landmarks(released, on)
+    assert len(specs) == 3 and specs[0][0].shape == (68, 3)
+
+
+def test_contour_flag_is_checked(released):
+    with pytest.raises(FittingError, match="contour"):
+        fit_landmarks_2d(released, np.zeros((68, 2)) + np.arange(68)[:, None], contour="yes")
