@@ -101,11 +101,9 @@ def contour_landmarks(model: torch.nn.Module, fit, base: LandmarkSet | None = No
     flat = np.concatenate([ln for ln in lines if ln.size])
     with torch.no_grad():
         g = model.generator
-        codes = fit.codes.to(g.fc1.weight.device, g.fc1.weight.dtype)
-        # only the candidate rows of the output layer
-        W, b = g.last_layer_rows(torch.as_tensor(flat, device=g.fc1.weight.device))
-        h = g.act(g.fc1(codes))
-        cand = (h @ W.T + b).view(len(codes), -1, 3) + model.template[torch.as_tensor(flat)]
+        codes = fit.codes.to(g.device, g.dtype)
+        # only the candidate vertices are decoded
+        cand = g.decode_vertices(codes, torch.as_tensor(flat, device=g.device)) + model.template[torch.as_tensor(flat)]
     cand = cand.double().cpu().numpy()
     R2 = fit.rotation.double().cpu().numpy()[:, :2]  # (B, 2, 3)
     tri0 = base.vertex_indices.numpy().astype(np.int64)

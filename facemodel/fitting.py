@@ -1017,7 +1017,7 @@ def _gn_chunk_general(head: _GeneralHead, pm, P, w, z0, reg, max_iters, tol, dam
     steps = np.asarray(_GRID, dt)
     T = steps.size
 
-    z = np.ascontiguousarray(z0, dtype=dt)
+    z = np.array(z0, dtype=dt, order="C")  # a copy: updated in place
     m = head.forward(z)
     X = pm.init(ctx_all, P, w, m)
     E = _energy(pm.residual(P, m, X) * sw_m, z, reg)
