@@ -249,11 +249,18 @@ class _GeneralHead(_Head):
     """Any generator of the interface: ``h`` and its Jacobian come from the generator
     (``hidden`` / ``hidden_jacobian``, torch on its device), the rest is NumPy."""
 
+    #: (mean (D,), L (D, D)) when the head takes whitened codes u, z = mean + L u
+    #: (:func:`facemodel.fitting_prior.whitened_head`); None: plain codes
+    _whiten: tuple[np.ndarray, np.ndarray] | None = None
+
     def _init_hidden(self, g, dtype) -> None:
         self.g = g
         self.D = int(g.config.code_dim)
 
     def _hidden_in(self, z: np.ndarray) -> torch.Tensor:
+        if self._whiten is not None:
+            mean, chol = self._whiten
+            z = mean + np.asarray(z, np.float64) @ chol.T
         return torch.as_tensor(np.ascontiguousarray(z)).to(self.g.device, self.g.dtype)
 
     def forward(self, z: np.ndarray) -> np.ndarray:
@@ -262,17 +269,23 @@ class _GeneralHead(_Head):
         return h @ self.At + self.c
 
     def forward_jacobian(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(n, D) codes -> landmarks (n, 3K) and their Jacobian (n, 3K, D) ``A dh/dz``."""
+        """(n, D) codes -> landmarks (n, 3K) and their Jacobian (n, 3K, D) ``A dh/dz`` (times
+        ``L`` for whitened codes)."""
         with torch.no_grad():
             h, Jh = self.g.hidden_jacobian(self._hidden_in(z))
             h, Jh = h.cpu().numpy().astype(self.dtype), Jh.cpu().numpy().astype(self.dtype)
+        if self._whiten is not None:
+            Jh = (Jh @ self._whiten[1]).astype(self.dtype)
         return h @ self.At + self.c, self.A @ Jh
 
     def torch_forward(self, tt: dict):
         At, c = torch.as_tensor(self.At, **tt), torch.as_tensor(self.c, **tt)
         g = self.g
+        white = None if self._whiten is None else tuple(torch.as_tensor(x, **tt) for x in self._whiten)
 
         def forward(zt):
+            if white is not None:
+                zt = white[0] + zt @ white[1].T
             return g.hidden(zt.to(g.device, g.dtype)).to(**tt) @ At + c
 
         return forward

@@ -62,6 +62,14 @@ def whitened_head(head, prior: CodePrior):
     if hit is not None and hit[0] is prior:
         return hit[1]
     out = copy.copy(head)
+    if not hasattr(head, "W1"):  # any generator of the interface: whiten at the generator's input
+        out._whiten = (np.asarray(prior.mean, np.float64), np.asarray(prior.chol, np.float64))
+        out._m0, out._reg = None, None
+        try:
+            _WHITE[head] = (prior, out)
+        except TypeError:
+            pass
+        return out
     W1 = head.W1.astype(np.float64)
     out.W1 = np.ascontiguousarray((W1 @ prior.chol).astype(head.dtype))
     out.W1t = np.ascontiguousarray(out.W1.T)

@@ -180,3 +180,15 @@ def test_blendshape_map_on_the_deep_generator(deep, small_dataset):
     driven = model.sample(expression={"jawOpen": np.array([0.0, 1.0])}, seed=2)
     assert driven.vertices.shape == (2, model.num_vertices, 3)
     assert not torch.allclose(driven.vertices[0], driven.vertices[1])
+
+
+def test_default_prior_fits_run_on_a_deeper_generator(deep):
+    """The fits' default model prior (whitened codes) works through the interface too."""
+    pts = _landmarks(deep, deep.sample(2, seed=9).vertices)
+    mean = _landmarks(deep, deep.decode(torch.zeros(1, deep.generator.config.code_dim)).vertices)
+    base = (pts - mean).norm(dim=-1).pow(2).mean(-1).sqrt()  # mean face, same frame (mm)
+    for fit in (deep.fit_landmarks(pts), deep.fit_landmarks(pts, solver="lbfgs")):
+        assert fit.prior == "model" and torch.isfinite(fit.plausibility).all()
+        assert (fit.rmse < 0.5 * base).all(), (fit.rmse, base)
+    fit2 = deep.fit_landmarks_2d(2.0 * pts[..., :2] + 100.0)
+    assert torch.isfinite(fit2.codes).all() and (fit2.rmse < 2.0 * base).all()
