@@ -24,6 +24,7 @@ from .errors import (
     TopologyMismatchError,
     UnsafeArchiveError,
 )
+from .errors import ArgumentTypeError, BatchTooLargeError, InvalidArgumentError, NumericalError, OutputPermissionError
 
 __version__ = "0.3.1"
 
@@ -50,3 +51,4 @@ __all__ = [
     "LabelsError",
     "OutputPathError",
 ]
+__all__ += ["InvalidArgumentError", "ArgumentTypeError", "BatchTooLargeError", "NumericalError", "OutputPermissionError"]
