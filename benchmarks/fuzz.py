@@ -341,7 +341,7 @@ def make_call(r: np.random.Generator, ctx: Ctx):
         if isinstance(pts, np.ndarray) and pts.shape == base.shape and r.random() < 0.7:
             pts = pts * 0.01 + base
         if r.random() < 0.2:
-            pts = np.stack([base] * int(r.integers(0, 3)))
+            pts = np.stack([base] * int(r.integers(1, 3))) if r.random() < 0.8 else np.zeros((0,) + base.shape)
         solver = str(r.choice(["gauss-newton", "gauss-newton", "lbfgs", "adam", "newton"]))
         kw["solver"] = maybe(r, solver, 0.05)
         kw["max_iters"] = maybe(r, int(r.choice([1, 2, 3, 0])), 0.1) if solver != "gauss-newton" or r.random() < 0.5 \

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from scipy.linalg import lapack as _lapack
 
-from .errors import FaceModelError
+from .errors import FaceModelError, NumericalError
 from .landmarks import LandmarkSet, landmark_set
 
 __all__ = ["FitResult", "Transform", "FittingError", "fit_landmarks", "fit_landmarks_2d", "SOLVERS", "ALIGNMENTS", "CAMERAS"]
@@ -69,6 +69,7 @@ _MAX_REJECTS = 6  # consecutive rejected steps before stopping
 _GRID = (1.0, 0.8, 0.6, 0.45, 0.3, 0.2, 0.1, 0.04)
 _EXACT_MAX_BREAKS = 64  # rays crossing more kinks are searched on _GRID (early, long steps)
 _REGRESSION_SAMPLES = 4096
+_MAX_COORD = 1e12  # |points| above this overflow float32 sums of squares (and are a unit error)
 _TRI = np.tril(np.ones((_EXACT_MAX_BREAKS, _EXACT_MAX_BREAKS), np.float32))
 
 
@@ -398,6 +399,10 @@ def _check_points(points, weights, lmk, dim, dtype, device, explicit_device):
         raise FittingError(
             f"points contain inf (face {b}, landmark {k}); mark missing landmarks with NaN rows or weight 0"
         )
+    big = np.nanmax(np.abs(P)) if P.size and not np.isnan(P).all() else 0.0
+    if big > _MAX_COORD:
+        raise FittingError(f"points reach |p| = {big:.3g}; coordinates must stay below {_MAX_COORD:g} in magnitude "
+                           "(their squares overflow): express them in other units (metres, millimetres, pixels)")  # fmt: skip
     present = ~np.isnan(P).any(-1)
     B = P.shape[0]
     if weights is None:
@@ -417,7 +422,7 @@ def _check_points(points, weights, lmk, dim, dtype, device, explicit_device):
 
 
 def _check_common(reg, tol, max_iters, solver, generator):
-    if solver not in SOLVERS:
+    if not isinstance(solver, str) or solver not in SOLVERS:
         raise FittingError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not math.isfinite(reg) or reg < 0:
         raise FittingError(f"reg must be a finite number >= 0 (the lambda of Eq. 13), got {reg!r}")
@@ -1068,13 +1073,22 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
     z0 = _initial_codes(init, solver, pm.dim, B, head.D, dtype, dev, explicit, generator)
     if isinstance(z0, str):  # "linear"
         z0 = _linear_init(head, pm, P, w)
-    if solver == "gauss-newton":
-        out = _solve_gn(head, pm, P, w, z0, float(reg), max_iters, float(tol), opts)
-    else:
-        out = _solve_first_order(head, pm, P, w, z0, float(reg), max_iters, float(tol), solver, opts, dev)
-    z, m, X = out["z"], out["m"], out["X"]
-    r = pm.residual(P, m, X).reshape(B, K, pm.dim)
-    scale, rot, trans, factor = pm.to_input(X)
+    try:
+        with np.errstate(all="ignore"):  # non-finite results are refused below
+            if solver == "gauss-newton":
+                out = _solve_gn(head, pm, P, w, z0, float(reg), max_iters, float(tol), opts)
+            else:
+                out = _solve_first_order(head, pm, P, w, z0, float(reg), max_iters, float(tol), solver, opts, dev)
+            z, m, X = out["z"], out["m"], out["X"]
+            r = pm.residual(P, m, X).reshape(B, K, pm.dim)
+            scale, rot, trans, factor = pm.to_input(X)
+    except np.linalg.LinAlgError as exc:  # an SVD or solve that did not converge
+        raise NumericalError(f"the fit failed numerically ({exc}); check that the points are a face's landmarks in "
+                             "consistent units, or try reg > 0 or init='mean'") from None  # fmt: skip
+    bad = [k for k, a in (("codes", z), ("pose", X), ("scale", scale), ("translation", trans)) if not np.isfinite(a).all()]
+    if bad:
+        raise NumericalError(f"the fit gave non-finite {', '.join(bad)} (points of extreme scale or nearly "
+                             "degenerate); rescale the points, give more distinct points, or use reg > 0")  # fmt: skip
     res = np.where(present, np.linalg.norm(r, axis=-1) * factor[:, None], np.nan)
     valid = w > 0
     rmse = np.sqrt((np.where(valid, res, 0.0).astype(np.float64) ** 2).sum(1) / valid.sum(1))
@@ -1193,7 +1207,7 @@ def fit_landmarks(
         >>> res.rmse, res.scale                               # metres; ~0.001 m per mm
         >>> res.transform_points()                            # the fitted mesh over the points
     """
-    if align not in ALIGNMENTS:
+    if not isinstance(align, str) or align not in ALIGNMENTS:
         raise FittingError(f"unknown align {align!r}; choose one of {list(ALIGNMENTS)}")
     return _fit(model, points, _Pose3D(align), landmarks=landmarks, weights=weights, reg=reg, init=init,
                 solver=solver, max_iters=max_iters, tol=tol, generator=generator, device=device,
@@ -1237,7 +1251,7 @@ def fit_landmarks_2d(
         :class:`FitResult` whose ``scale`` / ``rotation`` (B, 3, 3) / ``translation``
         (B, 2) are the camera, residuals and rmse in image units.
     """
-    if camera not in CAMERAS:
+    if not isinstance(camera, str) or camera not in CAMERAS:
         raise FittingError(f"unknown camera {camera!r}; choose one of {list(CAMERAS)}")
     return _fit(model, points2d, _Camera2D(), landmarks=landmarks, weights=weights, reg=reg, init=init,
                 solver=solver, max_iters=max_iters, tol=tol, generator=generator, device=device,

@@ -102,7 +102,11 @@ class Faces:
         """
         from .geometry.mesh_io import save_mesh
 
-        path = Path(path)
+        from ._validate import check_path
+
+        path = Path(check_path("path", path))
+        if format is not None and not isinstance(format, str):
+            raise MeshFormatError(f"format must be 'obj', 'ply', 'glb' or None, got {type(format).__name__} {format!r}")
         fmt = (format or path.suffix.lstrip(".")).lower()
         if fmt not in {"obj", "ply", "glb"}:
             raise MeshFormatError(f"unknown export format {fmt!r}; use obj, ply or glb")
