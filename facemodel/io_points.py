@@ -47,7 +47,7 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
         return _load_points(path)
     except PointsFormatError:
         raise
-    except (OSError, ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:  # unreadable, pickled .npy, bad JSON
+    except (OSError, EOFError, ValueError, TypeError, RecursionError) as exc:  # unreadable, empty or pickled .npy, bad JSON
         raise PointsFormatError(f"{str(path)!r}: cannot read landmarks ({type(exc).__name__}: {exc}); expected "
                                 "K rows of 2 or 3 numbers in .npy, .csv, .json or .pts") from None  # fmt: skip
 
