@@ -413,7 +413,9 @@ class FaceModel(nn.Module):
         """Generate ``n`` faces.
 
         Args:
-            n: number of faces.
+            n: number of faces: at most ``facemodel._validate.MAX_BATCH`` (65,536) and what fits
+                the memory budget (8 GiB of outputs by default, ~37,000 faces of the released
+                model; env ``FACEMODEL_MEMORY_BUDGET``); more raises ``BatchTooLargeError``.
             seed: seed of the random codes (or pass a ``torch.Generator``); the same seed
                 gives the same faces on CPU and CUDA.
             identity, expression, noise: codes per factor: ``None`` (random), a tensor
