@@ -485,6 +485,7 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per call before it counts as a hang")
     p.add_argument("--model", default=None, help="weights folder (default: the released weights)")
     p.add_argument("--show", type=int, default=3, help="examples shown per failing place")
+    p.add_argument("--progress", type=int, default=1000, help="a progress line on stderr every N calls (0: none)")
     a = p.parse_args(argv)
     ctxm = mp.get_context("fork")
 
@@ -515,6 +516,10 @@ def main(argv=None) -> int:
         if dt > slowest[0]:
             slowest = (dt, i, name)
         per_entry[name][outcome] += 1
+        if a.progress and (i + 1) % a.progress == 0:
+            bad_so_far = sum(c[k] for c in per_entry.values() for k in ("foreign", "non-finite", "hang"))
+            print(f"# {i + 1} calls, {time.perf_counter() - t0:.0f} s, {bad_so_far} failures so far", file=sys.stderr,
+                  flush=True)  # fmt: skip
         if outcome in ("foreign", "non-finite", "hang", "bare", "fuzzer-bug"):
             key = (outcome, name, detail.split(":")[0] if outcome == "foreign" else detail)
             places[key].append((i, detail))
