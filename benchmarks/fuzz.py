@@ -461,6 +461,7 @@ def _worker(conn, model_dir, seed):
         (tmp / "ro").mkdir()
         os.chmod(tmp / "ro", 0o555)
         ctx = Ctx(model, tmp)
+        os.chdir(tmp)  # relative paths among the junk values are written here, not into the caller's folder
         conn.send("ready")
         while True:
             i = conn.recv()
