@@ -1091,7 +1091,11 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
                              "degenerate); rescale the points, give more distinct points, or use reg > 0")  # fmt: skip
     res = np.where(present, np.linalg.norm(r, axis=-1) * factor[:, None], np.nan)
     valid = w > 0
-    rmse = np.sqrt((np.where(valid, res, 0.0).astype(np.float64) ** 2).sum(1) / valid.sum(1))
+    with np.errstate(all="ignore"):
+        rmse = np.sqrt((np.where(valid, res, 0.0).astype(np.float64) ** 2).sum(1) / valid.sum(1))
+    if not (np.isfinite(rmse).all() and np.isfinite(m).all()):
+        raise NumericalError("the fit's landmarks or residuals overflow (points of extreme scale, or init codes far "
+                             "outside the prior); rescale the points or start from init='mean'")  # fmt: skip
 
     def T(a, dt=dtype):
         return torch.as_tensor(np.ascontiguousarray(a)).to(device=dev, dtype=dt)

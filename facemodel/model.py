@@ -190,7 +190,7 @@ class FaceModel(nn.Module):
             return self._blendshape_codes(spec, n).to(device=device, dtype=dtype)
         if isinstance(spec, (str, int, np.integer)) and not isinstance(spec, bool):
             spec = [spec] * n
-        if isinstance(spec, (list, tuple)) and all(isinstance(x, (str, int, np.integer)) for x in spec):
+        if isinstance(spec, (list, tuple)) and spec and all(isinstance(x, (str, int, np.integer)) for x in spec):
             if factor == "noise":
                 raise InvalidArgumentError("noise has no labels; pass a (d,) or (n, d) tensor")
             idx = torch.tensor([self.label_index(factor, x) for x in spec])
