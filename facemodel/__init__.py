@@ -41,6 +41,7 @@ from .errors import (
     WeightsFormatError,
     WeightsNotFoundError,
 )
+from .errors import ArgumentTypeError, BatchTooLargeError, InvalidArgumentError, NumericalError, OutputPermissionError
 
 __version__ = "0.3.1"
 
@@ -79,3 +80,4 @@ __all__ = [
     "save_mesh",
     *_errors.__all__,  # every error class
 ]
+__all__ += ["InvalidArgumentError", "ArgumentTypeError", "BatchTooLargeError", "NumericalError", "OutputPermissionError"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -10,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputPathError
+from .errors import OutputPathError, OutputPermissionError
 
 __all__ = ["atomic_file", "atomic_dir", "check_writable_parent", "sha256_file"]
 
@@ -21,6 +22,13 @@ def _umask() -> int:
     return mask
 
 
+def _output_error(exc: OSError, what: str) -> OutputPathError:
+    """An :class:`OutputPathError` for an OS error on an output path (permission errors and
+    read-only file systems as :class:`OutputPermissionError`, also a ``PermissionError``)."""
+    cls = OutputPermissionError if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else OutputPathError
+    return cls(f"cannot write {what}: {exc.strerror or exc}. Choose an output path in a writable location.")
+
+
 def check_writable_parent(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path after checking that its parent folder can be written.
 
@@ -28,19 +36,25 @@ def check_writable_parent(path: str | os.PathLike) -> Path:
         OutputPathError: the parent is missing and cannot be created, is not a folder,
             or is not writable.
     """
-    path = Path(path).expanduser()
+    from ._validate import check_path
+
+    try:
+        path = Path(check_path("path", path)).expanduser()
+    except RuntimeError as exc:  # "~nosuchuser/..."
+        raise OutputPathError(f"cannot expand {os.fspath(path)!r}: {exc}; give an absolute path") from None
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputPathError(
+        cls = OutputPermissionError if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else OutputPathError
+        raise cls(
             f"cannot create the folder {str(parent)!r} for {str(path)!r}: {exc}. "
             "Choose an output path in a writable location."
         ) from exc
     if not parent.is_dir():
         raise OutputPathError(f"{str(parent)!r} is not a folder; choose another output path.")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputPathError(
+        raise OutputPermissionError(
             f"the folder {str(parent)!r} is not writable; choose an output path you can write to."
         )
     return path
@@ -55,14 +69,25 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
         ...     f.write("{}")
     """
     path = check_writable_parent(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        if path.is_dir():
+            raise OutputPathError(f"{str(path)!r} is a folder; give a file name to write to")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:  # /proc, a name too long, a full disk...
+        raise _output_error(exc, repr(str(path))) from exc
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, mode) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:  # a full disk shows here
+                raise _output_error(exc, repr(str(path))) from exc
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _output_error(exc, repr(str(path))) from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -91,7 +116,10 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
                 f"{str(path)!r} already exists and is not empty; remove it or pass overwrite=True "
                 "(--overwrite on the command line)."
             )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    except OSError as exc:
+        raise _output_error(exc, f"the folder {str(path)!r}") from exc
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual folder mode
         yield tmp

@@ -126,6 +126,8 @@ def to_ict_weights(weights, *, clip_tolerance: float = 0.05, batch: int | None =
         BlendshapeError: unknown names, NaN / inf, values outside the tolerance, ragged
             lengths, a tensor of the wrong width, or a dict with no known name.
     """
+    if isinstance(clip_tolerance, bool) or not isinstance(clip_tolerance, (int, float)) or not clip_tolerance >= 0:
+        raise BlendshapeError(f"clip_tolerance must be a number >= 0 (e.g. 0.05), got {clip_tolerance!r}")
     if isinstance(weights, Mapping):
         if not weights:
             raise BlendshapeError("empty blendshape dict: pass at least one name -> weight (e.g. {'jawOpen': 0.5})")
@@ -139,7 +141,7 @@ def to_ict_weights(weights, *, clip_tolerance: float = 0.05, batch: int | None =
             if canon is None:
                 continue
             known += 1
-            v = torch.as_tensor(np.asarray(value, dtype=np.float32)).reshape(-1)
+            v = _weight_values(value, name)
             if v.numel() != 1:
                 if length is not None and v.numel() != length:
                     raise BlendshapeError(f"weight {name!r} has {v.numel()} values but another name has {length}; "
@@ -158,8 +160,7 @@ def to_ict_weights(weights, *, clip_tolerance: float = 0.05, batch: int | None =
         for i, v in cols.items():
             out[:, i] = v.expand(B) if v.numel() == 1 else v
     else:
-        out = torch.as_tensor(np.asarray(weights.detach().cpu() if isinstance(weights, torch.Tensor) else weights,
-                                         dtype=np.float32))  # fmt: skip
+        out = _weight_values(weights, "weights", flat=False)
         if out.ndim == 1:
             out = out[None]
         if out.ndim != 2 or out.shape[1] != len(ICT_NAMES):
@@ -174,6 +175,33 @@ def to_ict_weights(weights, *, clip_tolerance: float = 0.05, batch: int | None =
         raise BlendshapeError(f"blendshape weights must lie in [0, 1] (found {lo:.3g} .. {hi:.3g}); values within "
                               f"{clip_tolerance} of the range are clipped. Percentages? Divide by 100.")  # fmt: skip
     return out.clamp(0.0, 1.0)
+
+
+def _weight_values(value, name: str, *, flat: bool = True) -> torch.Tensor:
+    """float32 values of one weight (a number or (B,) values), or of a (B, 53) table."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.is_complex():
+            raise BlendshapeError(f"weight {name!r} must hold real numbers, got a tensor of dtype {value.dtype}")
+        value = value.numpy()
+    if value is None or isinstance(value, (str, bytes, Mapping)):
+        raise BlendshapeError(f"weight {name!r} must be a number in [0, 1] or one number per frame, got "
+                              f"{type(value).__name__} {str(value)[:40]!r}")  # fmt: skip
+    try:
+        with np.errstate(all="ignore"):  # 1e300 -> inf in float32: refused below as inf
+            arr = np.asarray(value)
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"dtype {arr.dtype}")
+            arr = arr.astype(np.float32)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BlendshapeError(f"weight {name!r} must be a number in [0, 1] or one number per frame, got "
+                              f"{type(value).__name__} ({exc})") from None  # fmt: skip
+    out = torch.as_tensor(arr)
+    if flat:
+        out = out.reshape(-1)
+        if out.numel() == 0:
+            raise BlendshapeError(f"weight {name!r} is empty; give a number in [0, 1] or one number per frame")
+    return out
 
 
 def ict_to_arkit(weights: torch.Tensor | np.ndarray, *, spelling: str = "arkit") -> dict[str, torch.Tensor]:
@@ -373,10 +401,17 @@ def read_weights(path: str | os.PathLike, *, clip_tolerance: float = 0.05, as_di
 
 
 def _read_weights(path, clip_tolerance: float) -> torch.Tensor:
-    path = Path(path).expanduser()
+    from ._validate import check_path
+
+    path = _expand(Path(check_path("path", path)))
     if not path.is_file():
         raise BlendshapeError(f"no weights file at {str(path)!r}")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BlendshapeError(f"{path.name}: not a UTF-8 text file ({exc}); export the weights as CSV or JSON") from None
+    except OSError as exc:
+        raise BlendshapeError(f"cannot read the weights file {str(path)!r}: {exc}") from None
     if path.suffix.lower() == ".json":
         try:
             obj = json.loads(text)
@@ -384,6 +419,13 @@ def _read_weights(path, clip_tolerance: float) -> torch.Tensor:
             raise BlendshapeError(f"{path.name}: not valid JSON ({exc})") from None
         return parse_weights_json(obj, source=path.name, clip_tolerance=clip_tolerance)
     return parse_weights_csv(text, source=path.name, clip_tolerance=clip_tolerance)
+
+
+def _expand(path: Path) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError:  # "~nosuchuser/..."
+        raise BlendshapeError(f"cannot expand the home folder in {str(path)!r}; give an absolute path") from None
 
 
 def write_weights_csv(path: str | os.PathLike, weights, *, spelling: str = "livelink", fps: float = 60.0) -> Path:

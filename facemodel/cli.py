@@ -595,16 +595,53 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``facemodel`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    _one_line_usage_errors(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version exit 0; usage errors were printed on one line
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return int(args.func(args) or 0)
     except FaceModelError as exc:
-        print(f"facemodel: error: {exc}", file=sys.stderr)
+        print(f"facemodel: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("facemodel: interrupted", file=sys.stderr)
         return 130
+    except (OSError, MemoryError, ValueError) as exc:  # the system refused (disk full, out of memory), or a value
+        # the command parses itself (seed:N) was not one: not a traceback either
+        print(f"facemodel: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"facemodel: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: rerun with -v for the "
+              "traceback and report it)", file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _one_line_usage_errors(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` and its subcommands report usage errors as one stderr line naming the
+    fix (``facemodel sample: error: argument -n: invalid int value: 'x'; usage: facemodel sample
+    [-h] ... (see facemodel sample --help)``) and exit 2, instead of argparse's two-part message."""
+
+    def error(p, message):
+        usage = _one_line(p.format_usage()).removeprefix("usage: ")
+        print(f"{p.prog}: error: {_one_line(message)}; usage: {usage} (see {p.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    todo = [parser]
+    while todo:
+        p = todo.pop()
+        p.error = error.__get__(p)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,6 +40,8 @@ __all__ = [
     "SelectionError",
     "ReleaseError",
 ]
+__all__ += ["InvalidArgumentError", "ArgumentTypeError", "BatchTooLargeError", "NumericalError",
+            "OutputPermissionError"]
 
 
 class FaceModelError(Exception):
@@ -159,3 +161,24 @@ class SelectionError(FaceModelError, ValueError):
 
 class ReleaseError(FaceModelError, ValueError):
     """The release cannot be made as asked (missing inputs, over the size budget...)."""
+
+
+# ---- argument validation at the public boundary (facemodel._validate) ----------------------
+class InvalidArgumentError(FaceModelError, ValueError):
+    """An argument has the right type but an unusable value: wrong shape, NaN / inf, out of range."""
+
+
+class ArgumentTypeError(FaceModelError, TypeError):
+    """An argument of the wrong type (a string where an array is expected, a float seed...)."""
+
+
+class BatchTooLargeError(FaceModelError, MemoryError):
+    """A batch whose outputs would not fit in memory (see ``facemodel._validate.MAX_BATCH``)."""
+
+
+class NumericalError(FaceModelError, ArithmeticError):
+    """A computation gave NaN / inf or a solver failed on inputs that passed validation."""
+
+
+class OutputPermissionError(OutputPathError, PermissionError):
+    """An output location cannot be written for lack of permission (or a read-only file system)."""

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from scipy.linalg import lapack as _lapack
 
-from .errors import FaceModelError, FittingError
+from .errors import FaceModelError, FittingError, NumericalError
 from .fitting_prior import (DEFAULT_LOSS_SCALE_MM, LOSSES, PRIOR_MAX_ITERS_GN, PRIOR_TOL, PRIORS, ROBUST_ROUNDS,
                             irls_weights, resolve_prior, whitened_head)  # fmt: skip
 from .landmarks import LandmarkSet, landmark_set
@@ -83,6 +83,7 @@ _GRID = (1.0, 0.8, 0.6, 0.45, 0.3, 0.2, 0.1, 0.04)
 _EXACT_MAX_BREAKS = 64  # rays crossing more kinks are searched on _GRID (early, long steps)
 _REGRESSION_SAMPLES = 4096
 _CONTOUR_ITERS = 6  # Gauss-Newton iterations of the rounds that only place a 2D fit's jaw points
+_MAX_COORD = 1e12  # |points| above this overflow float32 sums of squares (and are a unit error)
 _TRI = np.tril(np.ones((_EXACT_MAX_BREAKS, _EXACT_MAX_BREAKS), np.float32))
 
 
@@ -515,6 +516,10 @@ def _check_points(points, weights, lmk, dim, dtype, device, explicit_device):
         raise FittingError(
             f"points contain inf (face {b}, landmark {k}); mark missing landmarks with NaN rows or weight 0"
         )
+    big = np.nanmax(np.abs(P)) if P.size and not np.isnan(P).all() else 0.0
+    if big > _MAX_COORD:
+        raise FittingError(f"points reach |p| = {big:.3g}; coordinates must stay below {_MAX_COORD:g} in magnitude "
+                           "(their squares overflow): express them in other units (metres, millimetres, pixels)")  # fmt: skip
     present = ~np.isnan(P).any(-1)
     B = P.shape[0]
     if weights is None:
@@ -534,7 +539,7 @@ def _check_points(points, weights, lmk, dim, dtype, device, explicit_device):
 
 
 def _check_common(reg, tol, max_iters, solver, generator):
-    if solver not in SOLVERS:
+    if not isinstance(solver, str) or solver not in SOLVERS:
         raise FittingError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not math.isfinite(reg) or reg < 0:
         raise FittingError(f"reg must be a finite number >= 0 (the lambda of Eq. 13), got {reg!r}")
@@ -1273,27 +1278,40 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
     if isinstance(z0, str):  # "linear"
         z0 = _linear_init(head, pm, P, w)
     w_in, lw = w, np.ones_like(w)
-    for rnd in range(1 + (ROBUST_ROUNDS if loss == "huber" else 0)):
-        if rnd:  # IRLS: Huber factors of the last fit's residuals, warm start
-            rn = np.linalg.norm(pm.residual(P, out["m"], out["X"]).reshape(B, K, pm.dim), axis=-1)
-            lw = irls_weights(rn, float(loss_scale)).astype(P.dtype)
-            w, z0 = np.ascontiguousarray(w_in * lw), out["z"]
-        if solver == "gauss-newton":
-            out = _solve_gn(head, pm, P, w, z0, float(reg), max_iters, float(tol), opts)
-        else:
-            out = _solve_first_order(head, pm, P, w, z0, float(reg), max_iters, float(tol), solver, opts, dev)
-        if rnd:
-            out["iters"] = out["iters"] + prev_iters
-        prev_iters = out["iters"]
-    w = w_in
-    z, m, X = out["z"], out["m"], out["X"]
-    if prior == "model":
-        z = cp.color(z).astype(P.dtype)
-    r = pm.residual(P, m, X).reshape(B, K, pm.dim)
-    scale, rot, trans, factor = pm.to_input(X)
+    try:
+        with np.errstate(all="ignore"):  # non-finite results are refused below
+            for rnd in range(1 + (ROBUST_ROUNDS if loss == "huber" else 0)):
+                if rnd:  # IRLS: Huber factors of the last fit's residuals, warm start
+                    rn = np.linalg.norm(pm.residual(P, out["m"], out["X"]).reshape(B, K, pm.dim), axis=-1)
+                    lw = irls_weights(rn, float(loss_scale)).astype(P.dtype)
+                    w, z0 = np.ascontiguousarray(w_in * lw), out["z"]
+                if solver == "gauss-newton":
+                    out = _solve_gn(head, pm, P, w, z0, float(reg), max_iters, float(tol), opts)
+                else:
+                    out = _solve_first_order(head, pm, P, w, z0, float(reg), max_iters, float(tol), solver, opts, dev)
+                if rnd:
+                    out["iters"] = out["iters"] + prev_iters
+                prev_iters = out["iters"]
+            w = w_in
+            z, m, X = out["z"], out["m"], out["X"]
+            if prior == "model":
+                z = cp.color(z).astype(P.dtype)
+            r = pm.residual(P, m, X).reshape(B, K, pm.dim)
+            scale, rot, trans, factor = pm.to_input(X)
+    except np.linalg.LinAlgError as exc:  # an SVD or solve that did not converge
+        raise NumericalError(f"the fit failed numerically ({exc}); check that the points are a face's landmarks in "
+                             "consistent units, or try reg > 0 or init='mean'") from None  # fmt: skip
+    bad = [k for k, a in (("codes", z), ("pose", X), ("scale", scale), ("translation", trans)) if not np.isfinite(a).all()]
+    if bad:
+        raise NumericalError(f"the fit gave non-finite {', '.join(bad)} (points of extreme scale or nearly "
+                             "degenerate); rescale the points, give more distinct points, or use reg > 0")  # fmt: skip
     res = np.where(present, np.linalg.norm(r, axis=-1) * factor[:, None], np.nan)
     valid = w > 0
-    rmse = np.sqrt((np.where(valid, res, 0.0).astype(np.float64) ** 2).sum(1) / valid.sum(1))
+    with np.errstate(all="ignore"):
+        rmse = np.sqrt((np.where(valid, res, 0.0).astype(np.float64) ** 2).sum(1) / valid.sum(1))
+    if not (np.isfinite(rmse).all() and np.isfinite(m).all()):
+        raise NumericalError("the fit's landmarks or residuals overflow (points of extreme scale, or init codes far "
+                             "outside the prior); rescale the points or start from init='mean'")  # fmt: skip
 
     def T(a, dt=dtype):
         return torch.as_tensor(np.ascontiguousarray(a)).to(device=dev, dtype=dt)
@@ -1434,7 +1452,7 @@ def fit_landmarks(
         >>> res.rmse, res.scale                               # metres; ~0.001 m per mm
         >>> res.transform_points()                            # the fitted mesh over the points
     """
-    if align not in ALIGNMENTS:
+    if not isinstance(align, str) or align not in ALIGNMENTS:
         raise FittingError(f"unknown align {align!r}; choose one of {list(ALIGNMENTS)}")
     return _fit(model, points, _Pose3D(align), landmarks=landmarks, weights=weights, reg=reg, init=init,
                 solver=solver, max_iters=max_iters, tol=tol, generator=generator, device=device,
@@ -1487,7 +1505,7 @@ def fit_landmarks_2d(
         :class:`FitResult` whose ``scale`` / ``rotation`` (B, 3, 3) / ``translation``
         (B, 2) are the camera, residuals and rmse in image units.
     """
-    if camera not in CAMERAS:
+    if not isinstance(camera, str) or camera not in CAMERAS:
         raise FittingError(f"unknown camera {camera!r}; choose one of {list(CAMERAS)}")
     kw = dict(weights=weights, reg=reg, solver=solver, max_iters=max_iters, tol=tol, generator=generator,
               device=device, solver_options=solver_options, prior=prior, loss=loss, loss_scale=loss_scale)  # fmt: skip

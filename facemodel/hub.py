@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from .errors import (
+    ArgumentTypeError,
     DownloadError,
     FaceModelError,
     HubUploadError,
@@ -208,9 +209,14 @@ def resolve_pretrained(
         return folder
 
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"name_or_path must be a str, a path or None, not {type(name_or_path).__name__}")
+        raise ArgumentTypeError(f"name_or_path must be a str, a path or None, not {type(name_or_path).__name__}")
     shown = os.fspath(name_or_path)
-    path = Path(shown).expanduser()
+    if not isinstance(shown, str) or "\x00" in shown:
+        raise WeightsNotFoundError(f"name_or_path {shown!r} is not a usable folder name or repo id")
+    try:
+        path = Path(shown).expanduser()
+    except RuntimeError:  # "~nosuchuser/..."
+        raise WeightsNotFoundError(f"cannot expand the home folder in {shown!r}; give an absolute path") from None
     if path.exists():
         return _check_local_folder(path.absolute(), shown)
     if isinstance(name_or_path, str) and is_repo_id(name_or_path):

@@ -21,6 +21,9 @@ def _rows_to_array(rows: list, path: Path) -> np.ndarray:
         raise PointsFormatError(f"{str(path)!r}: landmark rows must be numbers ({exc})") from exc
     if arr.ndim != 2 or arr.shape[1] not in (2, 3):
         raise PointsFormatError(f"{str(path)!r}: expected K rows of 2 or 3 coordinates, got shape {arr.shape}")
+    if np.isinf(arr).any():
+        k = int(np.argwhere(np.isinf(arr))[0, 0])
+        raise PointsFormatError(f"{str(path)!r}: point {k} holds inf; write missing points as empty cells / NaN / null")
     return arr
 
 
@@ -31,9 +34,21 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
     row, empty cells = missing); ``.json`` (a list of points or ``{"points": [...]}``,
     ``null`` = missing); ``.pts`` (iBUG: ``version``, ``n_points``, then ``{ x y ... }``).
     """
-    path = Path(path)
+    from ._validate import check_path
+
+    path = Path(check_path("path", path))
     if not path.is_file():
         raise PointsFormatError(f"landmark file {str(path)!r} does not exist")
+    try:
+        return _load_points(path)
+    except PointsFormatError:
+        raise
+    except (OSError, EOFError, ValueError, TypeError, RecursionError) as exc:  # unreadable, empty or pickled .npy, bad JSON
+        raise PointsFormatError(f"{str(path)!r}: cannot read landmarks ({type(exc).__name__}: {exc}); expected "
+                                "K rows of 2 or 3 numbers in .npy, .csv, .json or .pts") from None  # fmt: skip
+
+
+def _load_points(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return _rows_to_array(np.load(path, allow_pickle=False).tolist(), path)

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ._fs import atomic_file, check_writable_parent
-from .errors import FaceModelError, UnknownLabelError, WeightsFormatError, WeightsNotFoundError
+from ._validate import as_number_tensor, check_batch, check_finite, check_float, check_int, face_bytes
+from .errors import ArgumentTypeError, FaceModelError, InvalidArgumentError, UnknownLabelError, WeightsFormatError, WeightsNotFoundError
 from .expression_map import LEARN_COMMAND, ExpressionMap, ExpressionMapConfig, NoExpressionMapError
 from .hub import CONFIG_NAME, WEIGHTS_NAME
 from .networks.config import GeneratorConfig
@@ -158,38 +159,36 @@ class FaceModel(nn.Module):
         """
         device, dtype = self._device_dtype()
         if factor not in self.code_slices:
-            raise FaceModelError(f"no factor {factor!r}; this model has {sorted(self.code_slices)}")
+            raise InvalidArgumentError(f"no factor {factor!r}; this model has {sorted(self.code_slices)}")
         sl = self.code_slices[factor]
         d = sl.stop - sl.start
         if spec is None:
             z = torch.randn(n, d, generator=generator)
             if truncation is not None:
-                if not 0 <= truncation <= 1:
-                    raise FaceModelError(f"truncation must be in [0, 1], got {truncation}")
-                z = z * truncation
+                z = z * check_float("truncation", truncation, 0.0, 1.0)
             return z.to(device=device, dtype=dtype)
         if isinstance(spec, Mapping):
             if factor != "expression":
-                raise FaceModelError(f"a dict of blendshape weights drives the expression, not {factor!r}")
+                raise InvalidArgumentError(f"a dict of blendshape weights drives the expression, not {factor!r}")
             return self._blendshape_codes(spec, n).to(device=device, dtype=dtype)
         if isinstance(spec, (str, int, np.integer)) and not isinstance(spec, bool):
             spec = [spec] * n
-        if isinstance(spec, (list, tuple)) and all(isinstance(x, (str, int, np.integer)) for x in spec):
+        if isinstance(spec, (list, tuple)) and spec and all(isinstance(x, (str, int, np.integer)) for x in spec):
             if factor == "noise":
-                raise FaceModelError("noise has no labels; pass a (d,) or (n, d) tensor")
+                raise InvalidArgumentError("noise has no labels; pass a (d,) or (n, d) tensor")
             idx = torch.tensor([self.label_index(factor, x) for x in spec])
             z = self.label_codes(factor)[idx.to(self.label_codes(factor).device)]
         else:
-            z = torch.as_tensor(np.asarray(spec) if isinstance(spec, (list, tuple)) else spec)
+            z = as_number_tensor(factor, spec, expected=f"({d},) or (n, {d}) codes, a label or a list of labels")
         z = z.to(device=device, dtype=dtype)
         if z.ndim == 1:
             z = z[None].expand(n, -1)
         if z.ndim != 2 or z.shape[1] != d:
-            raise FaceModelError(f"{factor} codes must have shape ({d},) or (n, {d}), got {tuple(z.shape)}")
+            raise InvalidArgumentError(f"{factor} codes must have shape ({d},) or (n, {d}), got {tuple(z.shape)}")
         if z.shape[0] != n:
-            raise FaceModelError(f"{factor} codes hold {z.shape[0]} rows but {n} faces were asked for")
+            raise InvalidArgumentError(f"{factor} codes hold {z.shape[0]} rows but {n} faces were asked for")
         if not torch.isfinite(z).all():
-            raise FaceModelError(f"{factor} codes contain NaN or inf")
+            raise InvalidArgumentError(f"{factor} codes contain NaN or inf")
         return z
 
     # ---- blendshape weights --------------------------------------------------------------
@@ -312,7 +311,7 @@ class FaceModel(nn.Module):
         """
         from .blendshapes import ICT_NAMES, BlendshapeError, ict_to_arkit
 
-        if spelling not in (None, "ict", "arkit", "livelink"):
+        if not (spelling is None or isinstance(spelling, str)) or spelling not in (None, "ict", "arkit", "livelink"):
             raise BlendshapeError(f"spelling must be None, 'ict', 'arkit' or 'livelink', got {spelling!r}")
         m = self._map()
         device, dtype = self._device_dtype()
@@ -321,17 +320,17 @@ class FaceModel(nn.Module):
         if isinstance(codes, Faces):
             z = codes.codes[:, sl]
         else:
-            z = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
+            z = as_number_tensor("codes", codes, expected=f"(B, {d}) expression codes, (B, {D}) codes or Faces")
             if z.ndim == 1:
                 z = z[None]
             if z.ndim != 2 or z.shape[1] not in (d, D):
-                raise FaceModelError(f"expression codes must have shape (B, {d}) (or full codes (B, {D}), or Faces), "
+                raise InvalidArgumentError(f"expression codes must have shape (B, {d}) (or full codes (B, {D}), or Faces), "
                                      f"got {tuple(z.shape)}")  # fmt: skip
             if z.shape[1] == D and D != d:
                 z = z[:, sl]
         z = z.to(device=device, dtype=dtype)
         if not torch.isfinite(z).all():
-            raise FaceModelError("expression codes contain NaN or inf")
+            raise InvalidArgumentError("expression codes contain NaN or inf")
         w = m.to_weights(z)
         if spelling is None:
             return w
@@ -345,7 +344,7 @@ class FaceModel(nn.Module):
         z = self.expression_from_blendshapes(spec)
         if n is not None and z.shape[0] != n:
             if z.shape[0] != 1:
-                raise FaceModelError(f"the blendshape weights hold {z.shape[0]} frames but {n} faces were asked for")
+                raise InvalidArgumentError(f"the blendshape weights hold {z.shape[0]} frames but {n} faces were asked for")
             z = z.expand(n, -1)
         return z
 
@@ -355,7 +354,7 @@ class FaceModel(nn.Module):
         if weights is None:
             return faces
         if weights.shape[0] not in (1, len(faces)):
-            raise FaceModelError(f"the blendshape weights hold {weights.shape[0]} frames for {len(faces)} faces; "
+            raise InvalidArgumentError(f"the blendshape weights hold {weights.shape[0]} frames for {len(faces)} faces; "
                                  "use one frame or one per face")  # fmt: skip
         self._map().add_displacement_(faces.vertices, weights)
         return faces
@@ -365,15 +364,21 @@ class FaceModel(nn.Module):
     def decode(self, codes: torch.Tensor) -> Faces:
         """Faces of full codes (n, D)."""
         device, dtype = self._device_dtype()
-        codes = torch.as_tensor(codes).to(device=device, dtype=dtype)
         D = self.config.generator.code_dim
+        codes = as_number_tensor("codes", codes, expected=f"(n, {D}) codes").to(device=device, dtype=dtype)
         if codes.ndim == 1:
             codes = codes[None]
         if codes.ndim != 2 or codes.shape[1] != D:
-            raise FaceModelError(f"codes must have shape (n, {D}), got {tuple(codes.shape)}")
+            raise InvalidArgumentError(f"codes must have shape (n, {D}), got {tuple(codes.shape)}")
         if codes.shape[0] == 0:
-            raise FaceModelError("empty batch: pass at least one code")
-        return Faces(self(codes), codes, self.faces, self.code_slices)
+            raise InvalidArgumentError("empty batch: pass at least one code")
+        check_batch("codes", codes.shape[0], face_bytes(self.num_vertices, self.config.generator.hidden))
+        check_finite("codes", codes, fix="pass finite codes (sampled codes are N(0, I))")
+        vertices = self(codes)
+        if not bool(torch.isfinite(vertices).all()):
+            raise InvalidArgumentError(f"codes up to |z| = {float(codes.abs().max()):.3g} overflow the generator (the "
+                                       "vertices are not finite); pass codes of the prior's scale (N(0, I))")  # fmt: skip
+        return Faces(vertices, codes, self.faces, self.code_slices)
 
     @torch.no_grad()
     def sample(
@@ -391,7 +396,9 @@ class FaceModel(nn.Module):
         """Generate ``n`` faces.
 
         Args:
-            n: number of faces.
+            n: number of faces: at most ``facemodel._validate.MAX_BATCH`` (65,536) and what fits
+                the memory budget (8 GiB of outputs by default, ~37,000 faces of the released
+                model; env ``FACEMODEL_MEMORY_BUDGET``); more raises ``BatchTooLargeError``.
             seed: seed of the random codes (or pass a ``torch.Generator``); the same seed
                 gives the same faces on CPU and CUDA.
             identity, expression, noise: codes per factor: ``None`` (random), a tensor
@@ -411,8 +418,15 @@ class FaceModel(nn.Module):
             >>> faces = model.sample(4, seed=0, expression="happiness")
             >>> faces.export("happy.obj")
         """
-        if not isinstance(n, int) or n < 1:
-            raise FaceModelError(f"n must be a positive integer, got {n!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InvalidArgumentError(f"n must be a positive integer, got {n!r}")
+        check_batch("n", n, face_bytes(self.num_vertices, self.config.generator.hidden))
+        if seed is not None:
+            seed = check_int("seed", seed, -(2**63), 2**64 - 1)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ArgumentTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if truncation is not None:
+            truncation = check_float("truncation", truncation, 0.0, 1.0)
         fb = None
         if isinstance(expression, Mapping):
             expression, fb = self._drive(expression)
@@ -421,7 +435,7 @@ class FaceModel(nn.Module):
             elif expression.shape[0] == 1:
                 expression = expression[0]
             elif expression.shape[0] != n:
-                raise FaceModelError(f"the blendshape weights hold {expression.shape[0]} frames but {n} faces were "
+                raise InvalidArgumentError(f"the blendshape weights hold {expression.shape[0]} frames but {n} faces were "
                                      "asked for; pass n=1 (one face per frame) or one value per name")  # fmt: skip
         if generator is None:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -429,7 +443,7 @@ class FaceModel(nn.Module):
         unknown = set(specs) - set(self.code_slices)
         unknown = {k for k in unknown if specs[k] is not None}
         if unknown:
-            raise FaceModelError(f"unknown factors {sorted(unknown)}; this model has {sorted(self.code_slices)}")
+            raise InvalidArgumentError(f"unknown factors {sorted(unknown)}; this model has {sorted(self.code_slices)}")
         parts = [self.factor_codes(f.name, specs.get(f.name), n, generator=generator, truncation=truncation)
                  for f in self.config.generator.factors]  # fmt: skip
         parts.append(self.factor_codes("noise", noise, n, generator=generator, truncation=truncation))
@@ -446,28 +460,37 @@ class FaceModel(nn.Module):
             mesh = load_mesh(mesh).vertices
         elif hasattr(mesh, "vertices") and hasattr(mesh, "faces") and not isinstance(mesh, Faces):
             mesh = np.asarray(mesh.vertices)
-        v = torch.as_tensor(np.asarray(mesh) if not isinstance(mesh, torch.Tensor) else mesh)
+        elif isinstance(mesh, Faces):
+            mesh = mesh.vertices
+        v = as_number_tensor(name, mesh, expected=f"(V, 3) / (n, V, 3) vertices (V = {self.num_vertices}), a mesh or a path")
         if v.ndim == 2:
             v = v[None]
         check_vertices(v, self.num_vertices, name=name)
+        if v.ndim != 3:
+            raise InvalidArgumentError(f"{name} must have shape (V, 3) or (n, V, 3), got {tuple(v.shape)}")
         if v.shape[0] == 0:
-            raise FaceModelError(f"{name}: empty batch")
+            raise InvalidArgumentError(f"{name}: empty batch")
         device, dtype = self._device_dtype()
-        return v.to(device=device, dtype=dtype)
+        v = v.to(device=device, dtype=dtype)
+        check_vertices(v, self.num_vertices, name=f"{name} (in the model's {dtype})")  # 1e300 overflows float32
+        return v
 
     def _as_codes(self, x, *, name: str) -> torch.Tensor:
         """Full codes (n, D) of Faces, codes, or meshes (encoded)."""
         D = self.config.generator.code_dim
         if isinstance(x, Faces):
-            return x.codes.to(self.generator.device, self.generator.dtype)
-        if isinstance(x, torch.Tensor) and x.ndim in (1, 2) and x.shape[-1] == D:
-            return x.reshape(-1, D).to(self.generator.device, self.generator.dtype)
+            return check_finite(f"{name} codes", x.codes.to(self.generator.device, self.generator.dtype))
+        if isinstance(x, torch.Tensor) and x.ndim in (1, 2) and x.shape[-1] == D and not x.is_complex():
+            z = x.reshape(-1, D).to(self.generator.device, self.generator.dtype)
+            if z.shape[0] == 0:
+                raise InvalidArgumentError(f"{name}: empty batch of codes")
+            return check_finite(f"{name} codes", z, fix="pass finite codes (sampled codes are N(0, I))")
         return self.encode(x).codes
 
     def _with_factor(self, target: torch.Tensor, factor: str, codes: torch.Tensor) -> Faces:
         sl = self.code_slices[factor]
         if codes.shape[0] not in (1, target.shape[0]) and target.shape[0] != 1:
-            raise FaceModelError(f"cannot pair {codes.shape[0]} sources with {target.shape[0]} targets; use 1 or equal counts")
+            raise InvalidArgumentError(f"cannot pair {codes.shape[0]} sources with {target.shape[0]} targets; use 1 or equal counts")
         n = max(codes.shape[0], target.shape[0])
         out = target.expand(n, -1).clone()
         out[:, sl] = codes.expand(n, -1)
@@ -512,27 +535,37 @@ class FaceModel(nn.Module):
             weights: one weight per expression (default 1).
         """
         if not expressions:
-            raise FaceModelError("add_expressions needs at least one expression to add")
-        weights = [1.0] * len(expressions) if weights is None else list(weights)
+            raise InvalidArgumentError("add_expressions needs at least one expression to add")
+        if weights is not None:
+            try:
+                assert not isinstance(weights, (str, bytes, Mapping))
+                weights = list(weights)
+            except (AssertionError, TypeError):
+                raise ArgumentTypeError(f"weights must be a sequence of numbers, one per expression, got "
+                                        f"{type(weights).__name__}") from None  # fmt: skip
+        weights = [1.0] * len(expressions) if weights is None else [check_float("weights[i]", w) for w in weights]
         if len(weights) != len(expressions):
-            raise FaceModelError(f"got {len(weights)} weights for {len(expressions)} expressions")
+            raise InvalidArgumentError(f"got {len(weights)} weights for {len(expressions)} expressions")
         t = self._as_codes(target, name="target")
         sl = self.code_slices["expression"]
         total, extra = t[:, sl].clone(), None
         for w, e in zip(weights, expressions):
             if isinstance(e, (str, int, np.integer)) and not isinstance(e, bool):
                 code = self.label_codes("expression")[self.label_index("expression", e)][None]
+            elif isinstance(e, torch.Tensor) and e.ndim == 0:
+                raise ArgumentTypeError("an expression must be a label (name or int index), codes, Faces, a mesh or a "
+                                        f"blendshape dict, got a 0-d tensor {e!r}: pass int(tensor) for a label index")
             elif isinstance(e, Mapping):
                 code, fb = self._drive(e)
                 code = code - self.expression_from_blendshapes(torch.zeros(1, self._map().config.num_weights))
                 if fb is not None:  # the fallback shapes are linear: their rest (weights 0) adds nothing
                     if extra is not None and 1 not in (extra.shape[0], fb.shape[0]) and extra.shape[0] != fb.shape[0]:
-                        raise FaceModelError(f"blendshape dicts of {extra.shape[0]} and {fb.shape[0]} frames cannot be added")
+                        raise InvalidArgumentError(f"blendshape dicts of {extra.shape[0]} and {fb.shape[0]} frames cannot be added")
                     extra = w * fb if extra is None else extra + w * fb  # weights add: the deltas are linear
             else:
                 code = self._as_codes(e, name="expression")[:, sl]
             if code.shape[0] not in (1, total.shape[0]) and total.shape[0] != 1:
-                raise FaceModelError(f"cannot add {code.shape[0]} expressions to {total.shape[0]} faces; use 1 or equal counts")
+                raise InvalidArgumentError(f"cannot add {code.shape[0]} expressions to {total.shape[0]} faces; use 1 or equal counts")
             total = total + w * code.to(total)
         return self._displaced(self._with_factor(t, "expression", total), extra)
 
@@ -602,7 +635,7 @@ class FaceModel(nn.Module):
                 Loading casts back to the model's dtype.
         """
         if storage_dtype is not None and not storage_dtype.is_floating_point:
-            raise FaceModelError(f"storage_dtype must be a floating dtype such as torch.float16, got {storage_dtype}")
+            raise InvalidArgumentError(f"storage_dtype must be a floating dtype such as torch.float16, got {storage_dtype}")
         directory = Path(directory)
         check_writable_parent(directory / CONFIG_NAME)
         state = {k.replace("_orig_mod.", "").replace("module.", ""): v.detach().cpu().contiguous()
@@ -649,6 +682,7 @@ class FaceModel(nn.Module):
         """
         from .hub import resolve_pretrained
 
+        device, dtype = _check_device_dtype(device, dtype)
         path = resolve_pretrained(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
         )
@@ -670,18 +704,20 @@ class FaceModel(nn.Module):
             raise WeightsFormatError(
                 f"{str(w_path)!r} is not a readable safetensors file ({exc}); re-download or re-export the model"
             ) from exc
-        model = cls(
-            config,
-            num_faces=state["faces"].shape[0] if "faces" in state else 0,
-            num_landmarks=state["landmarks"].shape[0] if "landmarks" in state else 0,
-        )
+        kw = {"num_faces": state["faces"].shape[0] if "faces" in state else 0,
+              "num_landmarks": state["landmarks"].shape[0] if "landmarks" in state else 0}  # fmt: skip
+        _check_config_size(cls, config, kw, state, w_path)
+        model = cls(config, **kw)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise WeightsFormatError(f"{str(w_path)!r} does not match its config: {exc}") from exc
         model.eval()
         if device is not None or dtype is not None:
-            model.to(device=device, dtype=dtype)
+            try:
+                model.to(device=device, dtype=dtype)
+            except (RuntimeError, AssertionError) as exc:  # e.g. CUDA not available
+                raise InvalidArgumentError(f"cannot move the model to device={str(device)!r}: {exc}") from None
         return model
 
     def push_to_hub(
@@ -710,4 +746,35 @@ class FaceModel(nn.Module):
                 (Path(tmp) / README_NAME).write_text(model_card, encoding="utf-8")
             return push_to_hub(tmp, repo_id, token=token, private=private, revision=revision,
                                commit_message=commit_message, create_repo=create_repo)  # fmt: skip
+
+
+def _check_device_dtype(device, dtype) -> tuple[torch.device | None, torch.dtype | None]:
+    """``from_pretrained``'s device (a name or torch.device, not ``meta``) and floating dtype."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise InvalidArgumentError(f"dtype must be a floating torch.dtype (torch.float32, torch.float64...), got {dtype!r}")
+    if device is not None:
+        if not isinstance(device, (str, torch.device)):
+            raise ArgumentTypeError(f"device must be a str such as 'cpu' or 'cuda:0', or a torch.device, got "
+                                    f"{type(device).__name__}")  # fmt: skip
+        try:
+            device = torch.device(device)
+        except (RuntimeError, ValueError) as exc:
+            raise InvalidArgumentError(f"device {device!r} is not a device name ('cpu', 'cuda', 'cuda:0'...): {exc}") from None
+        if device.type == "meta":
+            raise InvalidArgumentError("device='meta' holds no weights; use 'cpu' or 'cuda'")
+    return device, dtype
+
+
+def _check_config_size(cls, config: FaceModelConfig, kw: dict, state: dict, w_path: Path) -> None:
+    """Refuse a config whose model cannot be built or would not match the tensors on disk
+    (checked on the meta device, before anything is allocated)."""
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in cls(config, **kw).state_dict().items()}
+    except Exception as exc:  # torch / the config's own checks refuse impossible sizes in many ways
+        raise WeightsFormatError(f"{str(w_path)!r}: its config describes no buildable model ({exc})") from None
+    for k, shape in shapes.items():
+        if k in state and tuple(state[k].shape) != shape:
+            raise WeightsFormatError(f"{str(w_path)!r} does not match its config: {k} has shape "
+                                     f"{tuple(state[k].shape)} on disk but the config gives {shape}")  # fmt: skip
 

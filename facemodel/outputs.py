@@ -95,8 +95,13 @@ class Faces:
 
         Raises:
             MeshFormatError: a format other than obj, ply or glb.
+            ArgumentTypeError: ``path`` is not a str or path-like.
         """
-        path = Path(path)
+        from ._validate import check_path
+
+        path = Path(check_path("path", path))
+        if format is not None and not isinstance(format, str):
+            raise MeshFormatError(f"format must be 'obj', 'ply', 'glb' or None, got {type(format).__name__} {format!r}")
         fmt = (format or path.suffix.lstrip(".")).lower()
         if fmt not in {"obj", "ply", "glb"}:
             raise MeshFormatError(f"unknown export format {fmt!r} of {str(path)!r}; use a .obj, .ply or .glb path")

@@ -44,6 +44,8 @@ def _read_text(path: str | os.PathLike) -> list[str]:
         raise MeshFormatError(f"mesh file {str(path)!r} does not exist") from exc
     except IsADirectoryError as exc:
         raise MeshFormatError(f"{str(path)!r} is a folder, not a mesh file") from exc
+    except (OSError, ValueError) as exc:  # not a folder on the way, no permission, name too long, NUL byte
+        raise MeshFormatError(f"cannot read the mesh file {str(path)!r}: {exc}") from exc
 
 
 def _parse_vertices(lines: list[str], path: str | os.PathLike) -> np.ndarray:
@@ -62,7 +64,16 @@ def _parse_vertices(lines: list[str], path: str | os.PathLike) -> np.ndarray:
         if any(len(p) < 3 for p in parts):
             raise MeshFormatError(f"{str(path)!r}: a 'v' line has fewer than 3 coordinates")
         xyz = np.array([p[:3] for p in parts], dtype=np.float64)
-    return xyz.astype(np.float32)
+    with np.errstate(over="ignore"):
+        return _finite(xyz.astype(np.float32), path)
+
+
+def _finite(vertices: np.ndarray, path) -> np.ndarray:
+    """``vertices`` (float32) if finite; NaN, inf and values beyond float32 (1e39) are refused."""
+    if not np.isfinite(vertices).all():
+        raise MeshFormatError(f"{str(path)!r}: vertex coordinates hold NaN or inf (or values beyond float32's "
+                              "3.4e38); every coordinate must be a finite number")  # fmt: skip
+    return vertices
 
 
 def _parse_faces(lines: list[str], n_vertices: int, path) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +132,9 @@ def load_mesh(path: str | os.PathLike) -> Mesh:
     Raises:
         MeshFormatError: the file is missing, of an unknown format, or malformed.
     """
-    path = Path(path)
+    from .._validate import check_path
+
+    path = Path(check_path("path", path))
     suffix = path.suffix.lower()
     if suffix == ".obj":
         return load_obj(path)
@@ -138,8 +151,10 @@ def load_mesh(path: str | os.PathLike) -> Mesh:
     except Exception as exc:  # trimesh raises many types for broken files
         raise MeshFormatError(f"{str(path)!r}: cannot read mesh ({exc})") from exc
     faces = np.asarray(m.faces, dtype=np.int64)
+    with np.errstate(over="ignore"):
+        vertices = _finite(np.asarray(m.vertices, dtype=np.float32).reshape(-1, 3), path)
     return Mesh(
-        vertices=np.asarray(m.vertices, dtype=np.float32),
+        vertices=vertices,
         faces=faces,
         polygon_index=np.arange(len(faces), dtype=np.int64),
     )

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .._fs import atomic_file
-from ..errors import InvalidGeometryError
+from ..errors import InvalidArgumentError, InvalidGeometryError
 from .raster import rasterize
 
 __all__ = [
@@ -133,13 +133,13 @@ def _check_colors(colors, shape: tuple[int, ...], name: str) -> np.ndarray:
 def _rgb(value, name: str) -> np.ndarray:
     c = np.asarray(value, dtype=np.float64).reshape(-1)
     if c.shape != (3,) or not np.isfinite(c).all():
-        raise ValueError(f"{name} must be an RGB triple of floats in [0, 1], got {value!r}")
+        raise InvalidArgumentError(f"{name} must be an RGB triple of floats in [0, 1], got {value!r}")
     return np.clip(c, 0.0, 1.0)
 
 
 def _check_size(size) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be a positive integer number of pixels, got {size!r}")
+        raise InvalidArgumentError(f"size must be a positive integer number of pixels, got {size!r}")
     return int(size)
 
 
@@ -149,11 +149,11 @@ def view_azimuth(view: View) -> float:
         try:
             return VIEWS[view]
         except KeyError:
-            raise ValueError(f"unknown view {view!r}; use one of {sorted(VIEWS)} or an azimuth in degrees") from None
+            raise InvalidArgumentError(f"unknown view {view!r}; use one of {sorted(VIEWS)} or an azimuth in degrees") from None
     if isinstance(view, (bool, np.bool_)) or not isinstance(view, (int, float, np.integer, np.floating)):
-        raise ValueError(f"view must be a name ({sorted(VIEWS)}) or an azimuth in degrees, got {view!r}")
+        raise InvalidArgumentError(f"view must be a name ({sorted(VIEWS)}) or an azimuth in degrees, got {view!r}")
     if not math.isfinite(float(view)):
-        raise ValueError(f"view azimuth must be finite, got {view!r}")
+        raise InvalidArgumentError(f"view azimuth must be finite, got {view!r}")
     return float(view)
 
 
@@ -230,7 +230,7 @@ def fit_frame(
     v = _check_vertices(vertices, batched=None).reshape(-1, 3)
     size = _check_size(size)
     if not 0.0 <= margin < 0.5:
-        raise ValueError(f"margin must lie in [0, 0.5), got {margin!r}")
+        raise InvalidArgumentError(f"margin must lie in [0, 0.5), got {margin!r}")
     views = _check_views(views)
     center = 0.5 * (v.min(0) + v.max(0))
     half = 0.0
@@ -247,7 +247,7 @@ def _check_views(views) -> tuple[View, ...]:
         views = (views,)
     views = tuple(views)
     if not views:
-        raise ValueError("views must name at least one view, e.g. ('front',) or ('front', 'side')")
+        raise InvalidArgumentError("views must name at least one view, e.g. ('front',) or ('front', 'side')")
     for view in views:
         view_azimuth(view)
     return views
@@ -312,16 +312,16 @@ def _render(
 def _check_light(light) -> np.ndarray:
     l_ = np.asarray(light, dtype=np.float64).reshape(-1)
     if l_.shape != (3,) or not np.isfinite(l_).all() or np.linalg.norm(l_) == 0:
-        raise ValueError(f"light must be a non-zero 3-vector (camera space, towards the light), got {light!r}")
+        raise InvalidArgumentError(f"light must be a non-zero 3-vector (camera space, towards the light), got {light!r}")
     return l_ / np.linalg.norm(l_)
 
 
 def _check_common(size, supersample, ambient) -> tuple[int, int, float]:
     size = _check_size(size)
     if isinstance(supersample, bool) or not isinstance(supersample, (int, np.integer)) or not 1 <= supersample <= 8:
-        raise ValueError(f"supersample must be an integer in 1..8, got {supersample!r}")
+        raise InvalidArgumentError(f"supersample must be an integer in 1..8, got {supersample!r}")
     if not 0.0 <= float(ambient) <= 1.0:
-        raise ValueError(f"ambient must lie in [0, 1], got {ambient!r}")
+        raise InvalidArgumentError(f"ambient must lie in [0, 1], got {ambient!r}")
     return size, int(supersample), float(ambient)
 
 
@@ -378,13 +378,13 @@ def render_mesh(
     else:
         center_ = np.asarray(center, dtype=np.float64).reshape(-1)
         if center_.shape != (3,) or not np.isfinite(center_).all():
-            raise ValueError(f"center must be a finite (3,) point in mm, got {center!r}")
+            raise InvalidArgumentError(f"center must be a finite (3,) point in mm, got {center!r}")
     if scale is None:
         scale_ = fit_scale
     else:
         scale_ = float(scale)
         if not math.isfinite(scale_) or scale_ <= 0:
-            raise ValueError(f"scale must be a positive number of pixels per mm, got {scale!r}")
+            raise InvalidArgumentError(f"scale must be a positive number of pixels per mm, got {scale!r}")
     return _render(
         v,
         f,
@@ -476,14 +476,14 @@ def render_grid(
         colors = None
     if labels is not None:
         if isinstance(labels, str):
-            raise ValueError("labels must be a list of B strings, not a single string")
+            raise InvalidArgumentError("labels must be a list of B strings, not a single string")
         labels = [str(x) for x in labels]
         if len(labels) != B:
-            raise ValueError(f"labels has {len(labels)} entries but there are {B} meshes")
+            raise InvalidArgumentError(f"labels has {len(labels)} entries but there are {B} meshes")
     if ncols is None:
         ncols = max(1, math.ceil(math.sqrt(B / len(views))))
     elif isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
-        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+        raise InvalidArgumentError(f"ncols must be a positive integer, got {ncols!r}")
     ncols = int(min(ncols, B))
     nrows = math.ceil(B / ncols)
     bg = _rgb(background, "background")
@@ -546,12 +546,12 @@ def save_png(image: Image.Image | np.ndarray, path: str | os.PathLike) -> Path:
     """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"image array must be uint8 (H, W), (H, W, 3) or (H, W, 4), got {image.dtype} {image.shape}"
             )
         image = Image.fromarray(image)
     elif not isinstance(image, Image.Image):
-        raise ValueError(f"image must be a PIL image or a uint8 numpy array, got {type(image).__name__}")
+        raise InvalidArgumentError(f"image must be a PIL image or a uint8 numpy array, got {type(image).__name__}")
     with atomic_file(path, "wb") as fh:
         image.save(fh, format="PNG")
     return Path(path).expanduser()
@@ -575,7 +575,7 @@ def heatmap_colors(values: np.ndarray, vmin: float = 0.0, vmax: float | None = N
         vmax = float(x[finite].max()) if finite.any() else vmin + 1.0
     vmin, vmax = float(vmin), float(vmax)
     if not (math.isfinite(vmin) and math.isfinite(vmax)):
-        raise ValueError(f"vmin and vmax must be finite, got {vmin!r}, {vmax!r}")
+        raise InvalidArgumentError(f"vmin and vmax must be finite, got {vmin!r}, {vmax!r}")
     span = vmax - vmin
     xf = np.where(finite, x, vmin)
     if span > 0:
