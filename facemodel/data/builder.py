@@ -303,11 +303,16 @@ def build_ict_dataset(
     Raises:
         DataSourceError: the ICT folder is incomplete.
         OutputPathError: ``out`` exists or cannot be written.
+
+    The build runs BLAS on one thread: the deformation transfer's float32 round-off (and so the
+    float16 offsets and the checksum) would otherwise depend on the machine's thread count.
     """
+    from threadpoolctl import threadpool_limits
+
     config = config or ICTDatasetConfig()
     src = source if isinstance(source, ICTSource) else ICTSource(source)
     t0 = time.perf_counter()
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with threadpool_limits(limits=1, user_api="blas"), atomic_dir(out, overwrite=overwrite) as tmp:
         plan = plan_ict_dataset(config)
         gen = ICTFaceGenerator(src)
         tpl = gen.template
