@@ -42,6 +42,7 @@ from .errors import (
     WeightsNotFoundError,
 )
 from .errors import ArgumentTypeError, BatchTooLargeError, InvalidArgumentError, NumericalError, OutputPermissionError
+from .errors import NoFaceError, PhotoError, PhotoExtraMissingError
 
 __version__ = "0.3.1"
 

@@ -182,3 +182,19 @@ class NumericalError(FaceModelError, ArithmeticError):
 
 class OutputPermissionError(OutputPathError, PermissionError):
     """An output location cannot be written for lack of permission (or a read-only file system)."""
+
+
+# ---- photos (facemodel.photo) --------------------------------------------------------------
+class PhotoError(FaceModelError, ValueError):
+    """An image that cannot be read (missing file, not an image, wrong array shape or dtype)."""
+
+
+class NoFaceError(PhotoError):
+    """No face was found in the image (or fewer faces than the one asked for)."""
+
+
+class PhotoExtraMissingError(FaceModelError, ImportError):
+    """The ``photo`` extra (dlib, its 68-point predictor) is not installed."""
+
+
+__all__ += ["PhotoError", "NoFaceError", "PhotoExtraMissingError"]

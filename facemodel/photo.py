@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import FaceModelError
+from .errors import FaceModelError, NoFaceError, PhotoError, PhotoExtraMissingError
 
 __all__ = ["PhotoError", "NoFaceError", "PhotoExtraMissingError", "load_image", "detect_landmarks", "fit_photo",
            "PhotoFit", "IMAGE_SUFFIXES"]  # fmt: skip
@@ -35,18 +35,6 @@ __all__ = ["PhotoError", "NoFaceError", "PhotoExtraMissingError", "load_image", 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _INSTALL = 'pip install "facemodel[photo]"  (dlib-bin and face-recognition-models)'
 _PREDICTOR = "shape_predictor_68_face_landmarks.dat"
-
-
-class PhotoError(FaceModelError, ValueError):
-    """An image that cannot be read (missing file, not an image, wrong array shape or dtype)."""
-
-
-class NoFaceError(PhotoError):
-    """No face was found in the image (or fewer faces than the one asked for)."""
-
-
-class PhotoExtraMissingError(FaceModelError, ImportError):
-    """The ``photo`` extra (dlib, its 68-point predictor) is not installed."""
 
 
 def load_image(image: Any) -> np.ndarray:

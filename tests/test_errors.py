@@ -10,7 +10,8 @@ import pytest
 import facemodel
 from facemodel import errors
 
-BUILTINS = (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError)
+BUILTINS = (ValueError, TypeError, KeyError, LookupError, OSError, RuntimeError, MemoryError, ArithmeticError,
+            ImportError)
 
 #: old homes of the errors that moved into errors.py (their imports must keep working)
 OLD_HOMES = {
