@@ -63,16 +63,8 @@ def procrustes_rmse(a, b):
     """(n, V, 3) fitted, (n, V, 3) true -> (n,) RMSE (mm) after the similarity taking a onto b."""
     import numpy as np
 
-    out = []
-    for x, y in zip(np.asarray(a, np.float64), np.asarray(b, np.float64)):
-        mx, my = x.mean(0), y.mean(0)
-        xc, yc = x - mx, y - my
-        U, S, Vt = np.linalg.svd(xc.T @ yc)
-        d = np.sign(np.linalg.det(U @ Vt))
-        D = np.diag([1, 1, d])
-        R = U @ D @ Vt
-        s = (S * np.diag(D)).sum() / (xc**2).sum()
-        out.append(np.sqrt((((s * xc @ R) - yc) ** 2).sum(1).mean()))
+    out = [np.sqrt(((_umeyama(x, y) - y) ** 2).sum(1).mean())
+           for x, y in zip(np.asarray(a, np.float64), np.asarray(b, np.float64))]  # fmt: skip
     return np.asarray(out)
 
 
