@@ -123,10 +123,9 @@ class _Backend:
         out = Path(tempfile.mkdtemp(dir=self.root))
         face_index = int(face_index)
         if hasattr(photo, "fit_photo"):
-            result = photo.fit_photo(self.model, image, face=face_index)
-            vertices, codes = result.vertices, result.codes
-            overlay = getattr(result, "overlay", None)
-            overlay = Image.fromarray(np.asarray(overlay)) if overlay is not None else Image.fromarray(image)
+            result = photo.fit_photo(self.model, image, face=face_index)  # a facemodel.photo.PhotoFit
+            vertices, codes = result.fit.vertices, result.fit.codes
+            overlay = Image.fromarray(result.overlay())  # the fitted mesh over the photo, landmarks marked
         else:
             points = np.asarray(photo.detect_landmarks(image))
             if points.ndim != 3 or points.shape[0] == 0:

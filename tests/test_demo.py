@@ -118,3 +118,15 @@ def test_photo_endpoint_fits_the_detected_landmarks(client, released, photo_imag
     np.testing.assert_allclose(v, fit.vertices.numpy()[0], atol=1e-3)
     with pytest.raises(Exception, match="face 3 asked for, 1 found"):
         client.predict(gradio_client.handle_file(str(photo_image)), 3, api_name="/photo")
+
+
+def test_photo_endpoint_fits_a_real_photo(client, tmp_path):
+    """The real pipeline (facemodel.photo: dlib's detector and 68-point predictor, the photo fit)
+    on scikit-image's bundled astronaut photo."""
+    import skimage.data
+
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()).save(path)
+    glb, png, overlay = client.predict(gradio_client.handle_file(str(path)), 0, api_name="/photo")
+    _check(glb, png, tiles=1)
+    assert Image.open(overlay).size == (512, 512)  # the photo's size, the fit drawn over it
