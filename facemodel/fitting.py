@@ -1516,11 +1516,18 @@ def fit_landmarks_2d(
         return _fit(model, points2d, _Camera2D(), landmarks=landmarks, init=init, decode=decode, **kw)
     # the first fit leaves the jaw out (the inner 51 points fix the camera), the next ones place the
     # jaw points on the silhouette (plain least squares), the last one applies the loss
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer))
+                                  or max_iters < 1):  # fmt: skip
+        raise FittingError(f"max_iters must be a positive integer, got {max_iters!r}")
     w0 = np.ones(68)
     w0[:17] = 0.0
     if weights is not None:
-        wu = weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights, np.float64)
-        w0 = wu * w0 if wu.shape in ((68,), (np.shape(points2d)[0], 68)) else wu  # a bad shape: let _fit say so
+        try:
+            wu = np.asarray(weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else weights, np.float64)
+        except (TypeError, ValueError, RuntimeError):
+            wu = None
+        # (68,) or (B, 68): the jaw left out; anything else goes to the first fit unchanged, which names the problem
+        w0 = wu * w0 if wu is not None and wu.ndim in (1, 2) and wu.shape[-1] == 68 else weights
     res = _fit(model, points2d, _Camera2D(), landmarks=landmarks, init=init, decode=False,
                **{**kw, "loss": "l2", "weights": w0, "max_iters": kw["max_iters"] or _CONTOUR_ITERS})  # fmt: skip
     return _contour_rounds(model, points2d, res, kw, decode)

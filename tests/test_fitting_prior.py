@@ -151,3 +151,18 @@ def test_contour_fit_survives_60_degrees_of_yaw(released):
 def test_contour_flag_is_checked(released):
     with pytest.raises(FittingError, match="contour"):
         fit_landmarks_2d(released, np.zeros((68, 2)) + np.arange(68)[:, None], contour="yes")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(weights=[1, [2, 3]] + [1] * 66), "weights must be an array of numbers"),
+    (dict(weights=np.array([])), "weights must have shape"),
+    (dict(max_iters=torch.tensor([3, 4])), "max_iters must be a positive integer"),
+])  # fmt: skip
+def test_contour_fit_refuses_malformed_arguments_clearly(kwargs, match):
+    """The contour path reads weights and max_iters before the fit's own checks (fuzz seed 3)."""
+    from facemodel import FaceModel
+    from facemodel.errors import FittingError
+
+    model = FaceModel.from_pretrained()
+    with pytest.raises(FittingError, match=match):
+        model.fit_landmarks_2d(torch.randn(68, 2, generator=torch.Generator().manual_seed(0)) * 30, **kwargs)
