@@ -1215,10 +1215,10 @@ def _solve_first_order(head, pm, P, w, z0, reg, max_iters, tol, solver, opts, de
 # ---- public API ------------------------------------------------------------------------------
 def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters, tol, generator, device,
          solver_options, decode, prior=None, loss="l2", loss_scale=None) -> FitResult:  # fmt: skip
+    if prior is not None and (not isinstance(prior, str) or prior not in PRIORS):
+        raise FittingError(f"unknown prior {prior!r}; choose one of {list(PRIORS)} (or None: the default)")
     prior, reg = resolve_prior(prior, reg, "3d" if pm.dim == 3 else "2d")
-    if prior not in PRIORS:
-        raise FittingError(f"unknown prior {prior!r}; choose one of {list(PRIORS)}")
-    if loss not in LOSSES:
+    if not isinstance(loss, str) or loss not in LOSSES:
         raise FittingError(f"unknown loss {loss!r}; choose one of {list(LOSSES)}")
     loss_scale = DEFAULT_LOSS_SCALE_MM if loss_scale is None else loss_scale
     if isinstance(loss_scale, bool) or not isinstance(loss_scale, (int, float)) or not loss_scale > 0 \

@@ -157,6 +157,8 @@ def test_contour_flag_is_checked(released):
     (dict(weights=[1, [2, 3]] + [1] * 66), "weights must be an array of numbers"),
     (dict(weights=np.array([])), "weights must have shape"),
     (dict(max_iters=torch.tensor([3, 4])), "max_iters must be a positive integer"),
+    (dict(prior=np.array([])), "unknown prior"),
+    (dict(loss=np.array([1, 2])), "unknown loss"),
 ])  # fmt: skip
 def test_contour_fit_refuses_malformed_arguments_clearly(kwargs, match):
     """The contour path reads weights and max_iters before the fit's own checks (fuzz seed 3)."""
