@@ -448,7 +448,11 @@ def import_scans(
         for k in tqdm(range(N), desc="meshes", disable=not progress, unit="mesh"):
             path, row = table.paths[k], table.rows[k]
             where = f"{str(path)!r} (labels row {row})"
-            mesh = load_mesh(path)
+            try:
+                mesh = load_mesh(path)
+            except InvalidGeometryError:
+                raise InvalidGeometryError(f"{where} contains NaN or inf vertex coordinates; fix or drop that "
+                                           "mesh (and its labels row)") from None  # fmt: skip
             tpl.check(mesh.vertices, name=where)
             if len(mesh.faces) and not (mesh.faces.shape == tpl.faces.shape and np.array_equal(mesh.faces, tpl.faces)):
                 raise TopologyMismatchError(

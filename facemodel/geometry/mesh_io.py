@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._fs import atomic_file
-from ..errors import MeshFormatError
+from ..errors import InvalidGeometryError, MeshFormatError
 
 __all__ = ["Mesh", "load_obj", "read_obj_vertices", "load_mesh", "save_mesh", "save_obj"]
 
@@ -71,8 +71,8 @@ def _parse_vertices(lines: list[str], path: str | os.PathLike) -> np.ndarray:
 def _finite(vertices: np.ndarray, path) -> np.ndarray:
     """``vertices`` (float32) if finite; NaN, inf and values beyond float32 (1e39) are refused."""
     if not np.isfinite(vertices).all():
-        raise MeshFormatError(f"{str(path)!r}: vertex coordinates hold NaN or inf (or values beyond float32's "
-                              "3.4e38); every coordinate must be a finite number")  # fmt: skip
+        raise InvalidGeometryError(f"{str(path)!r}: vertex coordinates hold NaN or inf (or values beyond "
+                                   "float32's 3.4e38); every coordinate must be a finite number")  # fmt: skip
     return vertices
 
 
@@ -131,6 +131,7 @@ def load_mesh(path: str | os.PathLike) -> Mesh:
 
     Raises:
         MeshFormatError: the file is missing, of an unknown format, or malformed.
+        InvalidGeometryError: its vertex coordinates hold NaN or inf.
     """
     from .._validate import check_path
 
