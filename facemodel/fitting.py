@@ -1215,6 +1215,8 @@ def _solve_first_order(head, pm, P, w, z0, reg, max_iters, tol, solver, opts, de
 # ---- public API ------------------------------------------------------------------------------
 def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters, tol, generator, device,
          solver_options, decode, prior=None, loss="l2", loss_scale=None) -> FitResult:  # fmt: skip
+    if not isinstance(solver, str) or solver not in SOLVERS:
+        raise FittingError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     if prior is not None and (not isinstance(prior, str) or prior not in PRIORS):
         raise FittingError(f"unknown prior {prior!r}; choose one of {list(PRIORS)} (or None: the default)")
     prior, reg = resolve_prior(prior, reg, "3d" if pm.dim == 3 else "2d")

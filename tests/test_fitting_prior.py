@@ -159,6 +159,7 @@ def test_contour_flag_is_checked(released):
     (dict(max_iters=torch.tensor([3, 4])), "max_iters must be a positive integer"),
     (dict(prior=np.array([])), "unknown prior"),
     (dict(loss=np.array([1, 2])), "unknown loss"),
+    (dict(solver=np.array([])), "unknown solver"),
 ])  # fmt: skip
 def test_contour_fit_refuses_malformed_arguments_clearly(kwargs, match):
     """The contour path reads weights and max_iters before the fit's own checks (fuzz seed 3)."""
