@@ -219,14 +219,19 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if is_image(args.points):
         from .photo import cmd_fit_photo
 
+        if args.noise_mm is not None:
+            raise FaceModelError("--noise-mm sets the prior weight of 3D fits; a photo gives 2D points (use --reg)")
+
         return cmd_fit_photo(_load_model(args), args)
     model = _load_model(args)
     points = load_points(args.points)
     kwargs = {"reg": args.reg}
     if points.shape[1] == 2:
+        if args.noise_mm is not None:
+            raise FaceModelError("--noise-mm sets the prior weight of 3D fits; for 2D points use --reg")
         result = model.fit_landmarks_2d(points, **kwargs)
     else:
-        result = model.fit_landmarks(points, align=args.align, **kwargs)
+        result = model.fit_landmarks(points, align=args.align, noise_mm=args.noise_mm, **kwargs)
     print(f"rmse {float(result.rmse.mean()):.3f} (input units), converged {bool(result.converged.all())}, "
           f"iterations {int(result.iterations.max())}")  # fmt: skip
     from .outputs import Faces
@@ -551,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(.jpg, .png, ...: needs the photo extra)")  # fmt: skip
     p.add_argument("--reg", type=float, default=None, help="weight of the code prior (default: the model prior at its "
                    "validated weight; an explicit value alone uses the paper's lambda ||z||^2)")  # fmt: skip
+    p.add_argument("--noise-mm", type=float, default=None, help="3D points: their expected noise per coordinate in mm "
+                   "of the face (sets the prior weight; default 1)")  # fmt: skip
     p.add_argument("--face", type=int, default=0, help="photos: which detected face (0: the largest)")
     p.add_argument("--codes", default=None, help="photos: write codes, camera, landmarks (and blendshape weights) to "
                    "this .json or .npz (default: next to --out)")  # fmt: skip

@@ -458,10 +458,16 @@ def _landmarks(model: torch.nn.Module, spec: Any) -> LandmarkSet:
 
 
 # ---- input checks ---------------------------------------------------------------------------
+_INTERFACE_TYPES: "weakref.WeakSet[type]" = weakref.WeakSet()  # generator classes already checked
+
+
 def _model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
     g = getattr(model, "generator", None)
-    if g is None or not isinstance(g, GeneratorInterface) or not hasattr(model, "template"):
+    # the protocol check walks every member: done once per generator class
+    ok = g is not None and (type(g) in _INTERFACE_TYPES or isinstance(g, GeneratorInterface))
+    if not ok or not hasattr(model, "template"):
         raise FittingError(f"expected a FaceModel (generator + template), got {type(model).__name__}")
+    _INTERFACE_TYPES.add(type(g))
     return (torch.float64 if g.dtype == torch.float64 else torch.float32), g.device
 
 
@@ -1019,6 +1025,158 @@ def _gn_chunk(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
             "iters": out_it, "conv": out_conv}  # fmt: skip
 
 
+def _gn_single(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
+    """:func:`_gn_chunk` for one face (``P`` (1, K, dim)): the same iterations on 1-D arrays with
+    Python scalars, the per-call overhead of the batched bookkeeping left out (a single fit
+    spends most of its time there)."""
+    K = P.shape[1]
+    D, npar, dt = head.D, pm.n_params, P.dtype
+    slope = head.slope
+    W1t, At = head.W1t, head.At
+    uniform = bool((w == 1).all())
+    swk = np.sqrt(w)
+    sw_m = np.repeat(swk, pm.dim, 1)  # (1, K dim)
+    sw3 = None if uniform else np.repeat(swk[0], 3)  # (3K,)
+    ctx = pm.prepare(P, w)
+    z = np.array(z0[0], dtype=dt)
+    pre = head.pre(z)
+    m = head.from_pre(pre)
+    X = pm.init(ctx, P, w, m[None])
+    rw = pm.residual(P, m[None], X) * sw_m  # (1, M)
+    r64 = rw.astype(np.float64)
+    E = float(r64.ravel() @ r64.ravel()) + reg * float(z.astype(np.float64) @ z.astype(np.float64))
+    mask = pre > 0
+    Jz = head.jacobian_init(mask[None])  # (1, 3K, D)
+    if sw3 is not None:
+        Jz *= sw3[None, :, None]
+    maskJ = mask
+    floor = float(w.sum(dtype=np.float64)) * (16 * np.finfo(dt).eps * float(np.abs(m).max())) ** 2
+    mu, it, rejects, conv = damping, 0, 0, False
+    while True:
+        flips = np.flatnonzero(maskJ != mask)
+        if flips.size:
+            if 5 * flips.size > 4 * head.H:
+                Jz = head.jacobian_init(mask[None])
+                if sw3 is not None:
+                    Jz *= sw3[None, :, None]
+            else:
+                sign = (mask[flips].astype(dt) - maskJ[flips]) * (1.0 - slope)
+                Ag = At[flips] * sign[:, None]
+                if sw3 is not None:
+                    Ag *= sw3
+                Jz[0] += Ag.T @ head.W1[flips]
+        maskJ = mask
+        J = pm.z_jac(Jz, X)
+        if npar:
+            Jp = pm.pose_jac(P, m[None], X)[0] * sw_m[0, :, None]  # (M, npar)
+            J = np.concatenate([J[0], Jp], 1)
+        else:
+            J = J[0]
+        N = (J.T @ J).astype(np.float64)
+        N.flat[: D * (D + npar + 1) : D + npar + 1] += reg
+        rw0 = rw[0]
+        g = (rw0 @ J).astype(np.float64)
+        g[:D] += reg * z
+        delta = _damped_solve_single(N, g, mu)
+        pred = -(2.0 * float(g @ delta) + float(delta @ N @ delta))
+        dl = delta.astype(dt)
+        dz = dl[:D]
+        d = dz @ W1t
+        vz = np.where(mask, d, slope * d) @ At
+        if sw3 is not None:
+            vz *= sw3
+        uz = pm.z_apply(vz[None], X)[0]
+        up = J[:, D:] @ dl[D:] if npar else 0.0
+        t = dt.type(_ray_search_single(head, pm, P, X, pre, mask, d, rw0, uz, up, sw_m, sw3, z, dz, reg))
+        z_new = z + t * dz
+        pre_new = head.pre(z_new)
+        m_new = head.from_pre(pre_new)
+        X_new = pm.trial(ctx, P, w, m_new[None], X, (t * dl[D:])[None])
+        rw_new = pm.residual(P, m_new[None], X_new) * sw_m
+        r64 = rw_new.astype(np.float64).ravel()
+        z64 = z_new.astype(np.float64)
+        E_new = float(r64 @ r64) + reg * float(z64 @ z64)
+        accept = E_new < E  # False for NaN
+        it += 1
+        E_old = E
+        if accept:
+            z, pre, m, rw, X, E = z_new, pre_new, m_new, rw_new, X_new, E_new
+            mask = pre > 0
+            rejects = 0
+            mu = max(mu * 0.3, damping)
+        else:
+            rejects += 1
+            mu *= 10
+        conv = ((accept and E_old - E_new <= tol * E_old) or pred <= tol * E_old or E <= floor
+                or rejects >= _MAX_REJECTS)  # fmt: skip
+        if conv or it >= max_iters:
+            break
+    return {"z": z[None], "m": m[None], "X": X, "E": np.array([E]), "iters": np.array([it], np.int64),
+            "conv": np.array([conv])}  # fmt: skip
+
+
+def _damped_solve_single(N, g, mu) -> np.ndarray:
+    """:func:`_damped_solve` of one (M, M) system (LAPACK reads the damped copy of the symmetric
+    C-ordered matrix as its Fortran transpose: no further copy)."""
+    diag = N.diagonal()
+    dmax = float(diag.max())
+    ng = -g
+    for extra in (1e-12, 1e-8, 1e-4, 1e-1):
+        Nd = N.copy()
+        Nd.flat[:: N.shape[0] + 1] += mu * diag + (extra * dmax + 1e-300)
+        _, x, info = _lapack.dposv(Nd.T, ng, lower=True, overwrite_a=True)
+        if info == 0:
+            return x
+    return np.zeros_like(g)
+
+
+def _ray_search_single(head: _LReLUHead, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, dz, reg) -> float:
+    """:func:`_ray_search` for one face, on 1-D arrays."""
+    moving = (mask ^ (d > 0)) & (d != 0)
+    tj = np.divide(-pre, d, out=np.full(pre.shape, 2.0, pre.dtype), where=moving)
+    cand = np.flatnonzero(tj < 1.0)
+    nf = cand.size
+    lz = reg * float(z @ dz)
+    ld = reg * float(dz @ dz)
+    u = uz + up
+    if nf == 0:
+        a2 = float(u @ u) + ld
+        return min(max(-(float(rw @ u) + lz) / max(a2, 1e-30), 0.0), 1.0)
+    if nf > _EXACT_MAX_BREAKS:
+        T = len(_GRID)
+        steps = np.asarray(_GRID, z.dtype)
+        mc = head.from_pre(pre[None] + steps[:, None] * d[None])
+        if isinstance(pm, _Pose3D):  # r = m - q: the points' side is the same for every step
+            rc = (mc - pm.mapped(P, X).reshape(1, -1)) * sw_m + steps[:, None] * up
+        else:
+            rc = pm.residual(np.repeat(P, T, 0), mc, np.repeat(X, T, 0)) * sw_m + steps[:, None] * up
+        Ec = (rc * rc).sum(-1) + (2 * lz + ld * steps) * steps
+        return float(steps[Ec.argmin()])
+    idx = cand[np.argsort(tj[cand])]
+    tv = tj[idx].astype(z.dtype)
+    kappa = np.where(mask[idx], head.slope - 1.0, 1.0 - head.slope).astype(z.dtype) * d[idx]
+    V = head.At[idx] * kappa[:, None]  # (nf, 3K)
+    if sw3 is not None:
+        V *= sw3
+    V = pm.ray_vectors(V[None], X)[0]
+    G = V @ V.T
+    tri = _TRI[:nf, :nf].astype(z.dtype, copy=False)
+    trit = tri * tv[None, :]
+    lin = V @ np.stack([u, rw], -1)  # (nf, 2)
+    c = tri @ np.concatenate([lin, lin * tv[:, None]], -1)
+    TG = tri @ G
+    q11 = (TG * tri).sum(-1)
+    q12 = (TG * trit).sum(-1)
+    q22 = ((trit @ G) * trit).sum(-1)
+    a2 = float(u @ u) + ld + np.concatenate([[0.0], 2 * c[:, 0] + q11])
+    a1 = float(rw @ u) + lz + np.concatenate([[0.0], c[:, 1] - c[:, 2] - q12])
+    a0 = np.concatenate([[0.0], q22 - 2 * c[:, 3]])
+    lo, hi = np.concatenate([[0.0], tv]), np.concatenate([tv, [1.0]])
+    t = np.minimum(np.maximum(-a1 / np.maximum(a2, 1e-30), lo), hi)
+    Es = (a2 * t + 2 * a1) * t + a0
+    return float(t[Es.argmin()])
+
+
 def _gn_chunk_general(head: _GeneralHead, pm, P, w, z0, reg, max_iters, tol, damping):
     """Levenberg-Marquardt on (z, pose) for a chunk of faces, for any generator of the interface:
     the Jacobian of the landmarks comes from the generator at every iteration, and each step is
@@ -1102,6 +1260,8 @@ def _solve_gn(head, pm, P, w, z0, reg, max_iters, tol, opts):
     workers = min(torch.get_num_threads(), len(starts))
 
     chunk = _gn_chunk if isinstance(head, _LReLUHead) else _gn_chunk_general
+    if B == 1 and chunk is _gn_chunk:
+        chunk = _gn_single
 
     def run(i):
         j = i + _CHUNK
@@ -1214,12 +1374,12 @@ def _solve_first_order(head, pm, P, w, z0, reg, max_iters, tol, solver, opts, de
 
 # ---- public API ------------------------------------------------------------------------------
 def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters, tol, generator, device,
-         solver_options, decode, prior=None, loss="l2", loss_scale=None) -> FitResult:  # fmt: skip
+         solver_options, decode, prior=None, loss="l2", loss_scale=None, noise_mm=None) -> FitResult:  # fmt: skip
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise FittingError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     if prior is not None and (not isinstance(prior, str) or prior not in PRIORS):
         raise FittingError(f"unknown prior {prior!r}; choose one of {list(PRIORS)} (or None: the default)")
-    prior, reg = resolve_prior(prior, reg, "3d" if pm.dim == 3 else "2d")
+    prior, reg = resolve_prior(prior, reg, "3d" if pm.dim == 3 else "2d", noise_mm)
     if not isinstance(loss, str) or loss not in LOSSES:
         raise FittingError(f"unknown loss {loss!r}; choose one of {list(LOSSES)}")
     loss_scale = DEFAULT_LOSS_SCALE_MM if loss_scale is None else loss_scale
@@ -1316,7 +1476,8 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
                              "outside the prior); rescale the points or start from init='mean'")  # fmt: skip
 
     def T(a, dt=dtype):
-        return torch.as_tensor(np.ascontiguousarray(a)).to(device=dev, dtype=dt)
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t if t.dtype == dt and dev.type == "cpu" else t.to(device=dev, dtype=dt)
 
     codes = T(z)
     decoder = _decoder(model, codes, dev, dtype) if decode else None
@@ -1375,6 +1536,7 @@ def fit_landmarks(
     weights: torch.Tensor | np.ndarray | None = None,
     reg: float | None = None,
     prior: str | None = None,
+    noise_mm: float | None = None,
     loss: str = "l2",
     loss_scale: float | None = None,
     align: str = "similarity",
@@ -1410,6 +1572,11 @@ def fit_landmarks(
         prior: ``"model"``: ``reg ||L^-1 (z - mean)||^2`` against
             :func:`facemodel.prior.code_prior` (identity and noise N(0, I), the expression
             code's distribution under the blendshape map), or ``"l2"``: ``reg ||z||^2``.
+        noise_mm: the points' expected noise per coordinate, in millimetres of the face
+            (whatever the points' units), to set the model prior's weight for it
+            (:func:`facemodel.fitting_prior.reg_for_noise`: 2.0 for exact points, 5.5 at
+            1 mm (the default), 16 at 2 mm): ~0.1-0.5 for scanner landmarks, 1-3 for
+            landmarks detected on scans or hand-placed. Not with ``reg`` or ``prior="l2"``.
         loss: ``"l2"`` (default for 3D) or ``"huber"``: iteratively reweighted (one warm-started
             re-fit) with the Huber factor ``min(1, loss_scale / r_k)`` of each landmark's
             residual ``r_k``, so outliers pull linearly, not quadratically.
@@ -1424,13 +1591,13 @@ def fit_landmarks(
         solver: ``"gauss-newton"`` (default), ``"lbfgs"``, or ``"adam"`` (the paper's
             protocol; a slow baseline).
         max_iters: outer iterations (default: gauss-newton 20 under the model prior (most
-            faces stop after 8-14), 6 with ``prior="l2"``; lbfgs 20 runs of 20
+            faces stop after 2-5), 6 with ``prior="l2"``; lbfgs 20 runs of 20
             iterations, adam 1000 steps).
-        tol: stop a face when the relative decrease of its objective in an iteration is
-            below this (default 1e-5 under the model prior, 1e-6 with ``prior="l2"``);
-            ``converged`` is True for the faces that stopped so. Near LeakyReLU kinks the decrease of noisy fits can stay ~1e-4 per
-            iteration for a while with little effect on the fit; such faces stop at
-            ``max_iters`` with ``converged`` False.
+        tol: stop a face when the relative decrease of its objective in an iteration (or
+            the decrease the next step predicts) is below this (default 1e-2 under the model
+            prior: on validation faces tighter tolerances move the dense error by < 0.01 mm;
+            1e-6 with ``prior="l2"``); ``converged`` is True for the faces that stopped so,
+            False for those that reached ``max_iters``.
         generator: a torch.Generator or int seed for ``init="random"`` (default seed 0).
         device: where results go (default: the model's device); tensors on other devices
             than the model are an error unless this is given. The Gauss-Newton solver
@@ -1456,9 +1623,17 @@ def fit_landmarks(
     """
     if not isinstance(align, str) or align not in ALIGNMENTS:
         raise FittingError(f"unknown align {align!r}; choose one of {list(ALIGNMENTS)}")
+    if noise_mm is not None:
+        if isinstance(noise_mm, bool) or not isinstance(noise_mm, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(noise_mm) or noise_mm < 0:  # fmt: skip
+            raise FittingError(f"noise_mm must be a finite number >= 0 (mm per coordinate), got {noise_mm!r}")
+        if reg is not None or prior == "l2":
+            raise FittingError("noise_mm sets the model prior's weight: give either noise_mm or reg (and prior='l2' "
+                               "has no noise model), not both")  # fmt: skip
     return _fit(model, points, _Pose3D(align), landmarks=landmarks, weights=weights, reg=reg, init=init,
                 solver=solver, max_iters=max_iters, tol=tol, generator=generator, device=device,
-                solver_options=solver_options, decode=decode, prior=prior, loss=loss, loss_scale=loss_scale)  # fmt: skip
+                solver_options=solver_options, decode=decode, prior=prior, loss=loss, loss_scale=loss_scale,
+                noise_mm=noise_mm)  # fmt: skip
 
 
 def fit_landmarks_2d(

@@ -3,6 +3,7 @@
 Run once before a refactor that must keep behaviour unchanged:
 
     python scripts/record_reference_outputs.py --out tests/data/reference_outputs.npz
+    python scripts/record_reference_outputs.py --out tests/data/reference_outputs.npz --only fit   # a deliberate change
 
 Each output is stored subsampled (every 61st vertex, float64 copy of the float32 values) beside
 the SHA-256 of its full float32 bytes, so the file stays small (~100 kB) while the test can check
@@ -56,6 +57,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="write the reference file here")
     ap.add_argument("--check", help="compare the full outputs' SHA-256 with this reference file (bit-identity)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="PREFIX",
+                    help="with --out: re-record only the outputs whose names start so (a deliberate change of "
+                         "those calls, e.g. fit defaults), keeping the others as recorded in --out")  # fmt: skip
     args = ap.parse_args()
     if not (args.out or args.check):
         ap.error("give --out or --check")
@@ -76,6 +80,12 @@ def main() -> None:
         diff = sorted(k for k in want if want[k] != hashes.get(k))
         print("bit-identical: all" if not diff else f"differ: {diff}")
         raise SystemExit(1 if diff else 0)
+    if args.only:
+        old = np.load(args.out)
+        old_hashes = json.loads(old["_hashes"].tobytes().decode())
+        keep = [k for k in old.files if not k.startswith("_") and not k.startswith(tuple(args.only))]
+        arrays.update({k: old[k] for k in keep})
+        hashes.update({k: old_hashes[k] for k in keep})
     arrays["_hashes"] = np.frombuffer(json.dumps(hashes).encode(), dtype=np.uint8)
     np.savez_compressed(args.out, **arrays)
     print(json.dumps(hashes, indent=1))

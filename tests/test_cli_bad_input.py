@@ -102,6 +102,13 @@ def test_fit_bad_landmark_files(tmp_path, capsys, files):
     assert "units" in _run(["fit", tmp_path / "huge.npy", "--out", out], capsys, tmp_path, outputs=[out])
     np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(68, 3)))
     assert "reg" in _run(["fit", tmp_path / "ok.npy", "--reg", "-1"], capsys, tmp_path)
+    assert "noise_mm" in _run(["fit", tmp_path / "ok.npy", "--noise-mm", "-1", "--out", out], capsys, tmp_path,
+                              outputs=[out])  # fmt: skip
+    assert "not both" in _run(["fit", tmp_path / "ok.npy", "--noise-mm", "1", "--reg", "3", "--out", out], capsys,
+                              tmp_path, outputs=[out])  # fmt: skip
+    np.save(tmp_path / "ok2d.npy", np.random.default_rng(0).normal(size=(68, 2)))
+    assert "--noise-mm" in _run(["fit", tmp_path / "ok2d.npy", "--noise-mm", "1", "--out", out], capsys, tmp_path,
+                                outputs=[out])  # fmt: skip
 
 
 def test_animate_bad_weight_files(tmp_path, capsys, files):

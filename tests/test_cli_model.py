@@ -41,6 +41,8 @@ def test_transfer_add_encode_fit_render(random_model, random_model_dir, tmp_path
     capsys.readouterr()
     assert main(["fit", *m, str(tmp_path / "lm.npy"), "--out", str(tmp_path / "fit.obj")]) == 0
     assert "rmse" in capsys.readouterr().out and (tmp_path / "fit.obj").is_file()
+    assert main(["fit", *m, str(tmp_path / "lm.npy"), "--noise-mm", "0.2", "--out", str(tmp_path / "fit02.obj")]) == 0
+    assert (tmp_path / "fit02.obj").read_bytes() != (tmp_path / "fit.obj").read_bytes()  # another prior weight
     assert main(["fit", *m, str(tmp_path / "lm.json"), "--png", str(tmp_path / "fit2d.png")]) == 0
     assert main(["render", str(src), str(tgt), "--png", str(tmp_path / "r.png"), "--labels"]) == 0
     assert (tmp_path / "r.png").is_file()
