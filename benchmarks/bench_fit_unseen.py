@@ -1,7 +1,7 @@
 """Landmark fits of faces the model never saw: upstream ICT faces, 3D points and 2D projections.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_fit_unseen.py --model /work/main/weights \
-        [--faces 100] [--seed 2026] [--select] [--linear]
+        [--faces 100] [--seed 2026] [--select] [--linear] [--test-split 100] [--data ~/.cache/facemodel/ict4d]
 
 Faces: the upstream ICT-FaceKit linear model (``../shared/data/ict-facekit``): identity
 weights N(0, 1) on all 100 identity modes, 2-6 of the 53 blendshapes at U(0.3, 1.0) each,
@@ -16,9 +16,12 @@ expression PCA of our training data (``facemodel.evaluation.baselines.linear``, 
 65 + 20 components) fitted to the same landmarks (ridge, pose alternated, its lambda chosen on
 the validation faces), and the model's dense-encode floor (``model.encode`` of the true mesh).
 
-``--select`` instead sweeps the prior weight on the validation faces (3D at 1 mm noise; 2D
-with 2 px detector noise at random yaw in +-60 deg) and prints the table behind
-``facemodel.fitting_prior.DEFAULT_REG``.
+``--select`` instead sweeps the prior weight on the validation faces (3D at 0-3 mm noise:
+the table behind ``facemodel.fitting_prior.reg_for_noise``; 2D with 2 px detector noise at
+random yaw in +-60 deg: ``DEFAULT_REG["2d"]``).
+
+``--test-split N``: the 3D table again on N meshes of the ICT 4D dataset's test split
+(``--data``; its 30 identities are never trained on), beside the same baselines.
 
 2D: ``--yaws 0 30 45 60``: the same faces under a scaled-orthographic camera (1.5 px / mm,
 640 x 480, y down) at that yaw (pitch 0), 2D landmarks with 1 px noise; reported: the dense
@@ -151,6 +154,11 @@ def main() -> None:
     ap.add_argument("--linear", action="store_true", help="also fit the linear baselines (needs the ICT 4D dataset)")
     ap.add_argument("--data", default=str(Path.home() / ".cache" / "facemodel" / "ict4d"))
     ap.add_argument("--encode-faces", type=int, default=20)
+    ap.add_argument("--test-split", type=int, default=100, metavar="N",
+                    help="also fit N meshes of the ICT 4D dataset's test split (--data; identities never trained "
+                         "on; 0: skip)")  # fmt: skip
+    ap.add_argument("--select-noise", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0, 3.0],
+                    help="--select: noise levels (mm) of the 3D weight sweep behind reg_for_noise")  # fmt: skip
     args = ap.parse_args()
 
     import numpy as np
@@ -192,17 +200,29 @@ def main() -> None:
         return np.linalg.norm(proj - x_true, axis=-1).mean(1) / iod
 
     if args.select:
+        from facemodel.fitting_prior import reg_for_noise
+
         v, lm = faces(args.seed + 1)
         rng = np.random.default_rng(args.seed + 1)
+        print("\n3D, validation faces: model-prior weight -> mean dense RMSE (mm) per landmark noise (mm per "
+              "coordinate); last columns: the best weight and reg_for_noise")  # fmt: skip
+        print("| noise |" + "".join(f" {r:g} |" for r in args.regs) + " best | reg_for_noise (its RMSE) |")
+        print("|---:" * (len(args.regs) + 3) + "|")
+        for noise in args.select_noise:
+            pts = posed_points(lm, noise, rng)
+            es = [procrustes_rmse(ours3d(pts, reg=reg, prior="model")[0], v).mean() for reg in args.regs]
+            rf = reg_for_noise(noise)
+            ef = procrustes_rmse(ours3d(pts, noise_mm=noise)[0], v).mean()
+            print(f"| {noise:g} |" + "".join(f" {e:.3f} |" for e in es)
+                  + f" {args.regs[int(np.argmin(es))]:g} | {rf:.2f} ({ef:.3f}) |")  # fmt: skip
         pts = posed_points(lm, 1.0, rng)
-        print("\n3D, validation faces, 1 mm noise: prior weight -> dense RMSE (mm), plausibility")
+        print("\n3D, validation faces, 1 mm noise: the paper's l2 prior for comparison")
         print("| prior | reg | mean RMSE | median | plausibility (median) |")
         print("|---|---:|---:|---:|---:|")
-        for prior, regs in (("l2", [0.01, 0.1, 1.0]), ("model", args.regs)):
-            for reg in regs:
-                fv, r, _ = ours3d(pts, reg=reg, prior=prior)
-                e = procrustes_rmse(fv, v)
-                print(f"| {prior} | {reg} | {e.mean():.3f} | {np.median(e):.3f} | {np.median(r.plausibility.numpy()):.2f} |")
+        for reg in (0.01, 0.1, 1.0):
+            fv, r, _ = ours3d(pts, reg=reg, prior="l2")
+            e = procrustes_rmse(fv, v)
+            print(f"| l2 | {reg} | {e.mean():.3f} | {np.median(e):.3f} | {np.median(r.plausibility.numpy()):.2f} |")
         yaws = rng.uniform(-60, 60, len(v))
         pairs = [project(v[i : i + 1], lm[i : i + 1], yaws[i], rng, lines, normals, noise_px=2.0) for i in range(len(v))]
         lm2 = np.concatenate([q[0] for q in pairs])
@@ -239,21 +259,37 @@ def main() -> None:
             scores = {reg: procrustes_rmse(linear_fit(lin, ptsv, idx, reg), vv).mean() for reg in (0.1, 1, 10, 100)}
             lin_reg[key] = min(scores, key=scores.get)
             print(f"linear {key}: validation RMSE per lambda {({k: round(s, 3) for k, s in scores.items()})}")
-    print(f"\n3D, {len(v)} unseen ICT faces (seed {args.seed}): dense face-area RMSE after Procrustes (mm)")
-    head = "| noise (mm) | ours (defaults) | ours, old default (l2, 0.01) |"
-    head += "".join(f" linear {di}+{de} |" for di, de in lins) + " mean face | ours: median plausibility | ms / face |"
-    print(head)
-    print("|---" * (head.count("|") - 1) + "|")
-    for noise in args.noise:
-        pts = posed_points(lm, noise, rng)
-        fv, r, dt = ours3d(pts)
-        fo, _, _ = ours3d(pts, reg=0.01)
-        row = f"| {noise} | {procrustes_rmse(fv, v).mean():.3f} | {procrustes_rmse(fo, v).mean():.3f} |"
-        for key, lin in lins.items():
-            idx = model.landmarks.numpy() if lmk.is_vertex_set else lmk.vertex_indices[:, 0].numpy()
-            row += f" {procrustes_rmse(linear_fit(lin, pts, idx, lin_reg[key]), v).mean():.3f} |"
-        row += f" {base['mean face (ICT neutral, dense Procrustes)']:.3f} | {np.median(r.plausibility.numpy()):.2f} | {dt / len(v) * 1e3:.1f} |"
-        print(row)
+    def table3d(title, v, lm, rng, mean_rmse):
+        print(f"\n3D, {title}: dense face-area RMSE after Procrustes (mm)")
+        head = "| noise (mm) | ours (defaults) | ours, noise_mm = noise | ours, old default (l2, 0.01) |"
+        head += "".join(f" linear {di}+{de} |" for di, de in lins) + " mean face | ours: median plausibility | ms / face |"
+        print(head)
+        print("|---" * (head.count("|") - 1) + "|")
+        for noise in args.noise:
+            pts = posed_points(lm, noise, rng)
+            fv, r, dt = ours3d(pts)
+            fn, _, _ = ours3d(pts, noise_mm=noise)
+            fo, _, _ = ours3d(pts, reg=0.01)
+            row = (f"| {noise} | {procrustes_rmse(fv, v).mean():.3f} | {procrustes_rmse(fn, v).mean():.3f} | "
+                   f"{procrustes_rmse(fo, v).mean():.3f} |")  # fmt: skip
+            for key, lin in lins.items():
+                idx = model.landmarks.numpy() if lmk.is_vertex_set else lmk.vertex_indices[:, 0].numpy()
+                row += f" {procrustes_rmse(linear_fit(lin, pts, idx, lin_reg[key]), v).mean():.3f} |"
+            row += f" {mean_rmse:.3f} | {np.median(r.plausibility.numpy()):.2f} | {dt / len(v) * 1e3:.1f} |"
+            print(row)
+
+    table3d(f"{len(v)} unseen upstream ICT faces (seed {args.seed})", v, lm, rng,
+            base["mean face (ICT neutral, dense Procrustes)"])  # fmt: skip
+    if args.test_split:
+        from facemodel.data.dataset import FaceDataset
+
+        ds = FaceDataset(args.data, split="test")
+        rows = np.sort(np.random.default_rng(args.seed).choice(len(ds), min(args.test_split, len(ds)), replace=False))
+        vt = ds.vertices(rows).astype(np.float64)
+        lmt = landmark_positions(torch.as_tensor(vt), lmk).numpy()
+        mt = procrustes_rmse(np.repeat(ict.neutral_mm[None].astype(np.float64), len(vt), 0), vt).mean()
+        table3d(f"{len(vt)} meshes of the ICT 4D test split ({args.data}, rows drawn with seed {args.seed})", vt, lmt,
+                np.random.default_rng(args.seed), mt)  # fmt: skip
     if args.encode_faces:
         n = min(args.encode_faces, len(v))
         t0 = time.perf_counter()
