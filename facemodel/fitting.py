@@ -1475,7 +1475,7 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
     cam = {}
     if isinstance(pm, _Pinhole2D):
         cam = {"focal_length": T(pm.focal_length(X)),
-               "principal_point": T(np.broadcast_to(pm.principal.reshape(-1, 2), (B, 2)))}  # fmt: skip
+               "principal_point": T(np.array(np.broadcast_to(pm.principal.reshape(-1, 2), (B, 2))))}  # fmt: skip
     return FitResult(
         codes=codes,
         scale=T(scale),
