@@ -843,18 +843,22 @@ class _Pinhole2D(_Camera2D):
     this is the orthographic residual ``R[:2] m + t_xy - u / s``.
 
     Pose steps: log s, omega (3, R <- R Exp(omega)), t_xy (2, mm) and, when the focal length
-    is fitted, log t_z (s fixed, so f = s t_z changes); with a known focal length
-    ``t_z = f / s``."""
+    is fitted, the inverse distance ``gamma = 1 / t_z`` (s fixed, so ``f = s t_z`` changes;
+    with ``q_z = t_z + b`` the residual is ``q_xy / (1 + gamma b) - u / s``, smooth through the
+    orthographic limit gamma = 0, so a weakly observed distance takes bounded steps; gamma is
+    kept >= ``1 / MAX_DISTANCE_MM``); with a known focal length ``t_z = f / s``."""
 
     size = 14
     align = "pinhole"
-    #: initial distance (mm) of a fit whose focal length is fitted: a portrait at arm's length
-    DEFAULT_DISTANCE_MM = 600.0
+    #: the farthest a fitted focal length puts the face (100 m: orthographic to ~0.1 %)
+    MAX_DISTANCE_MM = 1e5
+    #: the distances a fitted focal length starts from (the best per face at the initial code)
+    INIT_DISTANCES_MM = (300.0, 600.0, 1200.0, 3000.0, MAX_DISTANCE_MM)
 
     def __init__(self, focal: float | None, principal: np.ndarray, distance: np.ndarray | float | None = None) -> None:
         self.focal = None if focal is None else float(focal)
         self.principal = np.asarray(principal, np.float64)  # (2,) or (B, 2)
-        self.distance = self.DEFAULT_DISTANCE_MM if distance is None else distance
+        self.distance = distance  # None: the best of INIT_DISTANCES_MM
         self.n_params = 6 if self.focal is not None else 7
 
     def centre(self, P: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -863,18 +867,54 @@ class _Pinhole2D(_Camera2D):
         return np.ascontiguousarray(np.where(present[..., None], P - (c if c.ndim == 1 else c[:, None]), 0).astype(P.dtype))
 
     def init(self, ctx, P, w, m):
-        """The scaled-orthographic camera at the code, then the depth: ``f / s`` for a known focal
-        length, else ``distance`` (and ``f = s distance``)."""
+        """The scaled-orthographic camera at the code, moved to the depth ``t_z = f / s`` (known
+        focal length) or, for a fitted one, to each distance of ``INIT_DISTANCES_MM`` (or the
+        given ``distance``), each refined by a few Gauss-Newton steps of the pose at the code;
+        the one of least residual is kept."""
         Xo = _Camera2D.init(self, ctx, P, w, m)
         n = P.shape[0]
         s = Xo[:, 0].astype(np.float64)
-        if self.focal is not None:
-            tz, f = self.focal / s, np.full(n, self.focal)
-        else:
-            tz = np.broadcast_to(np.asarray(self.distance, np.float64), (n,)).astype(np.float64)
-            f = s * tz
         txy = Xo[:, 10:12] / s[:, None]
-        return np.concatenate([Xo[:, :10], txy, tz[:, None], f[:, None]], 1).astype(P.dtype)
+        if self.focal is not None:
+            X = np.concatenate([Xo[:, :10], txy, (self.focal / s)[:, None], np.full((n, 1), self.focal)], 1)
+            return self._refine(P, w, m, X.astype(P.dtype))
+        cands = self.INIT_DISTANCES_MM if self.distance is None else (self.distance,)
+        best, best_E = None, None
+        for d in cands:
+            tz = np.broadcast_to(np.asarray(d, np.float64), (n,))
+            X = np.concatenate([Xo[:, :10], txy, tz[:, None], (s * tz)[:, None]], 1).astype(P.dtype)
+            X = self._refine(P, w, m, X)
+            with np.errstate(all="ignore"):
+                r = self.residual(P, m, X) * np.repeat(np.sqrt(w), 2, 1)
+                E = np.where(np.isfinite(r).all(1), (r.astype(np.float64) ** 2).sum(1), np.inf)
+            if best is None:
+                best, best_E = X, E
+            else:
+                better = E < best_E
+                best, best_E = np.where(better[:, None], X, best), np.where(better, E, best_E)
+        return best
+
+    def _refine(self, P, w, m, X, iters: int = 4):
+        """A few damped Gauss-Newton steps of the camera (the distance fixed) at the landmarks m."""
+        sw = np.repeat(np.sqrt(w), 2, 1)[..., None]
+        for _ in range(iters):
+            with np.errstate(all="ignore"):
+                r = self.residual(P, m, X)[..., None] * sw
+                J = self.pose_jac(P, m, X)[..., :6] * sw
+                if not (np.isfinite(r).all() and np.isfinite(J).all()):
+                    break
+                N = (J.transpose(0, 2, 1) @ J).astype(np.float64)
+                N += 1e-6 * np.trace(N, axis1=1, axis2=2)[:, None, None] * np.eye(6)
+                dp = -np.linalg.solve(N, (J.transpose(0, 2, 1) @ r).astype(np.float64))[..., 0]
+            full = np.zeros((X.shape[0], self.n_params))
+            full[:, :6] = dp
+            X_new = self.trial(None, P, w, m, X, full.astype(X.dtype))
+            with np.errstate(all="ignore"):
+                E0 = (r[..., 0].astype(np.float64) ** 2).sum(1)
+                r1 = self.residual(P, m, X_new) * sw[..., 0]
+                E1 = np.where(np.isfinite(r1).all(1), (r1.astype(np.float64) ** 2).sum(1), np.inf)
+            X = np.where((E1 < E0)[:, None], X_new, X)
+        return X
 
     solve = init
 
@@ -911,8 +951,8 @@ class _Pinhole2D(_Camera2D):
         dlogtz = tz[:, :, None] * rho * (1.0 - kappa[..., None])  # d r / d log t_z, s fixed
         if self.focal is not None:  # t_z = f / s: moves with s
             cols = [(u - dlogtz)[..., None], Jw, Jt]
-        else:
-            cols = [u[..., None], Jw, Jt, dlogtz[..., None]]
+        else:  # d r / d gamma = -t_z d r / d log t_z
+            cols = [u[..., None], Jw, Jt, (-tz[:, :, None] * dlogtz)[..., None]]
         return np.concatenate(cols, -1).reshape(n, 2 * K, self.n_params).astype(P.dtype, copy=False)
 
     def z_jac(self, Jz, X, m=None):
@@ -930,6 +970,58 @@ class _Pinhole2D(_Camera2D):
         Jm = self._dr_dm(m, X)[0].astype(V.dtype, copy=False)  # (n, K, 2, 3)
         return np.einsum("nkij,nfkj->nfki", Jm, V.reshape(n, F, M3 // 3, 3)).reshape(n, F, -1)
 
+    #: most change of the perspective factor ``gamma b`` (b: a landmark's depth about the
+    #: origin) in one Gauss-Newton step of a fitted distance (the residual is far from linear in
+    #: gamma: longer steps overshoot)
+    MAX_PERSPECTIVE_STEP = 0.05
+
+    #: most change of the perspective factor ``gamma b`` (b: a landmark's depth about the
+    #: origin) in one Gauss-Newton step of a fitted distance (the residual is far from linear in
+    #: gamma: longer steps overshoot)
+    MAX_PERSPECTIVE_STEP = 0.05
+
+    def hold_at_bound(self, N, g, X, D):
+        """In place: for faces at the farthest distance whose gradient pulls it farther, the
+        gamma row and column of the normal equations decoupled and its gradient zeroed (the step
+        then leaves gamma there and solves the rest consistently)."""
+        j = D + 6
+        hold = (1.0 / X[:, 12] <= (1.0 + 1e-4) / self.MAX_DISTANCE_MM) & (g[:, j] > 0)
+        if hold.any():
+            d = N[hold, j, j].copy()
+            N[hold, j, :] = 0.0
+            N[hold, :, j] = 0.0
+            N[hold, j, j] = np.maximum(d, 1e-300)
+            g[hold, j] = 0.0
+
+    def limit_step(self, N, g, mu, delta, X, m, D):
+        """The Gauss-Newton step ``delta`` (n, D + 7) of a fitted distance, kept feasible:
+        faces at the farthest distance whose step would go farther are re-solved with gamma
+        held there (an active set: the rest of the step stays consistent), faces short of it
+        stop at it; then steps that change ``gamma b`` by more than ``MAX_PERSPECTIVE_STEP``
+        are scaled down (the whole step, so it stays a descent direction)."""
+        j = D + 6
+        lo = 1.0 / self.MAX_DISTANCE_MM
+        gamma = 1.0 / X[:, 12].astype(np.float64)
+        out = gamma + delta[:, j] < lo
+        held = out & (gamma <= lo * (1.0 + 1e-4))
+        if held.any():
+            Nh, gh = N[held], g[held]  # copies
+            Nh[:, j, :] = 0.0
+            Nh[:, :, j] = 0.0
+            Nh[:, j, j] = 1.0
+            gh[:, j] = 0.0
+            delta = delta.copy()
+            delta[held] = _damped_solve(np.ascontiguousarray(Nh), gh, mu[held])
+        n = X.shape[0]
+        b = m.reshape(n, -1, 3).astype(np.float64) @ X[:, 7:10].astype(np.float64)[:, :, None]  # R[2] m
+        depth = np.abs(b[..., 0]).max(1)
+        with np.errstate(all="ignore"):
+            k = np.where(np.abs(delta[:, j]) * depth > self.MAX_PERSPECTIVE_STEP,
+                         self.MAX_PERSPECTIVE_STEP / (np.abs(delta[:, j]) * depth), 1.0)  # fmt: skip
+            short = out & ~held
+            k = np.where(short, np.minimum(k, (gamma - lo) / -delta[:, j]), k)
+        return delta * np.clip(k, 0.0, 1.0)[:, None]
+
     def trial(self, ctx, P, w, m_new, X, dp):
         n = X.shape[0]
         s = X[:, 0] * np.exp(dp[:, 0])
@@ -939,7 +1031,7 @@ class _Pinhole2D(_Camera2D):
             f = X[:, 13]
             tz = f / s
         else:
-            tz = X[:, 12] * np.exp(dp[:, 6])
+            tz = 1.0 / np.maximum(1.0 / X[:, 12] + dp[:, 6], 1.0 / self.MAX_DISTANCE_MM)
             f = s * tz
         return np.concatenate([s[:, None], R.reshape(n, 9), txy, tz[:, None], f[:, None]], 1).astype(X.dtype, copy=False)
 
@@ -949,7 +1041,7 @@ class _Pinhole2D(_Camera2D):
         s = X[:, 0] * torch.exp(cam[:, 0])
         R = X[:, 1:10].view(n, 3, 3) @ _so3_exp(cam[:, 1:4])
         txy = X[:, 10:12] + cam[:, 4:6]
-        tz = X[:, 13] / s if self.focal is not None else X[:, 12] * torch.exp(cam[:, 6])
+        tz = X[:, 13] / s if self.focal is not None else 1.0 / (1.0 / X[:, 12] + cam[:, 6]).clamp_min(1.0 / self.MAX_DISTANCE_MM)
         q = m.view(n, -1, 3) @ R.transpose(1, 2)
         qxy = q[..., :2] + txy[:, None]
         qz = q[..., 2] + tz[:, None]
@@ -1125,6 +1217,8 @@ def _gn_chunk(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
         g = (rw[:, None] @ J)[:, 0].astype(np.float64)
         g[:, :D] += reg * z
         delta = _damped_solve(N, g, mu)
+        if npar > 6:  # the pinhole's fitted distance: held at its far bound, a trust region on its perspective
+            delta = pm.limit_step(N, g, mu, delta, X, m, D)
         pred = -(2 * np.einsum("np,np->n", g, delta) + (delta[:, None] @ N @ delta[..., None])[:, 0, 0])
         dl = delta.astype(dt)
         dz = dl[:, :D]
@@ -1207,6 +1301,8 @@ def _gn_chunk_general(head: _GeneralHead, pm, P, w, z0, reg, max_iters, tol, dam
         g = (rw[:, None] @ J)[:, 0].astype(np.float64)
         g[:, :D] += reg * z[a]
         delta = _damped_solve(N, g, mu[a])
+        if npar > 6:  # the pinhole's fitted distance: held at its far bound, a trust region on its perspective
+            delta = pm.limit_step(N, g, mu[a], delta, X[a], m_a, D)
         pred = -(2 * np.einsum("np,np->n", g, delta) + (delta[:, None] @ N @ delta[..., None])[:, 0, 0])
         dl = delta.astype(dt)
         na = a.size
