@@ -1752,8 +1752,11 @@ def fit_landmarks_2d(
     the data term is again model-space mm^2 and ``reg`` means what it does for the
     orthographic camera: ``sum_i w_i ||t_z (R v~_i + t)_xy / (R v~_i + t)_z - (x_i - c) / s||^2``.
     The Gauss-Newton camera Jacobian includes the perspective division (and the focal length
-    when it is fitted). The camera starts from the scaled-orthographic one at the initial code,
-    at the depth ``t_z = f / s`` (known ``f``) or 600 mm (fitted ``f = s t_z``). Use it for
+    when it is fitted, through the inverse distance ``1 / t_z`` with ``f = s t_z``). The camera
+    starts from the scaled-orthographic one at the initial code, at the depth ``t_z = f / s``
+    (known ``f``) or, for a fitted ``f``, at the best of 0.3, 0.6, 1.2, 3 and 100 m after a few
+    pose-only steps; a fitted distance stays within 100 m (there the camera is orthographic
+    to ~0.1 %: a far face reports a focal length of ~1e5 s px). Use it for
     close-range photos (selfies, webcams: a face within ~1 m), where perspective changes the
     face's proportions in the image; far away it approaches the orthographic fit. A fitted
     focal length is only weakly observed (through the perspective distortion of the
@@ -1793,7 +1796,8 @@ def fit_landmarks_2d(
     Raises:
         FittingError: as :func:`fit_landmarks`, and an unknown camera, a focal length that is
             not a finite number > 0, a principal point that is not (2,) / (B, 2) finite
-            numbers, or either given with the orthographic camera.
+            numbers, either given with the orthographic camera, or a fitted focal length
+            (``focal_length=None``) with ``solver="lbfgs"`` / ``"adam"``.
 
     Example:
         >>> res = fit_landmarks_2d(model, pts, camera="pinhole", focal_length=1000.0,
@@ -1805,6 +1809,9 @@ def fit_landmarks_2d(
     if camera == "pinhole":
         focal = _check_focal(focal_length)
         centre = _check_principal(principal_point, points2d)
+        if focal is None and isinstance(solver, str) and solver in ("lbfgs", "adam"):
+            raise FittingError(f"a fitted focal length needs solver='gauss-newton' (its distance is kept feasible "
+                               f"there); pass focal_length=... to use solver={solver!r} with a pinhole")  # fmt: skip
     else:
         for name, val in (("focal_length", focal_length), ("principal_point", principal_point)):
             if val is not None:

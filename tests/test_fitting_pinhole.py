@@ -149,6 +149,7 @@ def test_contour_rounds_under_pinhole(model):
     ({"camera": "pinhole", "principal_point": np.zeros((3, 2))}, r"principal_point must have shape \(2,\) or \(1, 2\)"),
     ({"camera": "pinhole", "principal_point": (np.nan, 2.0)}, "principal_point must be finite"),
     ({"camera": "pinhole", "principal_point": "centre"}, "principal_point must"),
+    ({"camera": "pinhole", "solver": "lbfgs"}, "a fitted focal length needs solver='gauss-newton'"),
     ({"focal_length": 800.0}, "focal_length is a pinhole camera's: pass camera='pinhole'"),
     ({"principal_point": (320.0, 240.0)}, "principal_point is a pinhole camera's"),
     ({"camera": "perspective"}, r"unknown camera 'perspective'.*pinhole"),
