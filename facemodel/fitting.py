@@ -46,7 +46,8 @@ meet the stopping rule, after 8-14 iterations.
 
 :func:`fit_landmarks_2d` fits 2D landmarks under a scaled-orthographic camera
 ``x = s R[:2] v + t`` solved jointly with ``z`` (image residuals divided by ``s``: model-space
-mm^2 again).
+mm^2 again), or a pinhole camera ``x = f (R v + t)_xy / (R v + t)_z + c`` (``camera="pinhole"``,
+known or fitted ``f``; image residuals divided by ``f / t_z``).
 """
 
 from __future__ import annotations
@@ -1217,7 +1218,7 @@ def _gn_chunk(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
         g = (rw[:, None] @ J)[:, 0].astype(np.float64)
         g[:, :D] += reg * z
         delta = _damped_solve(N, g, mu)
-        if npar > 6:  # the pinhole's fitted distance: held at its far bound, a trust region on its perspective
+        if isinstance(pm, _Pinhole2D) and pm.focal is None:  # its fitted distance: held at the far bound, a trust region
             delta = pm.limit_step(N, g, mu, delta, X, m, D)
         pred = -(2 * np.einsum("np,np->n", g, delta) + (delta[:, None] @ N @ delta[..., None])[:, 0, 0])
         dl = delta.astype(dt)
@@ -1301,7 +1302,7 @@ def _gn_chunk_general(head: _GeneralHead, pm, P, w, z0, reg, max_iters, tol, dam
         g = (rw[:, None] @ J)[:, 0].astype(np.float64)
         g[:, :D] += reg * z[a]
         delta = _damped_solve(N, g, mu[a])
-        if npar > 6:  # the pinhole's fitted distance: held at its far bound, a trust region on its perspective
+        if isinstance(pm, _Pinhole2D) and pm.focal is None:  # its fitted distance: held at the far bound, a trust region
             delta = pm.limit_step(N, g, mu[a], delta, X[a], m_a, D)
         pred = -(2 * np.einsum("np,np->n", g, delta) + (delta[:, None] @ N @ delta[..., None])[:, 0, 0])
         dl = delta.astype(dt)
