@@ -229,8 +229,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if points.shape[1] == 2:
         if args.noise_mm is not None:
             raise FaceModelError("--noise-mm sets the prior weight of 3D fits; for 2D points use --reg")
-        result = model.fit_landmarks_2d(points, **kwargs)
+        result = model.fit_landmarks_2d(points, **kwargs, **_camera_kwargs(args))
     else:
+        if args.camera != "scaled_orthographic" or args.focal_length is not None:
+            raise FaceModelError("--camera / --focal-length are for 2D landmarks or photos; these points are 3D")
         result = model.fit_landmarks(points, align=args.align, noise_mm=args.noise_mm, **kwargs)
     print(f"rmse {float(result.rmse.mean()):.3f} (input units), converged {bool(result.converged.all())}, "
           f"iterations {int(result.iterations.max())}")  # fmt: skip
@@ -238,6 +240,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     _write_outputs(Faces(result.vertices, result.codes, model.faces, model.code_slices), args)
     return 0
+
+
+def _camera_kwargs(args: argparse.Namespace) -> dict:
+    """fit_landmarks_2d's camera arguments of ``fit --camera ... --focal-length PX``."""
+    if args.camera == "pinhole":
+        return {"camera": "pinhole", "focal_length": args.focal_length}
+    if args.focal_length is not None:
+        raise FaceModelError("--focal-length needs --camera pinhole (the scaled-orthographic camera has no focal length)")
+    return {}
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -562,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codes", default=None, help="photos: write codes, camera, landmarks (and blendshape weights) to "
                    "this .json or .npz (default: next to --out)")  # fmt: skip
     p.add_argument("--align", choices=("similarity", "rigid", "none"), default="similarity")
+    p.add_argument("--camera", choices=("scaled_orthographic", "pinhole"), default="scaled_orthographic",
+                   help="2D landmarks and photos: the camera (pinhole: perspective, for faces within ~1 m; the "
+                   "principal point is a photo's centre, the landmarks' bounding-box centre for point files)")  # fmt: skip
+    p.add_argument("--focal-length", type=float, default=None, metavar="PX", help="with --camera pinhole: the focal "
+                   "length in pixels (default: fitted)")  # fmt: skip
     p.set_defaults(func=_cmd_fit)
     p = sub.add_parser("animate", help="animate a face from blendshape weights (Live Link Face / ARKit / "
                        "MediaPipe / ICT CSV or JSON)")  # fmt: skip

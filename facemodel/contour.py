@@ -13,6 +13,10 @@ spanned by ``n_k`` and the depth axis, between 45 mm inside and 8 mm outside the
 outline along ``n_k`` and no more than 50 mm behind ``p_k``; one vertex per 3 mm of depth (the
 one nearest the plane), at most ``MAX_CANDIDATES``. "Outermost" is along ``R[:2] n_k``, the
 image direction of the outward normal: the extreme of a cross-section, i.e. the silhouette.
+Under a pinhole camera (fits with ``camera="pinhole"``) the candidates are projected through
+the camera centre, ``(R v + t)_xy / (R v + t)_z``, and the normal's image direction is taken
+at the line's mean projection: the outermost candidate is then the one whose view ray from the
+camera centre grazes the cross-section (to the resolution of the line's vertices).
 """
 
 from __future__ import annotations
@@ -105,13 +109,21 @@ def contour_landmarks(model: torch.nn.Module, fit, base: LandmarkSet | None = No
         # only the candidate vertices are decoded
         cand = g.decode_vertices(codes, torch.as_tensor(flat, device=g.device)) + model.template[torch.as_tensor(flat)]
     cand = cand.double().cpu().numpy()
-    R2 = fit.rotation.double().cpu().numpy()[:, :2]  # (B, 2, 3)
+    R = fit.rotation.double().cpu().numpy()
+    R2 = R[:, :2]  # (B, 2, 3)
+    pinhole = getattr(fit, "focal_length", None) is not None
+    if pinhole:  # camera-frame positions; the image positions are q_xy / q_z (up to f > 0 and c)
+        tr = fit.translation.double().cpu().numpy()
     tri0 = base.vertex_indices.numpy().astype(np.int64)
     bar0 = base.barycentrics.numpy().astype(np.float64)
     out = []
     for b_ in range(len(cand)):
         tri, bar = tri0.copy(), bar0.copy()
-        proj = cand[b_] @ R2[b_].T  # (N, 2)
+        if pinhole:
+            q = cand[b_] @ R[b_].T + tr[b_]
+            proj = q[:, :2] / np.maximum(q[:, 2:3], 1e-9)
+        else:
+            proj = cand[b_] @ R2[b_].T  # (N, 2)
         start = 0
         for k, ln in enumerate(lines):
             if ln.size == 0:
@@ -119,6 +131,8 @@ def contour_landmarks(model: torch.nn.Module, fit, base: LandmarkSet | None = No
             seg = slice(start, start + ln.size)
             start += ln.size
             d = R2[b_] @ normals[k]
+            if pinhole:  # the image direction of the normal at the line (d (q_xy / q_z) along n, times q_z)
+                d = d - proj[seg].mean(0) * (R[b_, 2] @ normals[k])
             if np.linalg.norm(d) < 1e-6:  # the normal points at the camera: keep the point
                 continue
             j = int(np.argmax(proj[seg] @ d))

@@ -46,7 +46,8 @@ meet the stopping rule, after 8-14 iterations.
 
 :func:`fit_landmarks_2d` fits 2D landmarks under a scaled-orthographic camera
 ``x = s R[:2] v + t`` solved jointly with ``z`` (image residuals divided by ``s``: model-space
-mm^2 again).
+mm^2 again), or a pinhole camera ``x = f (R v + t)_xy / (R v + t)_z + c`` (``camera="pinhole"``,
+known or fitted ``f``; image residuals divided by ``f / t_z``).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ __all__ = ["FitResult", "Transform", "FittingError", "fit_landmarks", "fit_landm
 
 SOLVERS = ("gauss-newton", "lbfgs", "adam")
 ALIGNMENTS = ("similarity", "rigid", "none")
-CAMERAS = ("scaled_orthographic",)
+CAMERAS = ("scaled_orthographic", "pinhole")
 DEFAULT_MAX_ITERS = {"gauss-newton": 6, "lbfgs": 20, "adam": 1000}
 _CHUNK = 128  # faces per Gauss-Newton chunk (bounds memory: ~10 MB of Jacobians per thread)
 _DECODE_CHUNK = 256
@@ -128,6 +129,15 @@ class FitResult:
         prior: ``"model"`` (Mahalanobis prior) or ``"l2"`` (``reg ||z||^2``); ``reg``: its weight.
         loss_weights: (B, K) the robust loss's final per-landmark factors in [0, 1]
             (all 1 for ``loss="l2"``).
+        focal_length: (B,) pinhole fits (``camera="pinhole"``): the focal length in pixels
+            (the given one, or the fitted one); ``None`` for other fits.
+        principal_point: (B, 2) pinhole fits: the principal point (px) the fit used;
+            ``None`` for other fits.
+
+    Pinhole fits (``align == "pinhole"``): ``rotation`` (B, 3, 3) and ``translation`` (B, 3, mm)
+    take model space to the camera frame (OpenCV convention: camera at the origin looking
+    down +z, image x right, y down), ``x = f (R v + t)_xy / (R v + t)_z + c``; ``scale`` (B,)
+    is ``f / t_z``, the pixels per mm at the depth of the model's origin.
     """
 
     codes: torch.Tensor
@@ -148,6 +158,8 @@ class FitResult:
     prior: str = "l2"
     reg: float = 0.01
     loss_weights: torch.Tensor | None = field(default=None, repr=False)
+    focal_length: torch.Tensor | None = None
+    principal_point: torch.Tensor | None = field(default=None, repr=False)
     _decoder: Any = field(default=None, repr=False)
     _vertices: torch.Tensor | None = field(default=None, repr=False)
 
@@ -168,13 +180,18 @@ class FitResult:
 
     def transform_points(self, x: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
         """Map model-space points (B, N, 3) (default: the fitted vertices) into the input's
-        space: ``scale R x + t``, or the camera projection (B, N, 2) for 2D fits."""
+        space: ``scale R x + t``, or the camera projection (B, N, 2) for 2D fits (for a
+        pinhole: ``f (R x + t)_xy / (R x + t)_z + c``)."""
         if x is None:
             if self.vertices is None:
                 raise FittingError("this result holds no vertices (it was fitted with decode=False); pass points")
             x = self.vertices
         x = torch.as_tensor(x, dtype=self.rotation.dtype, device=self.rotation.device)
         y = x @ self.rotation.transpose(-1, -2)
+        if self.focal_length is not None:
+            y = y + self.translation[:, None, :]
+            f = self.focal_length.to(y.dtype)[:, None, None]
+            return f * y[..., :2] / y[..., 2:3] + self.principal_point.to(y.dtype)[:, None, :]
         if self.translation.shape[-1] == 2:
             y = y[..., :2]
         return self.scale[:, None, None] * y + self.translation[:, None, :]
@@ -730,13 +747,13 @@ class _Pose3D:
             B = self._basis[q.dtype] = _pose_basis(self.align, q.dtype)
         return (q @ B[:3] + B[3]).reshape(q.shape[0], -1, self.n_params)
 
-    def z_jac(self, Jz, X):
+    def z_jac(self, Jz, X, m=None):
         return Jz
 
-    def z_apply(self, v, X):
+    def z_apply(self, v, X, m=None):
         return v
 
-    def ray_vectors(self, V, X):
+    def ray_vectors(self, V, X, m=None):
         return V
 
     def trial(self, ctx, P, w, m_new, X, dp):
@@ -797,15 +814,15 @@ class _Camera2D:
         eye = np.broadcast_to(np.eye(2, dtype=P.dtype), (n, K, 2, 2))
         return np.concatenate([u[..., None], Jw, eye], -1).reshape(n, 2 * K, 6)
 
-    def z_jac(self, Jz, X):
+    def z_jac(self, Jz, X, m=None):
         n, M3, D = Jz.shape
         return (X[:, None, 1:7].reshape(n, 1, 2, 3) @ Jz.reshape(n, M3 // 3, 3, D)).reshape(n, -1, D)
 
-    def z_apply(self, v, X):
+    def z_apply(self, v, X, m=None):
         n = v.shape[0]
         return (v.reshape(n, -1, 3) @ X[:, 1:7].reshape(n, 2, 3).transpose(0, 2, 1)).reshape(n, -1)
 
-    def ray_vectors(self, V, X):
+    def ray_vectors(self, V, X, m=None):
         n, F, M3 = V.shape
         R2t = X[:, 1:7].reshape(n, 1, 2, 3).transpose(0, 1, 3, 2)
         return (V.reshape(n, F, M3 // 3, 3) @ R2t).reshape(n, F, -1)
@@ -822,8 +839,230 @@ class _Camera2D:
         return X[:, 0], X[:, 1:10].reshape(n, 3, 3), X[:, 10:12], X[:, 0]
 
 
+class _Pinhole2D(_Camera2D):
+    """Pinhole camera ``x = f (R v + t)_xy / (R v + t)_z + c`` (OpenCV convention: camera at the
+    origin looking down +z, image x right, y down), X = [s, R (9), t (3, mm), f] with the
+    scale ``s = f / t_z`` (px per mm at the depth ``t_z``). The principal point ``c`` is
+    subtracted from the points before the fit (:meth:`centre`), so ``u = p - c``.
+
+    Residual (model-space mm, divided by ``s`` as the orthographic camera divides by its
+    scale): ``r = t_z q_xy / q_z - u / s`` with ``q = R m + t``. Far away (``t_z -> inf``)
+    this is the orthographic residual ``R[:2] m + t_xy - u / s``.
+
+    Pose steps: log s, omega (3, R <- R Exp(omega)), t_xy (2, mm) and, when the focal length
+    is fitted, the inverse distance ``gamma = 1 / t_z`` (s fixed, so ``f = s t_z`` changes;
+    with ``q_z = t_z + b`` the residual is ``q_xy / (1 + gamma b) - u / s``, smooth through the
+    orthographic limit gamma = 0, so a weakly observed distance takes bounded steps; gamma is
+    kept >= ``1 / MAX_DISTANCE_MM``); with a known focal length ``t_z = f / s``."""
+
+    size = 14
+    align = "pinhole"
+    #: the farthest a fitted focal length puts the face (100 m: orthographic to ~0.1 %)
+    MAX_DISTANCE_MM = 1e5
+    #: the distances a fitted focal length starts from (the best per face at the initial code)
+    INIT_DISTANCES_MM = (300.0, 600.0, 1200.0, 3000.0, MAX_DISTANCE_MM)
+
+    def __init__(self, focal: float | None, principal: np.ndarray, distance: np.ndarray | float | None = None) -> None:
+        self.focal = None if focal is None else float(focal)
+        self.principal = np.asarray(principal, np.float64)  # (2,) or (B, 2)
+        self.distance = distance  # None: the best of INIT_DISTANCES_MM
+        self.n_params = 6 if self.focal is not None else 7
+
+    def centre(self, P: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """The points relative to the principal point (missing rows stay 0)."""
+        c = self.principal.astype(P.dtype)
+        return np.ascontiguousarray(np.where(present[..., None], P - (c if c.ndim == 1 else c[:, None]), 0).astype(P.dtype))
+
+    def init(self, ctx, P, w, m):
+        """The scaled-orthographic camera at the code, moved to the depth ``t_z = f / s`` (known
+        focal length) or, for a fitted one, to each distance of ``INIT_DISTANCES_MM`` (or the
+        given ``distance``), each refined by a few Gauss-Newton steps of the pose at the code;
+        the one of least residual is kept."""
+        Xo = _Camera2D.init(self, ctx, P, w, m)
+        n = P.shape[0]
+        s = Xo[:, 0].astype(np.float64)
+        txy = Xo[:, 10:12] / s[:, None]
+        if self.focal is not None:
+            X = np.concatenate([Xo[:, :10], txy, (self.focal / s)[:, None], np.full((n, 1), self.focal)], 1)
+            return self._refine(P, w, m, X.astype(P.dtype))
+        cands = self.INIT_DISTANCES_MM if self.distance is None else (self.distance,)
+        best, best_E = None, None
+        for d in cands:
+            tz = np.broadcast_to(np.asarray(d, np.float64), (n,))
+            X = np.concatenate([Xo[:, :10], txy, tz[:, None], (s * tz)[:, None]], 1).astype(P.dtype)
+            X = self._refine(P, w, m, X)
+            with np.errstate(all="ignore"):
+                r = self.residual(P, m, X) * np.repeat(np.sqrt(w), 2, 1)
+                E = np.where(np.isfinite(r).all(1), (r.astype(np.float64) ** 2).sum(1), np.inf)
+            if best is None:
+                best, best_E = X, E
+            else:
+                better = E < best_E
+                best, best_E = np.where(better[:, None], X, best), np.where(better, E, best_E)
+        return best
+
+    def _refine(self, P, w, m, X, iters: int = 4):
+        """A few damped Gauss-Newton steps of the camera (the distance fixed) at the landmarks m."""
+        sw = np.repeat(np.sqrt(w), 2, 1)[..., None]
+        for _ in range(iters):
+            with np.errstate(all="ignore"):
+                r = self.residual(P, m, X)[..., None] * sw
+                J = self.pose_jac(P, m, X)[..., :6] * sw
+                if not (np.isfinite(r).all() and np.isfinite(J).all()):
+                    break
+                N = (J.transpose(0, 2, 1) @ J).astype(np.float64)
+                N += 1e-6 * np.trace(N, axis1=1, axis2=2)[:, None, None] * np.eye(6)
+                dp = -np.linalg.solve(N, (J.transpose(0, 2, 1) @ r).astype(np.float64))[..., 0]
+            full = np.zeros((X.shape[0], self.n_params))
+            full[:, :6] = dp
+            X_new = self.trial(None, P, w, m, X, full.astype(X.dtype))
+            with np.errstate(all="ignore"):
+                E0 = (r[..., 0].astype(np.float64) ** 2).sum(1)
+                r1 = self.residual(P, m, X_new) * sw[..., 0]
+                E1 = np.where(np.isfinite(r1).all(1), (r1.astype(np.float64) ** 2).sum(1), np.inf)
+            X = np.where((E1 < E0)[:, None], X_new, X)
+        return X
+
+    solve = init
+
+    def _camera(self, m, X):
+        """q = R m + t (n, K, 3), t_z (n, 1), rho = q_xy / q_z (n, K, 2), kappa = t_z / q_z (n, K)."""
+        n = X.shape[0]
+        R = X[:, 1:10].reshape(n, 3, 3)
+        q = m.reshape(n, -1, 3) @ R.transpose(0, 2, 1) + X[:, None, 10:13]
+        tz = X[:, 12:13]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.where(q[..., 2] > 0, 1.0 / q[..., 2], np.nan)  # a point behind the camera: no projection
+        return R, q, tz, q[..., :2] * inv[..., None], tz * inv, inv
+
+    def residual(self, P, m, X):
+        n = X.shape[0]
+        _, _, tz, rho, _, _ = self._camera(m, X)
+        return (tz[:, :, None] * rho - P / X[:, 0, None, None]).reshape(n, -1)
+
+    def _dr_dm(self, m, X):
+        """(n, K, 2, 3) d r / d m = kappa (R[:2] - rho R[2]^T)."""
+        R, _, _, rho, kappa, _ = self._camera(m, X)
+        Jm = R[:, None, :2, :] - rho[..., None] * R[:, None, 2:3, :]
+        return Jm * kappa[..., None, None], R, rho, kappa
+
+    def pose_jac(self, P, m, X):
+        n, K = P.shape[:2]
+        R, q, tz, rho, kappa, _ = self._camera(m, X)
+        m3 = m.reshape(n, K, 3)
+        # d q_k / d omega = m x R_k
+        mxR = np.cross(m3[:, :, None, :], R[:, None, :, :])  # (n, K, 3 rows, 3)
+        Jw = kappa[..., None, None] * (mxR[:, :, :2] - rho[..., None] * mxR[:, :, 2:3])
+        Jt = kappa[..., None, None] * np.eye(2, dtype=P.dtype)
+        u = P / X[:, 0, None, None]
+        dlogtz = tz[:, :, None] * rho * (1.0 - kappa[..., None])  # d r / d log t_z, s fixed
+        if self.focal is not None:  # t_z = f / s: moves with s
+            cols = [(u - dlogtz)[..., None], Jw, Jt]
+        else:  # d r / d gamma = -t_z d r / d log t_z
+            cols = [u[..., None], Jw, Jt, (-tz[:, :, None] * dlogtz)[..., None]]
+        return np.concatenate(cols, -1).reshape(n, 2 * K, self.n_params).astype(P.dtype, copy=False)
+
+    def z_jac(self, Jz, X, m=None):
+        n, M3, D = Jz.shape
+        Jm = self._dr_dm(m, X)[0].astype(Jz.dtype, copy=False)
+        return (Jm @ Jz.reshape(n, M3 // 3, 3, D)).reshape(n, -1, D)
+
+    def z_apply(self, v, X, m=None):
+        n = v.shape[0]
+        Jm = self._dr_dm(m, X)[0].astype(v.dtype, copy=False)
+        return (Jm @ v.reshape(n, -1, 3, 1)).reshape(n, -1)
+
+    def ray_vectors(self, V, X, m=None):
+        n, F, M3 = V.shape
+        Jm = self._dr_dm(m, X)[0].astype(V.dtype, copy=False)  # (n, K, 2, 3)
+        return np.einsum("nkij,nfkj->nfki", Jm, V.reshape(n, F, M3 // 3, 3)).reshape(n, F, -1)
+
+    #: most change of the perspective factor ``gamma b`` (b: a landmark's depth about the
+    #: origin) in one Gauss-Newton step of a fitted distance (the residual is far from linear in
+    #: gamma: longer steps overshoot)
+    MAX_PERSPECTIVE_STEP = 0.05
+
+    #: most change of the perspective factor ``gamma b`` (b: a landmark's depth about the
+    #: origin) in one Gauss-Newton step of a fitted distance (the residual is far from linear in
+    #: gamma: longer steps overshoot)
+    MAX_PERSPECTIVE_STEP = 0.05
+
+    def hold_at_bound(self, N, g, X, D):
+        """In place: for faces at the farthest distance whose gradient pulls it farther, the
+        gamma row and column of the normal equations decoupled and its gradient zeroed (the step
+        then leaves gamma there and solves the rest consistently)."""
+        j = D + 6
+        hold = (1.0 / X[:, 12] <= (1.0 + 1e-4) / self.MAX_DISTANCE_MM) & (g[:, j] > 0)
+        if hold.any():
+            d = N[hold, j, j].copy()
+            N[hold, j, :] = 0.0
+            N[hold, :, j] = 0.0
+            N[hold, j, j] = np.maximum(d, 1e-300)
+            g[hold, j] = 0.0
+
+    def limit_step(self, N, g, mu, delta, X, m, D):
+        """The Gauss-Newton step ``delta`` (n, D + 7) of a fitted distance, kept feasible:
+        faces at the farthest distance whose step would go farther are re-solved with gamma
+        held there (an active set: the rest of the step stays consistent), faces short of it
+        stop at it; then steps that change ``gamma b`` by more than ``MAX_PERSPECTIVE_STEP``
+        are scaled down (the whole step, so it stays a descent direction)."""
+        j = D + 6
+        lo = 1.0 / self.MAX_DISTANCE_MM
+        gamma = 1.0 / X[:, 12].astype(np.float64)
+        out = gamma + delta[:, j] < lo
+        held = out & (gamma <= lo * (1.0 + 1e-4))
+        if held.any():
+            Nh, gh = N[held], g[held]  # copies
+            Nh[:, j, :] = 0.0
+            Nh[:, :, j] = 0.0
+            Nh[:, j, j] = 1.0
+            gh[:, j] = 0.0
+            delta = delta.copy()
+            delta[held] = _damped_solve(np.ascontiguousarray(Nh), gh, mu[held])
+        n = X.shape[0]
+        b = m.reshape(n, -1, 3).astype(np.float64) @ X[:, 7:10].astype(np.float64)[:, :, None]  # R[2] m
+        depth = np.abs(b[..., 0]).max(1)
+        with np.errstate(all="ignore"):
+            k = np.where(np.abs(delta[:, j]) * depth > self.MAX_PERSPECTIVE_STEP,
+                         self.MAX_PERSPECTIVE_STEP / (np.abs(delta[:, j]) * depth), 1.0)  # fmt: skip
+            short = out & ~held
+            k = np.where(short, np.minimum(k, (gamma - lo) / -delta[:, j]), k)
+        return delta * np.clip(k, 0.0, 1.0)[:, None]
+
+    def trial(self, ctx, P, w, m_new, X, dp):
+        n = X.shape[0]
+        s = X[:, 0] * np.exp(dp[:, 0])
+        R = X[:, 1:10].reshape(n, 3, 3) @ _so3_exp(dp[:, 1:4])
+        txy = X[:, 10:12] + dp[:, 4:6]
+        if self.focal is not None:
+            f = X[:, 13]
+            tz = f / s
+        else:
+            tz = 1.0 / np.maximum(1.0 / X[:, 12] + dp[:, 6], 1.0 / self.MAX_DISTANCE_MM)
+            f = s * tz
+        return np.concatenate([s[:, None], R.reshape(n, 9), txy, tz[:, None], f[:, None]], 1).astype(X.dtype, copy=False)
+
+    def torch_residual(self, m, X, cam, Pt):
+        """The residual (n, K, 2) of the pose ``trial(X, cam)`` (torch, differentiable in m and cam)."""
+        n = m.shape[0]
+        s = X[:, 0] * torch.exp(cam[:, 0])
+        R = X[:, 1:10].view(n, 3, 3) @ _so3_exp(cam[:, 1:4])
+        txy = X[:, 10:12] + cam[:, 4:6]
+        tz = X[:, 13] / s if self.focal is not None else 1.0 / (1.0 / X[:, 12] + cam[:, 6]).clamp_min(1.0 / self.MAX_DISTANCE_MM)
+        q = m.view(n, -1, 3) @ R.transpose(1, 2)
+        qxy = q[..., :2] + txy[:, None]
+        qz = q[..., 2] + tz[:, None]
+        return tz[:, None, None] * qxy / qz[..., None] - Pt / s[:, None, None]
+
+    def to_input(self, X):
+        n = X.shape[0]
+        return X[:, 0], X[:, 1:10].reshape(n, 3, 3), X[:, 10:13], X[:, 0]
+
+    def focal_length(self, X):
+        return X[:, 13]
+
 # ---- Gauss-Newton / Levenberg-Marquardt (NumPy) --------------------------------------------------
-def _ray_search(head: _LReLUHead, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, dz, reg):
+def _ray_search(head: _LReLUHead, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, dz, reg, m=None):
     """Step t in [0, 1] minimising the objective along ``z + t dz`` with the pose linearised
     (``up``: slope of the residual from the pose step). The landmarks are piecewise linear in
     t with a kink where a hidden unit changes sign: exact minimisation over the pieces when
@@ -867,7 +1106,7 @@ def _ray_search(head: _LReLUHead, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3,
     V = head.At[idx] * kappa[..., None]  # (n, nf, 3K)
     if sw3 is not None:
         V *= sw3[:, None]
-    V = pm.ray_vectors(V, X)
+    V = pm.ray_vectors(V, X, m)  # (the pinhole's linearised at m)
     # On piece k (after the first k kinks) r(t) = a_k + t b_k with b_k = u + C1_k,
     # a_k = rw - C2_k, C1_k = sum_{i<=k} V_i, C2_k = sum_{i<=k} t_i V_i. The dot products
     # come from the Gram matrix of the V_i and prefix sums (no (n, nf, M) cumsums).
@@ -977,7 +1216,7 @@ def _gn_chunk(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
         z, pre, m, rw, X = (S[:, cuts[i] : cuts[i + 1]] for i in range(5))
         Jz = head.update_jacobian(Jz, maskJ, mask, sw3)
         maskJ = mask
-        J = pm.z_jac(Jz, X)
+        J = pm.z_jac(Jz, X, m)
         if npar:
             J = np.concatenate([J, pm.pose_jac(P, m, X) * sw_m[..., None]], 2)
         N = (J.transpose(0, 2, 1) @ J).astype(np.float64)
@@ -985,14 +1224,16 @@ def _gn_chunk(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
         g = (rw[:, None] @ J)[:, 0].astype(np.float64)
         g[:, :D] += reg * z
         delta = _damped_solve(N, g, mu)
+        if isinstance(pm, _Pinhole2D) and pm.focal is None:  # its fitted distance: held at the far bound, a trust region
+            delta = pm.limit_step(N, g, mu, delta, X, m, D)
         pred = -(2 * np.einsum("np,np->n", g, delta) + (delta[:, None] @ N @ delta[..., None])[:, 0, 0])
         dl = delta.astype(dt)
         dz = dl[:, :D]
         d = dz @ head.W1t  # (n, H) change of the pre-activations per unit step
         vz = np.where(mask, d, head.slope * d) @ head.At
-        uz = pm.z_apply(vz if sw3 is None else vz * sw3, X)
+        uz = pm.z_apply(vz if sw3 is None else vz * sw3, X, m)
         up = np.einsum("nmp,np->nm", J[:, :, D:], dl[:, D:]) if npar else np.zeros_like(uz)
-        t = _ray_search(head, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, dz, reg).astype(dt)
+        t = _ray_search(head, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, dz, reg, m).astype(dt)
         z_new = z + t[:, None] * dz
         pre_new = head.pre(z_new)
         m_new = head.from_pre(pre_new)
@@ -1211,7 +1452,7 @@ def _gn_chunk_general(head: _GeneralHead, pm, P, w, z0, reg, max_iters, tol, dam
         if sw3 is not None:
             Jz *= sw3[a][..., None]
         rw = pm.residual(Pa, m_a, X[a]) * swa
-        J = pm.z_jac(Jz, X[a])
+        J = pm.z_jac(Jz, X[a], m_a)
         if npar:
             J = np.concatenate([J, pm.pose_jac(Pa, m_a, X[a]) * swa[..., None]], 2)
         N = np.ascontiguousarray((J.transpose(0, 2, 1) @ J).astype(np.float64))
@@ -1219,6 +1460,8 @@ def _gn_chunk_general(head: _GeneralHead, pm, P, w, z0, reg, max_iters, tol, dam
         g = (rw[:, None] @ J)[:, 0].astype(np.float64)
         g[:, :D] += reg * z[a]
         delta = _damped_solve(N, g, mu[a])
+        if isinstance(pm, _Pinhole2D) and pm.focal is None:  # its fitted distance: held at the far bound, a trust region
+            delta = pm.limit_step(N, g, mu[a], delta, X[a], m_a, D)
         pred = -(2 * np.einsum("np,np->n", g, delta) + (delta[:, None] @ N @ delta[..., None])[:, 0, 0])
         dl = delta.astype(dt)
         na = a.size
@@ -1303,7 +1546,9 @@ def _solve_first_order(head, pm, P, w, z0, reg, max_iters, tol, solver, opts, de
     def energy(X_now):
         m = forward(z)
         n = m.shape[0]
-        if joint:
+        if joint and isinstance(pm, _Pinhole2D):
+            r = pm.torch_residual(m, X_now, cam, Pt)
+        elif joint:
             s = X_now[:, 0] * torch.exp(cam[:, 0])
             R = X_now[:, 1:10].view(n, 3, 3) @ _so3_exp(cam[:, 1:4])
             t = X_now[:, 10:12] + X_now[:, :1] * cam[:, 4:6]
@@ -1406,8 +1651,12 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
     lmk = _landmarks(model, landmarks)
     P, w, present, _ = _check_points(points, weights, lmk, pm.dim, dtype, dev, explicit)
     B, K = w.shape
+    if isinstance(pm, _Pinhole2D):  # image points relative to the principal point
+        if pm.principal.ndim == 2 and pm.principal.shape[0] not in (1, B):
+            raise FittingError(f"principal_point must have shape (2,) or ({B}, 2), got {pm.principal.shape}")
+        P = pm.centre(P, present)
     n_valid = (w > 0).sum(1)
-    need = {"similarity": 3, "rigid": 3, "none": 1, "scaled_orthographic": 4}[pm.align]
+    need = {"similarity": 3, "rigid": 3, "none": 1, "scaled_orthographic": 4, "pinhole": 4}[pm.align]
     if (n_valid < need).any():
         b = int(np.argmax(n_valid < need))
         if n_valid[b] == 0:
@@ -1481,6 +1730,10 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
 
     codes = T(z)
     decoder = _decoder(model, codes, dev, dtype) if decode else None
+    cam = {}
+    if isinstance(pm, _Pinhole2D):
+        cam = {"focal_length": T(pm.focal_length(X)),
+               "principal_point": T(np.array(np.broadcast_to(pm.principal.reshape(-1, 2), (B, 2))))}  # fmt: skip
     return FitResult(
         codes=codes,
         scale=T(scale),
@@ -1501,6 +1754,7 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
         reg=float(reg),
         loss_weights=T(lw),
         _decoder=decoder,
+        **cam,
     )
 
 
@@ -1647,6 +1901,8 @@ def fit_landmarks_2d(
     loss: str = "huber",
     loss_scale: float | None = None,
     camera: str = "scaled_orthographic",
+    focal_length: float | None = None,
+    principal_point: Any = None,
     contour: bool = True,
     init: str | torch.Tensor | np.ndarray | None = None,
     solver: str = "gauss-newton",
@@ -1657,40 +1913,102 @@ def fit_landmarks_2d(
     solver_options: Mapping[str, Any] | None = None,
     decode: bool = True,
 ) -> FitResult:
-    """Fit codes and a scaled-orthographic camera to 2D landmarks.
+    """Fit codes and a camera (scaled orthographic or pinhole) to 2D landmarks.
 
-    The camera projects model points as ``x = s R[:2] v + t`` (any image convention; a
-    y-down image is another rotation). Minimises
-    ``sum_i w_i ||R[:2] v~_i(z) - (x_i - t) / s||^2 + reg ||z||^2`` over the code and the
-    camera jointly (the image residuals divided by the scale: model-space mm^2, as in
-    :func:`fit_landmarks`), from an affine camera fitted at the initial code. Depth is not
-    observed: the default prior keeps shapes plausible. The jaw line (the first 17 iBUG
-    points) is a silhouette, not a fixed surface point, in non-frontal views: with
+    ``camera="scaled_orthographic"`` (default) projects model points (mm) as
+    ``x = s R[:2] v + t`` (any image convention; a y-down image is another rotation) and
+    minimises ``sum_i w_i ||R[:2] v~_i(z) - (x_i - t) / s||^2 + reg ||z||^2`` over the code and
+    the camera jointly (the image residuals divided by the scale: model-space mm^2, as in
+    :func:`fit_landmarks`), from an affine camera fitted at the initial code.
+
+    ``camera="pinhole"`` projects ``x = f (R v + t)_xy / (R v + t)_z + c`` (OpenCV convention:
+    camera at the origin looking down +z, image x right and **y down**, pixels, as photos are;
+    points in a y-up frame would put the face behind its own silhouette: flip y first). The
+    image residuals are divided by ``s = f / t_z`` (the pixels per mm at the face's depth), so
+    the data term is again model-space mm^2 and ``reg`` means what it does for the
+    orthographic camera: ``sum_i w_i ||t_z (R v~_i + t)_xy / (R v~_i + t)_z - (x_i - c) / s||^2``.
+    The Gauss-Newton camera Jacobian includes the perspective division (and the focal length
+    when it is fitted, through the inverse distance ``1 / t_z`` with ``f = s t_z``). The camera
+    starts from the scaled-orthographic one at the initial code, at the depth ``t_z = f / s``
+    (known ``f``) or, for a fitted ``f``, at the best of 0.3, 0.6, 1.2, 3 and 100 m after a few
+    pose-only steps; a fitted distance stays within 100 m (there the camera is orthographic
+    to ~0.1 %: a far face reports a focal length of ~1e5 s px). Use it for
+    close-range photos (selfies, webcams: a face within ~1 m), where perspective changes the
+    face's proportions in the image; far away it approaches the orthographic fit. A fitted
+    focal length is only weakly observed (through the perspective distortion of the
+    landmarks, confounded with face shape): pass the camera's when it is known.
+
+    Depth is not observed: the default prior keeps shapes plausible. The jaw line (the first
+    17 iBUG points) is a silhouette, not a fixed surface point, in non-frontal views: with
     ``contour=True`` (default, ``landmarks="ibug68"``) each face is re-fitted twice with its
     jaw points moved to the vertices of their contour lines that project outermost under
-    the last camera (:mod:`facemodel.contour`, as eos does); ``landmarks="ibug51"`` drops them.
+    the last camera (:mod:`facemodel.contour`, as eos does; for a pinhole the candidates are
+    projected through the camera centre); ``landmarks="ibug51"`` drops them.
 
     Args:
-        points2d: (K, 2) or (B, K, 2) image points; NaN rows / weight 0 for missing ones.
-        camera: ``"scaled_orthographic"`` (the only camera so far).
+        points2d: (K, 2) or (B, K, 2) image points (pixels for a pinhole); NaN rows / weight
+            0 for missing ones.
+        camera: ``"scaled_orthographic"`` (default) or ``"pinhole"``.
+        focal_length: pinhole only: the focal length in pixels (> 0; e.g.
+            ``focal_mm / sensor_width_mm * image_width_px``), the same for every face.
+            ``None`` (default): fitted per face jointly with the pose and the code.
+        principal_point: pinhole only: (2,) or (B, 2) pixels. Default: the centre of each
+            face's landmarks' bounding box (over the non-NaN points), which makes an
+            off-centre face look turned towards the centre less than it is: **pass the image
+            centre** ``(width / 2, height / 2)`` when you know it
+            (:func:`facemodel.photo.fit_photo` does).
         contour: slide the jaw points to the silhouette (ibug68 only; the re-fits run face
             by face).
         loss: ``"huber"`` (default here: detector points have outliers) or ``"l2"``.
         others: as :func:`fit_landmarks`.
 
     Returns:
-        :class:`FitResult` whose ``scale`` / ``rotation`` (B, 3, 3) / ``translation``
-        (B, 2) are the camera, residuals and rmse in image units.
+        :class:`FitResult`, residuals and rmse in image units (pixels). Orthographic: ``scale``
+        (B,), ``rotation`` (B, 3, 3), ``translation`` (B, 2) px, ``focal_length`` None.
+        Pinhole: ``rotation`` (B, 3, 3) and ``translation`` (B, 3, mm) map model space to the
+        camera frame, ``focal_length`` (B,) px, ``principal_point`` (B, 2) px, ``scale``
+        (B,) ``= f / t_z`` px per mm; ``result.transform_points()`` projects the mesh.
+
+    Raises:
+        FittingError: as :func:`fit_landmarks`, and an unknown camera, a focal length that is
+            not a finite number > 0, a principal point that is not (2,) / (B, 2) finite
+            numbers, either given with the orthographic camera, or a fitted focal length
+            (``focal_length=None``) with ``solver="lbfgs"`` / ``"adam"``.
+
+    Example:
+        >>> res = fit_landmarks_2d(model, pts, camera="pinhole", focal_length=1000.0,
+        ...                        principal_point=(320.0, 240.0))     # a 640 x 480 webcam
+        >>> res.translation[0, 2], res.focal_length                     # distance (mm), px
     """
     if not isinstance(camera, str) or camera not in CAMERAS:
         raise FittingError(f"unknown camera {camera!r}; choose one of {list(CAMERAS)}")
+    if camera == "pinhole":
+        focal = _check_focal(focal_length)
+        centre = _check_principal(principal_point, points2d)
+        if focal is None and isinstance(solver, str) and solver in ("lbfgs", "adam"):
+            raise FittingError(f"a fitted focal length needs solver='gauss-newton' (its distance is kept feasible "
+                               f"there); pass focal_length=... to use solver={solver!r} with a pinhole")  # fmt: skip
+    else:
+        for name, val in (("focal_length", focal_length), ("principal_point", principal_point)):
+            if val is not None:
+                raise FittingError(f"{name} is a pinhole camera's: pass camera='pinhole' with it (the scaled-orthographic "
+                                   "camera has neither)")  # fmt: skip
+        focal = centre = None
+
+    def make_pm(b=None, res=None):
+        if camera != "pinhole":
+            return _Camera2D()
+        c = centre if b is None or centre.ndim == 1 else centre[b]
+        dist = None if res is None or focal is not None else float(res.translation[b, 2])
+        return _Pinhole2D(focal, c, dist)
+
     kw = dict(weights=weights, reg=reg, solver=solver, max_iters=max_iters, tol=tol, generator=generator,
               device=device, solver_options=solver_options, prior=prior, loss=loss, loss_scale=loss_scale)  # fmt: skip
     if contour not in (True, False):
         raise FittingError(f"contour must be True or False, got {contour!r}")
     use_contour = contour and isinstance(landmarks, str) and landmarks == "ibug68"
     if not use_contour:
-        return _fit(model, points2d, _Camera2D(), landmarks=landmarks, init=init, decode=decode, **kw)
+        return _fit(model, points2d, make_pm(), landmarks=landmarks, init=init, decode=decode, **kw)
     # the first fit leaves the jaw out (the inner 51 points fix the camera), the next ones place the
     # jaw points on the silhouette (plain least squares), the last one applies the loss
     if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer))
@@ -1705,12 +2023,54 @@ def fit_landmarks_2d(
             wu = None
         # (68,) or (B, 68): the jaw left out; anything else goes to the first fit unchanged, which names the problem
         w0 = wu * w0 if wu is not None and wu.ndim in (1, 2) and wu.shape[-1] == 68 else weights
-    res = _fit(model, points2d, _Camera2D(), landmarks=landmarks, init=init, decode=False,
+    res = _fit(model, points2d, make_pm(), landmarks=landmarks, init=init, decode=False,
                **{**kw, "loss": "l2", "weights": w0, "max_iters": kw["max_iters"] or _CONTOUR_ITERS})  # fmt: skip
-    return _contour_rounds(model, points2d, res, kw, decode)
+    return _contour_rounds(model, points2d, res, kw, decode, make_pm)
 
 
-def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool) -> FitResult:
+def _check_focal(focal_length) -> float | None:
+    """None, or the focal length (px) as a float > 0."""
+    if focal_length is None:
+        return None
+    f = focal_length
+    if isinstance(f, torch.Tensor) and f.numel() == 1 and f.is_floating_point():  # a 0-d / 1-element tensor
+        f = f.item()
+    elif isinstance(f, np.ndarray) and f.size == 1 and f.dtype.kind in "iuf":
+        f = f.item()
+    if isinstance(f, bool) or not isinstance(f, (int, float, np.integer, np.floating)) or not math.isfinite(f) or f <= 0:
+        raise FittingError(f"focal_length must be a finite number of pixels > 0 (or None: fitted), got {focal_length!r}")
+    return float(f)
+
+
+def _check_principal(principal_point, points2d) -> np.ndarray:
+    """(2,) or (B, 2) float64 principal point; default: the centre of each face's landmarks'
+    bounding box (points the fit will refuse give (2,) zeros: the fit names their problem)."""
+    if principal_point is None:
+        try:
+            a = points2d.detach().cpu().double().numpy() if isinstance(points2d, torch.Tensor) else \
+                np.asarray(points2d, np.float64)  # fmt: skip
+        except (TypeError, ValueError, RuntimeError):
+            return np.zeros(2)
+        if a.ndim not in (2, 3) or a.shape[-1] != 2 or a.size == 0:
+            return np.zeros(2)
+        a = a[None] if a.ndim == 2 else a
+        ok = np.isfinite(a).all(-1, keepdims=True)
+        with np.errstate(invalid="ignore"):
+            c = 0.5 * (np.where(ok, a, np.inf).min(1) + np.where(ok, a, -np.inf).max(1))
+        return np.where(np.isfinite(c), c, 0.0)
+    try:
+        pp = principal_point.detach().cpu().double().numpy() if isinstance(principal_point, torch.Tensor) else \
+            np.asarray(principal_point, np.float64)  # fmt: skip
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise FittingError(f"principal_point must be (2,) or (B, 2) numbers (pixels), got {principal_point!r}") from exc
+    if pp.ndim not in (1, 2) or pp.shape[-1] != 2 or pp.size == 0:
+        raise FittingError(f"principal_point must have shape (2,) or (B, 2) (pixels), got {tuple(pp.shape)}")
+    if not np.isfinite(pp).all():
+        raise FittingError("principal_point must be finite numbers (pixels)")
+    return pp
+
+
+def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, make_pm=None) -> FitResult:
     """Re-fit each face with its jaw points moved to the silhouette of the last fit (see
     :mod:`facemodel.contour`), warm-started from its codes."""
     from .contour import CONTOUR_ROUNDS, contour_landmarks
@@ -1724,7 +2084,8 @@ def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool) -> 
     for rnd in range(1, CONTOUR_ROUNDS):
         specs = contour_landmarks(model, res)
         kr = kw if rnd == CONTOUR_ROUNDS - 1 else {**kw, "loss": "l2", "max_iters": kw["max_iters"] or _CONTOUR_ITERS}
-        parts = [_fit(model, P[b : b + 1], _Camera2D(), landmarks=specs[b], init=res.codes[b : b + 1], decode=False,
+        make_pm = make_pm or (lambda b, r: _Camera2D())
+        parts = [_fit(model, P[b : b + 1], make_pm(b, res), landmarks=specs[b], init=res.codes[b : b + 1], decode=False,
                       weights=None if w is None else (w if w.ndim == 1 else w[b : b + 1]), **kr)
                  for b in range(P.shape[0])]  # fmt: skip
         res = _cat_results(parts)
@@ -1743,6 +2104,9 @@ def _cat_results(parts: list[FitResult]) -> FitResult:
     for name in ("codes", "scale", "rotation", "translation", "residuals", "rmse", "iterations", "converged",
                  "landmarks", "objective", "plausibility", "loss_weights"):  # fmt: skip
         cat[name] = torch.cat([getattr(p, name) for p in parts])
+    for name in ("focal_length", "principal_point"):
+        if parts[0].__dict__[name] is not None:
+            cat[name] = torch.cat([getattr(p, name) for p in parts])
     p0 = parts[0]
     return FitResult(**cat, solver=p0.solver, align=p0.align, landmark_set=p0.landmark_set,
                      typical_range=p0.typical_range, prior=p0.prior, reg=p0.reg)  # fmt: skip

@@ -582,7 +582,8 @@ class FaceModel(nn.Module):
         return fit_landmarks(self, points, **kwargs)
 
     def fit_landmarks_2d(self, points2d, **kwargs):
-        """Fit codes and a scaled-orthographic camera to 2D landmarks; see
+        """Fit codes and a camera (scaled-orthographic, or ``camera="pinhole"`` with
+        ``focal_length`` / ``principal_point``) to 2D landmarks; see
         :func:`facemodel.fitting.fit_landmarks_2d`."""
         from .fitting import fit_landmarks_2d
 

@@ -163,7 +163,12 @@ class PhotoFit:
         s = float(self.fit.scale[0])
         t = self.fit.translation[0].double().cpu().numpy()
         cam = v @ R.T  # camera frame; x, y are the image axes (up to scale)
-        xy = s * cam[:, :2] + t
+        if self.fit.focal_length is not None:  # pinhole: through the camera centre
+            cam = cam + t
+            c = self.fit.principal_point[0].double().cpu().numpy()
+            xy = float(self.fit.focal_length[0]) * cam[:, :2] / cam[:, 2:3] + c
+        else:
+            xy = s * cam[:, :2] + t
         # which way is the viewer: the side the nose tip points to
         lmk = self.fit.landmark_set
         nose = (cam[lmk.vertex_indices[30].numpy()] * lmk.barycentrics[30].numpy()[:, None]).sum(0)
@@ -197,7 +202,8 @@ def fit_photo(model: torch.nn.Module, image: Any, face: int = 0, **fit_kwargs) -
         image: a path, a PIL image, or an (H, W, 3) / (H, W) uint8 array.
         face: which face (0: the largest; faces are sorted by detection box area).
         fit_kwargs: passed to :func:`facemodel.fitting.fit_landmarks_2d` (defaults: the
-            model prior, contour-aware jaw, Huber loss).
+            model prior, contour-aware jaw, Huber loss). With ``camera="pinhole"`` the
+            principal point defaults to the image centre ``(W / 2, H / 2)``.
 
     Returns:
         :class:`PhotoFit`.
@@ -224,6 +230,8 @@ def fit_photo(model: torch.nn.Module, image: Any, face: int = 0, **fit_kwargs) -
                           f"0..{len(pts) - 1}")  # fmt: skip
     dtype = next(model.parameters()).dtype
     npdt = np.float64 if dtype == torch.float64 else np.float32
+    if fit_kwargs.get("camera") == "pinhole" and fit_kwargs.get("principal_point") is None:
+        fit_kwargs = {**fit_kwargs, "principal_point": (img.shape[1] / 2.0, img.shape[0] / 2.0)}
     fit = fit_landmarks_2d(model, pts[face].astype(npdt), **fit_kwargs)
     _ = fit.vertices
     t2 = time.perf_counter()
@@ -260,6 +268,10 @@ def photo_outputs(model, res: PhotoFit) -> dict:
         "face": res.face,
         "n_faces": res.n_faces,
     }
+    if fit.focal_length is not None:  # pinhole: translation (3,) mm, the camera frame
+        out["camera"] = "pinhole"
+        out["focal_length"] = float(fit.focal_length[0])
+        out["principal_point"] = fit.principal_point[0].double().cpu().numpy()
     for name, sl in model.code_slices.items():
         out[f"codes_{name}"] = out["codes"][sl]
     if getattr(model, "expression_map", None) is not None:
@@ -291,6 +303,12 @@ def cmd_fit_photo(model, args) -> int:
         if p:
             check_writable_parent(p)
     kwargs = {} if args.reg is None else {"reg": args.reg, "prior": "model"}
+    camera = getattr(args, "camera", "scaled_orthographic")
+    focal = getattr(args, "focal_length", None)
+    if camera == "pinhole":
+        kwargs.update(camera="pinhole", focal_length=focal)
+    elif focal is not None:
+        raise PhotoError("--focal-length needs --camera pinhole (the scaled-orthographic camera has no focal length)")
     res = fit_photo(model, args.points, face=args.face, **kwargs)
     data = photo_outputs(model, res)
     overlay = res.overlay() if args.png else None
