@@ -1293,6 +1293,7 @@ def _gn_single(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
     maskJ = mask
     floor = float(w.sum(dtype=np.float64)) * (16 * np.finfo(dt).eps * float(np.abs(m).max())) ** 2
     mu, it, rejects, conv = damping, 0, 0, False
+    limit = isinstance(pm, _Pinhole2D) and pm.focal is None
     while True:
         flips = np.flatnonzero(maskJ != mask)
         if flips.size:
@@ -1307,7 +1308,7 @@ def _gn_single(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
                     Ag *= sw3
                 Jz[0] += Ag.T @ head.W1[flips]
         maskJ = mask
-        J = pm.z_jac(Jz, X)
+        J = pm.z_jac(Jz, X, m[None])
         if npar:
             Jp = pm.pose_jac(P, m[None], X)[0] * sw_m[0, :, None]  # (M, npar)
             J = np.concatenate([J[0], Jp], 1)
@@ -1319,6 +1320,8 @@ def _gn_single(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
         g = (rw0 @ J).astype(np.float64)
         g[:D] += reg * z
         delta = _damped_solve_single(N, g, mu)
+        if limit:  # a pinhole's fitted distance: held at the far bound, a trust region
+            delta = pm.limit_step(N[None], g[None], np.array([mu]), delta[None], X, m[None], D)[0]
         pred = -(2.0 * float(g @ delta) + float(delta @ N @ delta))
         dl = delta.astype(dt)
         dz = dl[:D]
@@ -1326,9 +1329,9 @@ def _gn_single(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
         vz = np.where(mask, d, slope * d) @ At
         if sw3 is not None:
             vz *= sw3
-        uz = pm.z_apply(vz[None], X)[0]
+        uz = pm.z_apply(vz[None], X, m[None])[0]
         up = J[:, D:] @ dl[D:] if npar else 0.0
-        t = dt.type(_ray_search_single(head, pm, P, X, pre, mask, d, rw0, uz, up, sw_m, sw3, z, dz, reg))
+        t = dt.type(_ray_search_single(head, pm, P, X, pre, mask, d, rw0, uz, up, sw_m, sw3, z, dz, reg, m))
         z_new = z + t * dz
         pre_new = head.pre(z_new)
         m_new = head.from_pre(pre_new)
@@ -1371,7 +1374,7 @@ def _damped_solve_single(N, g, mu) -> np.ndarray:
     return np.zeros_like(g)
 
 
-def _ray_search_single(head: _LReLUHead, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, dz, reg) -> float:
+def _ray_search_single(head: _LReLUHead, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3, z, dz, reg, m) -> float:
     """:func:`_ray_search` for one face, on 1-D arrays."""
     moving = (mask ^ (d > 0)) & (d != 0)
     tj = np.divide(-pre, d, out=np.full(pre.shape, 2.0, pre.dtype), where=moving)
@@ -1399,7 +1402,7 @@ def _ray_search_single(head: _LReLUHead, pm, P, X, pre, mask, d, rw, uz, up, sw_
     V = head.At[idx] * kappa[:, None]  # (nf, 3K)
     if sw3 is not None:
         V *= sw3
-    V = pm.ray_vectors(V[None], X)[0]
+    V = pm.ray_vectors(V[None], X, m[None])[0]  # (the pinhole's linearised at m)
     G = V @ V.T
     tri = _TRI[:nf, :nf].astype(z.dtype, copy=False)
     trit = tri * tv[None, :]
