@@ -490,18 +490,21 @@ class FaceModel(nn.Module):
         The cost is the output layer's matrix-vector product: within 1.2x of a bare
         ``torch.addmv`` over it for one code (docs/benchmarks.md "Decode vs bare matvec").
         """
+        # few Python steps: for one code they are most of what decode adds to its matrix-vector product
         device, dtype = self._device_dtype()
         D = self.config.generator.code_dim
-        codes = as_number_tensor("codes", codes, expected=f"(n, {D}) codes").to(device=device, dtype=dtype)
+        if not (type(codes) is torch.Tensor and codes.dtype == dtype and codes.device == device):
+            codes = as_number_tensor("codes", codes, expected=f"(n, {D}) codes").to(device=device, dtype=dtype)
         if codes.ndim == 1:
             codes = codes[None]
         if codes.ndim != 2 or codes.shape[1] != D:
             raise InvalidArgumentError(f"codes must have shape (n, {D}), got {tuple(codes.shape)}")
         if codes.shape[0] == 0:
             raise InvalidArgumentError("empty batch: pass at least one code")
-        check_batch("codes", codes.shape[0], face_bytes(self.num_vertices, self.config.generator.hidden))
+        if codes.shape[0] > 1:  # one face always fits
+            check_batch("codes", codes.shape[0], face_bytes(self.num_vertices, self.config.generator.hidden))
         check_finite("codes", codes, fix="pass finite codes (sampled codes are N(0, I))")
-        vertices = self._vertices(codes, half=True) if self.inference_dtype is not None else self(codes)
+        vertices = self._vertices(codes, half=self.inference_dtype is not None)
         if not all_finite(vertices):
             raise InvalidArgumentError(f"codes up to |z| = {float(codes.abs().max()):.3g} overflow the generator (the "
                                        "vertices are not finite); pass codes of the prior's scale (N(0, I))")  # fmt: skip
