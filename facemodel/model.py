@@ -191,14 +191,14 @@ class FaceModel(nn.Module):
             >>> model.set_inference_dtype(None)    # back to float32 decoding
         """
         dtype = _check_inference_dtype(dtype)
-        self._inference_dtype, self._half_cache = None, None
+        if dtype is not None:
+            device, model_dtype = self._device_dtype()
+            if device.type != "cpu" or model_dtype != torch.float32:
+                raise InvalidArgumentError(f"a float16 output layer needs a float32 model on the CPU; this one is "
+                                           f"{model_dtype} on {device}: keep inference_dtype=None")  # fmt: skip
+        self._inference_dtype, self._half_cache = dtype, None
         if dtype is None:
             return self
-        device, model_dtype = self._device_dtype()
-        if device.type != "cpu" or model_dtype != torch.float32:
-            raise InvalidArgumentError(f"a float16 output layer needs a float32 model on the CPU; this one is {model_dtype} "
-                                       f"on {device}: set it before moving the model, or keep inference_dtype=None")  # fmt: skip
-        self._inference_dtype = dtype
         try:
             self._half_output_layer()
         except RuntimeError as exc:  # no FBGEMM (e.g. an ARM build of PyTorch)
