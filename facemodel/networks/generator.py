@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FaceModelError
 from .config import GeneratorConfig
 
-__all__ = ["Generator", "HiddenLayer", "first_layer_mask"]
+__all__ = ["Generator", "HiddenLayer", "OutputLayer", "first_layer_mask"]
 
 
 class HiddenLayer(NamedTuple):
@@ -22,6 +23,16 @@ class HiddenLayer(NamedTuple):
     negative_slope: float
 
 
+class OutputLayer(NamedTuple):
+    """The output layer as stored: displacements ``scale * (weight @ h + bias)`` in mm, for
+    inference paths that evaluate it themselves (``FaceModel.decode``'s no-autograd path, its
+    float16 copy). The tensors are the parameters themselves (no copy): do not write to them."""
+
+    weight: torch.Tensor  # (3V, H), contiguous
+    bias: torch.Tensor  # (3V,)
+    scale: float  # mm per output unit
+
+
 class Generator(nn.Module):
     """Codes ``z = [z_factors..., z_noise]`` to per-vertex displacements from the template.
 
@@ -30,7 +41,8 @@ class Generator(nn.Module):
     (with their Jacobian w.r.t. the code), :meth:`output_rows` (the output layer's rows of chosen
     vertices, in mm), :meth:`decode_vertices` (a vertex subset), :meth:`forward` (all vertices),
     :meth:`affine_hidden` (the one hidden layer's weights, when there is only one: fitting's
-    exact fast path), :attr:`device` / :attr:`dtype`, and :meth:`weights_stamp` (changes when a
+    exact fast path), :meth:`output_layer` (the output layer's weights as stored, for inference
+    without autograd), :attr:`device` / :attr:`dtype`, and :meth:`weights_stamp` (changes when a
     weight is written; for caches). The output layer is affine in the hidden features for
     every architecture.
 
@@ -108,7 +120,8 @@ class Generator(nn.Module):
 
     def hidden(self, z: torch.Tensor) -> torch.Tensor:
         """Codes (B, D) -> hidden features (B, H): the input of the output layer."""
-        h = self.act(self.fc1(z))
+        # functional calls: what fc1 and act compute, without two module calls (decode's latency)
+        h = F.leaky_relu(F.linear(z, self.fc1.weight, self.fc1.bias), self.act.negative_slope)
         if self.deep is not None:
             for layer in self.deep:
                 h = self.act(layer(h))
@@ -134,6 +147,11 @@ class Generator(nn.Module):
         if self.deep is not None:
             return None
         return HiddenLayer(self.fc1.weight, self.fc1.bias, float(self.act.negative_slope))
+
+    def output_layer(self) -> OutputLayer:
+        """The output layer as ``(weight (3V, H), bias (3V,), scale)``: ``forward(z)`` is
+        ``(scale * (weight @ hidden(z) + bias)).view(B, V, 3)``, rounding included."""
+        return OutputLayer(self.fc2.weight, self.fc2.bias, self.scale)
 
     def output_rows(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weights (3K, H) and biases (3K,) of the output rows of K vertices (long (K,)), scaled

@@ -56,6 +56,11 @@ class GeneratorInterface(Protocol):
         (one hidden layer: fitting's exact fast path), else ``None``."""
         ...
 
+    def output_layer(self):
+        """``OutputLayer(weight (3V, H), bias (3V,), scale)`` with ``G(z) = scale * (weight @ h(z) + bias)``
+        (the parameters themselves: inference paths without autograd evaluate it directly)."""
+        ...
+
     def output_rows(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K vertex ids -> the output layer's rows: weights (3K, H), biases (3K,), in mm."""
         ...
