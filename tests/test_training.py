@@ -392,6 +392,27 @@ def test_release_recipe_turns_on_the_measured_deviations():
     assert new.identity_anchor.weight > 0 == rel.identity_anchor.weight
 
 
+def test_v04_candidate_is_the_release_recipe_with_issue_22s_changes_only():
+    from facemodel.networks.config import GeneratorConfig
+    from facemodel.training.release import MAX_RELEASE_BYTES
+
+    rel = load_config(REPO_CONFIGS / "release.yaml").legacy_flat()
+    cand = load_config(REPO_CONFIGS / "v04-candidate.yaml")
+    flat = cand.legacy_flat()
+    assert {k for k, v in rel.items() if flat[k] != v} == {"data", "factors", "hidden"}
+    assert cand.data.endswith("ict4d-tracker25")
+    assert [(f.name, f.code_dim, f.labels) for f in cand.factors] == [("identity", 65, "identity"),
+                                                                      ("expression", 53, "expression")]  # fmt: skip
+    assert cand.factor_hidden == load_config(REPO_CONFIGS / "release.yaml").factor_hidden == [384, 128]
+    gen = GeneratorConfig(num_vertices=9409, hidden=cand.hidden, factor_hidden=tuple(cand.factor_hidden),
+                          factors=({"name": "identity", "code_dim": 65, "num_labels": 240},
+                                   {"name": "expression", "code_dim": 53, "num_labels": 7}))  # fmt: skip
+    assert gen.interaction_hidden == 64  # identity-dependent expression
+    # the float16 export's generator (weights + biases, 2 bytes each) leaves room in the weights/ budget
+    params = cand.hidden * (gen.code_dim + 1) + 3 * 9409 * (cand.hidden + 1)
+    assert 2 * params < 0.85 * MAX_RELEASE_BYTES
+
+
 # ---- snapshots and checkpoint selection (facemodel.training.select) --------------------------
 def test_choose_keeps_good_specificity_then_best_decoupling():
     from facemodel.training.select import SelectionError, choose, motion_floor_met, roughness_ceiling_met
