@@ -401,11 +401,11 @@ def test_v04_candidate_is_the_release_recipe_with_issue_22s_changes_only():
     flat = cand.legacy_flat()
     assert {k for k, v in rel.items() if flat[k] != v} == {"data", "factors", "hidden"}
     assert cand.data.endswith("ict4d-tracker25")
-    assert [(f.name, f.code_dim, f.labels) for f in cand.factors] == [("identity", 65, "identity"),
+    assert [(f.name, f.code_dim, f.labels) for f in cand.factors] == [("identity", 100, "identity"),
                                                                       ("expression", 53, "expression")]  # fmt: skip
     assert cand.factor_hidden == load_config(REPO_CONFIGS / "release.yaml").factor_hidden == [384, 128]
     gen = GeneratorConfig(num_vertices=9409, hidden=cand.hidden, factor_hidden=tuple(cand.factor_hidden),
-                          factors=({"name": "identity", "code_dim": 65, "num_labels": 240},
+                          factors=({"name": "identity", "code_dim": 100, "num_labels": 240},
                                    {"name": "expression", "code_dim": 53, "num_labels": 7}))  # fmt: skip
     assert gen.interaction_hidden == 64  # identity-dependent expression
     # the float16 export's generator (weights + biases, 2 bytes each) leaves room in the weights/ budget
