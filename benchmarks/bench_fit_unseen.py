@@ -157,6 +157,8 @@ def main() -> None:
     ap.add_argument("--test-split", type=int, default=100, metavar="N",
                     help="also fit N meshes of the ICT 4D dataset's test split (--data; identities never trained "
                          "on; 0: skip)")  # fmt: skip
+    ap.add_argument("--tols", type=float, nargs="*", default=[1e-5, 1e-2, 3e-2, 1e-1],
+                    help="--select: stopping tolerances compared at the default weight")  # fmt: skip
     ap.add_argument("--select-noise", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0, 3.0],
                     help="--select: noise levels (mm) of the 3D weight sweep behind reg_for_noise")  # fmt: skip
     args = ap.parse_args()
@@ -215,6 +217,23 @@ def main() -> None:
             ef = procrustes_rmse(ours3d(pts, noise_mm=noise)[0], v).mean()
             print(f"| {noise:g} |" + "".join(f" {e:.3f} |" for e in es)
                   + f" {args.regs[int(np.argmin(es))]:g} | {rf:.2f} ({ef:.3f}) |")  # fmt: skip
+        print("\nStopping tolerance (defaults otherwise): mean dense RMSE (mm) (mean iterations)")
+        print("| fit |" + "".join(f" tol {t:g} |" for t in args.tols))
+        print("|---|" + "---:|" * len(args.tols))
+        for noise in (0.0, 1.0, 2.0):
+            pts = posed_points(lm, noise, rng)
+            cells = []
+            for t in args.tols:
+                fv, r, _ = ours3d(pts, tol=t)
+                cells.append(f" {procrustes_rmse(fv, v).mean():.3f} ({r.iterations.float().mean():.1f}) |")
+            print(f"| 3D, {noise:g} mm |" + "".join(cells), flush=True)
+        for yaw in (0, 30, 60):
+            lt, ln = project(v, lm, yaw, rng, lines, normals)
+            cells = []
+            for t in args.tols:
+                fv, r = ours2d(ln, tol=t)
+                cells.append(f" {procrustes_rmse(fv, v).mean():.3f} ({r.iterations.float().mean():.1f}) |")
+            print(f"| 2D, yaw {yaw}, 1 px |" + "".join(cells), flush=True)
         pts = posed_points(lm, 1.0, rng)
         print("\n3D, validation faces, 1 mm noise: the paper's l2 prior for comparison")
         print("| prior | reg | mean RMSE | median | plausibility (median) |")
