@@ -400,7 +400,7 @@ def test_v04_candidate_is_the_release_recipe_with_issue_22s_changes_only():
     cand = load_config(REPO_CONFIGS / "v04-candidate.yaml")
     flat = cand.legacy_flat()
     assert {k for k, v in rel.items() if flat[k] != v} == {"data", "factors", "hidden"}
-    assert cand.data.endswith("ict4d-tracker25")
+    assert cand.data.endswith("ict4d-tracker25") and cand.classification.label_codes == "anchored"
     assert [(f.name, f.code_dim, f.labels) for f in cand.factors] == [("identity", 100, "identity"),
                                                                       ("expression", 53, "expression")]  # fmt: skip
     assert cand.factor_hidden == load_config(REPO_CONFIGS / "release.yaml").factor_hidden == [384, 128]
@@ -729,3 +729,31 @@ def test_identity_anchor_codes_are_whitened_shapes_and_its_term_reproduces_train
     assert np.array_equal(t._step_rng(13).integers(0, 10**6, 8), single)
     t.rank = 1
     assert not np.array_equal(t._step_rng(13).integers(0, 10**6, 8), single)
+
+
+def test_anchored_label_codes_are_the_anchors(small_dataset, tmp_path):
+    """classification.label_codes = "anchored": identity labels take their identity's anchor code,
+    expression labels the mean expression-anchor code of their labelled meshes; "random" keeps the
+    paper's N(0, I) draws; without the anchor terms it is refused."""
+    base = [f"data={json.dumps(str(small_dataset))}", "threads=1", "eval_every=0", "sample_every=0", "max_steps=1",
+            "expression_anchor.weight=20", "identity_anchor.weight=20", "anchor_pairs=8"]  # fmt: skip
+    rnd = Trainer(load_config(REPO_CONFIGS / "tiny.yaml", base), tmp_path / "r", progress=False)
+    anc = Trainer(load_config(REPO_CONFIGS / "tiny.yaml", base + ['classification.label_codes="anchored"']),
+                  tmp_path / "a", progress=False)  # fmt: skip
+    exp_labels = anc.real_labels["expression"].numpy()
+    fit = anc.terms["expression_anchor"].fit
+    for k in range(anc.codes.codes("expression").shape[0]):
+        rows = np.flatnonzero(exp_labels == k)
+        want = fit.codes(rows, anc.device).mean(0)
+        torch.testing.assert_close(anc.codes.codes("expression")[k], want)
+    id_labels = anc.real_labels["identity"].numpy()
+    ident = anc.terms["identity_anchor"]
+    for k in (0, 3):
+        row = int(np.flatnonzero(id_labels == k)[0])
+        torch.testing.assert_close(anc.codes.codes("identity")[k], ident.codes[row])
+    assert not torch.allclose(rnd.codes.codes("expression"), anc.codes.codes("expression"))
+    # the identity codes differ per identity (not one shared code)
+    assert len({tuple(c.round(decimals=4).tolist()) for c in anc.codes.codes("identity")}) == anc.codes.codes("identity").shape[0]
+    with pytest.raises(ConfigError, match="anchored"):
+        Trainer(load_config(REPO_CONFIGS / "tiny.yaml", base[:5] + ['classification.label_codes="anchored"']),
+                tmp_path / "x", progress=False)  # fmt: skip

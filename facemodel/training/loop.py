@@ -142,6 +142,8 @@ class Trainer:
                         resolution=c.resolution, displacement_scale_mm=c.displacement_scale_mm,
                         targets=targets or None).to(self.device)  # fmt: skip
         self.codes = LabelCodes(self.gen_config, seed=c.seed).to(self.device)
+        if c.classification.label_codes == "anchored":
+            self._anchor_label_codes()
         if self.world > 1:  # identical start everywhere; then per-rank noise for codes and instance noise
             for module in (self.G, self.G_ema, self.D):
                 for t in list(module.parameters()) + [b for b in module.buffers() if not b.is_sparse and b.layout == torch.strided]:
@@ -151,6 +153,33 @@ class Trainer:
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=c.lr, betas=tuple(c.betas))
         self._G_fwd = torch.compile(self.G) if c.compile else self.G
         self._D_img = torch.compile(self.D.from_image) if c.compile else self.D.from_image
+
+    def _anchor_label_codes(self) -> None:
+        """``classification.label_codes = "anchored"``: each identity label's code is its identity's
+        anchor code, each expression label's the mean expression-anchor code of the training meshes
+        with that label, so asking for a label asks for what the anchors reproduce (the data's
+        expression at its strength) instead of a random code the classifier merely accepts."""
+        from .config import ConfigError
+
+        ident, expr = self.terms["identity_anchor"], self.terms["expression_anchor"]
+        if not (ident.on and expr.on):
+            raise ConfigError("classification.label_codes='anchored' needs identity_anchor and expression_anchor "
+                              "on (weight > 0): the label codes are their anchor codes")  # fmt: skip
+        for f in self.config.factors:
+            if f.labels not in ("identity", "expression"):
+                continue
+            labels = self.real_labels[f.name].numpy()
+            codes = self.codes.codes(f.name)
+            for k in range(codes.shape[0]):
+                rows = np.flatnonzero(labels == k)
+                if rows.size == 0:
+                    log.warning("label %d of %s has no training mesh: its code stays a random draw", k, f.name)
+                    continue
+                if f.labels == "identity":
+                    codes[k] = ident.codes[int(rows[0])].to(codes)
+                else:
+                    codes[k] = expr.fit.codes(rows, self.device).mean(0).to(codes)
+        log.info("label codes: anchored (identity anchors, mean expression-anchor codes of the labelled meshes)")
 
     # ---- helpers ------------------------------------------------------------------------
     def _autocast(self):

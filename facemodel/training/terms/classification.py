@@ -15,6 +15,10 @@ class ClassificationConfig(TermConfig):
     critic_weight: float = Field(0.1, ge=0, description="lambda_c: the critic's classification term")
     factors: Literal["all", "identity"] = Field(
         "all", description="factors with a classifier, and whose labels the steps alternate over (paper Table 1)")
+    label_codes: Literal["random", "anchored"] = Field(
+        "random", description="the labels' fixed codes: 'random' N(0, I) draws (the paper), or 'anchored' (our "
+        "deviation, model 0.4): an identity label's code is its identity anchor code, an expression label's the "
+        "mean expression-anchor code of its labelled training meshes (needs both anchor terms on)")
 
 
 class Classification(Term):
