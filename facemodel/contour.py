@@ -28,7 +28,8 @@ import torch
 
 from .landmarks import LandmarkSet, landmark_positions, landmark_set
 
-__all__ = ["JAW", "contour_lines", "contour_landmarks", "CONTOUR_ROUNDS"]
+__all__ = ["JAW", "contour_lines", "contour_candidates", "choose_contour", "contour_specs", "contour_landmarks",
+           "CONTOUR_ROUNDS"]
 
 JAW = tuple(range(17))  # 0-based iBUG jaw points
 CONTOUR_ROUNDS = 3  # fits of a 2D contour-aware fit: fixed jaw first, then two re-assignments
@@ -88,6 +89,67 @@ def contour_lines(model: torch.nn.Module) -> tuple[list[np.ndarray], np.ndarray]
     return out
 
 
+def contour_candidates(model: torch.nn.Module) -> np.ndarray:
+    """(C,) int64: the vertices of all 17 contour lines, concatenated in line order (the order
+    :func:`choose_contour` indexes)."""
+    lines, _ = contour_lines(model)
+    return np.concatenate([ln for ln in lines if ln.size])
+
+
+def choose_contour(model: torch.nn.Module, cand: np.ndarray, rotation: np.ndarray,
+                   translation: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """(B, 17) int64: per face and jaw point, the position in :func:`contour_candidates` of the
+    candidate that projects outermost, or -1 to keep the point (its normal faces the camera or
+    its line is empty).
+
+    Args:
+        cand: (B, C, 3) model-space positions (mm) of the candidates.
+        rotation: (B, 3, 3) the fit's camera rotations.
+        translation: (B, 3) mm for a pinhole camera (candidates projected through its centre);
+            None for the scaled-orthographic camera.
+    """
+    lines, normals = contour_lines(model)
+    R = np.asarray(rotation, np.float64)
+    R2 = R[:, :2]  # (B, 2, 3)
+    out = np.full((len(cand), 17), -1, np.int64)
+    for b_ in range(len(cand)):
+        if translation is not None:  # camera-frame positions; the image positions are q_xy / q_z (up to f > 0 and c)
+            q = cand[b_] @ R[b_].T + translation[b_]
+            proj = q[:, :2] / np.maximum(q[:, 2:3], 1e-9)
+        else:
+            proj = cand[b_] @ R2[b_].T  # (C, 2)
+        start = 0
+        for k, ln in enumerate(lines):
+            if ln.size == 0:
+                continue
+            seg = slice(start, start + ln.size)
+            start += ln.size
+            d = R2[b_] @ normals[k]
+            if translation is not None:  # the image direction of the normal at the line (d (q_xy / q_z) along n, times q_z)
+                d = d - proj[seg].mean(0) * (R[b_, 2] @ normals[k])
+            if np.linalg.norm(d) < 1e-6:  # the normal points at the camera: keep the point
+                continue
+            out[b_, k] = seg.start + int(np.argmax(proj[seg] @ d))
+    return out
+
+
+def contour_specs(model: torch.nn.Module, choice: np.ndarray, base: LandmarkSet | None = None) -> list[tuple]:
+    """The ``(triangles (68, 3), barycentrics (68, 3))`` landmark spec of each face's
+    :func:`choose_contour` choice (B, 17)."""
+    base = landmark_set(model, "ibug68") if base is None else base
+    flat = contour_candidates(model)
+    tri0 = base.vertex_indices.numpy().astype(np.int64)
+    bar0 = base.barycentrics.numpy().astype(np.float64)
+    out = []
+    for row in choice:
+        tri, bar = tri0.copy(), bar0.copy()
+        for k, j in enumerate(row):
+            if j >= 0:
+                tri[k], bar[k] = flat[j], (1.0, 0.0, 0.0)
+        out.append((tri, bar))
+    return out
+
+
 def contour_landmarks(model: torch.nn.Module, fit, base: LandmarkSet | None = None) -> list[tuple]:
     """Per face, the iBUG-68 landmark spec ``(triangles (68, 3), barycentrics (68, 3))`` whose
     jaw points sit on the silhouette of a 2D fit's mesh under its camera.
@@ -100,42 +162,13 @@ def contour_landmarks(model: torch.nn.Module, fit, base: LandmarkSet | None = No
     Returns:
         One ``(triangles, barycentrics)`` pair per face (int64 / float64 NumPy).
     """
-    base = landmark_set(model, "ibug68") if base is None else base
-    lines, normals = contour_lines(model)
-    flat = np.concatenate([ln for ln in lines if ln.size])
+    flat = contour_candidates(model)
     with torch.no_grad():
         g = model.generator
         codes = fit.codes.to(g.device, g.dtype)
         # only the candidate vertices are decoded
         cand = g.decode_vertices(codes, torch.as_tensor(flat, device=g.device)) + model.template[torch.as_tensor(flat)]
-    cand = cand.double().cpu().numpy()
-    R = fit.rotation.double().cpu().numpy()
-    R2 = R[:, :2]  # (B, 2, 3)
     pinhole = getattr(fit, "focal_length", None) is not None
-    if pinhole:  # camera-frame positions; the image positions are q_xy / q_z (up to f > 0 and c)
-        tr = fit.translation.double().cpu().numpy()
-    tri0 = base.vertex_indices.numpy().astype(np.int64)
-    bar0 = base.barycentrics.numpy().astype(np.float64)
-    out = []
-    for b_ in range(len(cand)):
-        tri, bar = tri0.copy(), bar0.copy()
-        if pinhole:
-            q = cand[b_] @ R[b_].T + tr[b_]
-            proj = q[:, :2] / np.maximum(q[:, 2:3], 1e-9)
-        else:
-            proj = cand[b_] @ R2[b_].T  # (N, 2)
-        start = 0
-        for k, ln in enumerate(lines):
-            if ln.size == 0:
-                continue
-            seg = slice(start, start + ln.size)
-            start += ln.size
-            d = R2[b_] @ normals[k]
-            if pinhole:  # the image direction of the normal at the line (d (q_xy / q_z) along n, times q_z)
-                d = d - proj[seg].mean(0) * (R[b_, 2] @ normals[k])
-            if np.linalg.norm(d) < 1e-6:  # the normal points at the camera: keep the point
-                continue
-            j = int(np.argmax(proj[seg] @ d))
-            tri[k], bar[k] = ln[j], (1.0, 0.0, 0.0)
-        out.append((tri, bar))
-    return out
+    tr = fit.translation.double().cpu().numpy() if pinhole else None
+    choice = choose_contour(model, cand.double().cpu().numpy(), fit.rotation.double().cpu().numpy(), tr)
+    return contour_specs(model, choice, base)

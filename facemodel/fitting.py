@@ -53,6 +53,7 @@ known or fitted ``f``; image residuals divided by ``f / t_z``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import weakref
 from collections.abc import Mapping
@@ -447,6 +448,43 @@ def _head(model: torch.nn.Module, lmk: LandmarkSet, dtype: np.dtype) -> _Head:
             cache.clear()
         head = cache[key] = make(model, lmk, dtype)
     return head
+
+
+def _row_head(head: _Head, idx: np.ndarray) -> _Head:
+    """The head of landmarks ``idx`` (K',) of ``head``'s set: its rows, and the cached Jacobians'
+    rows (the same numbers a head built for those landmarks would have)."""
+    rows = (3 * np.asarray(idx, np.int64)[:, None] + np.arange(3)).reshape(-1)
+    out = copy.copy(head)
+    out.A = np.ascontiguousarray(head.A[rows])
+    out.At = np.ascontiguousarray(out.A.T)
+    out.c = head.c[rows]
+    out.K = len(idx)
+    out._m0, out._reg = None, None
+    if isinstance(head, _LReLUHead):
+        masks, Js = head.bases()
+        out._bases = (masks, np.ascontiguousarray(Js[:, rows]))
+    return out
+
+
+_UNION: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _contour_union(model: torch.nn.Module) -> LandmarkSet:
+    """iBUG-68 followed by every jaw contour candidate (:func:`facemodel.contour.contour_candidates`),
+    cached per model while its template and landmarks stay the same."""
+    from .contour import contour_candidates
+
+    key = (model.template.data_ptr(), model.template._version, model.landmarks.data_ptr(), model.landmarks._version)
+    hit = _UNION.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    base = _landmarks(model, "ibug68")
+    flat = contour_candidates(model)
+    tri = np.concatenate([base.vertex_indices.numpy().astype(np.int64), np.repeat(flat[:, None], 3, 1)])
+    bar = np.concatenate([base.barycentrics.numpy().astype(np.float64), np.tile([1.0, 0.0, 0.0], (len(flat), 1))])
+    union = LandmarkSet.from_barycentric(tri, bar, name="ibug68+contour")
+    _UNION[model] = (key, union)
+    return union
 
 
 _LMKS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -1622,7 +1660,7 @@ def _solve_first_order(head, pm, P, w, z0, reg, max_iters, tol, solver, opts, de
 
 # ---- public API ------------------------------------------------------------------------------
 def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters, tol, generator, device,
-         solver_options, decode, prior=None, loss="l2", loss_scale=None, noise_mm=None) -> FitResult:  # fmt: skip
+         solver_options, decode, prior=None, loss="l2", loss_scale=None, noise_mm=None, _union=None) -> FitResult:  # fmt: skip
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise FittingError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     if prior is not None and (not isinstance(prior, str) or prior not in PRIORS):
@@ -1682,13 +1720,17 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
                 f"the points of face {b} all coincide: no pose can be estimated from them; give distinct points"
                 + (" (or align='none' for points already in model space)" if pm.dim == 3 else "")
             )
-    head = _head(model, lmk, P.dtype)
+    # _union: (a landmark set, indices into it of ``landmarks``): the head's rows are taken from the
+    # cached head of that set (the contour rounds: one head for every jaw choice)
+    head = _head(model, lmk if _union is None else _union[0], P.dtype)
     cp = code_prior(model)
     z0 = _initial_codes(init, solver, pm.dim, B, head.D, dtype, dev, explicit, generator)
     if prior == "model":  # solve in whitened codes u, z = mean + L u: reg ||u||^2 is the Mahalanobis prior
         head = whitened_head(head, cp)
         if not (init is None or isinstance(init, str)):  # explicit codes; "mean" (the prior's mean) and
             z0 = cp.whiten(z0).astype(P.dtype)  # "random" (a draw from the prior) are in u already
+    if _union is not None:
+        head = _row_head(head, _union[1])
     if isinstance(z0, str):  # "linear"
         z0 = _linear_init(head, pm, P, w)
     w_in, lw = w, np.ones_like(w)
@@ -2076,7 +2118,7 @@ def _check_principal(principal_point, points2d) -> np.ndarray:
 def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, make_pm=None) -> FitResult:
     """Re-fit each face with its jaw points moved to the silhouette of the last fit (see
     :mod:`facemodel.contour`), warm-started from its codes."""
-    from .contour import CONTOUR_ROUNDS, contour_landmarks
+    from .contour import CONTOUR_ROUNDS, choose_contour, contour_specs
 
     P = points2d if isinstance(points2d, torch.Tensor) else np.asarray(points2d, np.float64)
     P = P[None] if P.ndim == 2 else P  # (checked by the first fit)
@@ -2084,12 +2126,23 @@ def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, mak
     if w is not None and not isinstance(w, torch.Tensor):
         w = np.asarray(w, np.float64)
     iters = res.iterations.clone()
+    # one landmark set (iBUG-68 and every contour candidate) and its head serve every round and face:
+    # the candidates' positions come from it, and each face's head is a choice of its rows
+    union = _contour_union(model)
+    dtype = np.float64 if res.codes.dtype == torch.float64 else np.float32
     for rnd in range(1, CONTOUR_ROUNDS):
-        specs = contour_landmarks(model, res)
+        z = res.codes.detach().cpu().numpy().astype(dtype)
+        cand = _head(model, union, dtype).forward(z)[:, 3 * 68 :].reshape(len(z), -1, 3).astype(np.float64)
+        pinhole = getattr(res, "focal_length", None) is not None
+        choice = choose_contour(model, cand, res.rotation.double().cpu().numpy(),
+                                res.translation.double().cpu().numpy() if pinhole else None)  # fmt: skip
+        specs = contour_specs(model, choice)
+        rows = np.where(choice >= 0, 68 + choice, np.arange(17))  # (B, 17) rows of the jaw points in the union
         kr = kw if rnd == CONTOUR_ROUNDS - 1 else {**kw, "loss": "l2", "max_iters": kw["max_iters"] or _CONTOUR_ITERS}
         make_pm = make_pm or (lambda b, r: _Camera2D())
         parts = [_fit(model, P[b : b + 1], make_pm(b, res), landmarks=specs[b], init=res.codes[b : b + 1], decode=False,
-                      weights=None if w is None else (w if w.ndim == 1 else w[b : b + 1]), **kr)
+                      weights=None if w is None else (w if w.ndim == 1 else w[b : b + 1]),
+                      _union=(union, np.concatenate([rows[b], np.arange(17, 68)])), **kr)
                  for b in range(P.shape[0])]  # fmt: skip
         res = _cat_results(parts)
         iters += res.iterations
