@@ -361,6 +361,14 @@ class _LReLUHead(_Head):
         a = np.where(mask, 1.0, self.slope).astype(self.dtype)
         return self.A @ (a[:, :, None] * self.W1)
 
+    def dense_jacobian(self, mask: np.ndarray) -> np.ndarray:
+        """(n, H) bool positive units -> (n, 3K, D) Jacobians ``A diag(a) W1`` of all faces as one
+        (3K, H) x (H, n D) matrix product (one large BLAS call instead of n small ones)."""
+        n, (H, D) = mask.shape[0], self.W1.shape
+        a = np.where(mask, 1.0, self.slope).astype(self.dtype)
+        M = (a.T[:, :, None] * self.W1[:, None, :]).reshape(H, n * D)
+        return np.ascontiguousarray((self.A @ M).reshape(-1, n, D).transpose(1, 0, 2))
+
     def jacobian_at_zero(self, n: int) -> np.ndarray:
         return self.jacobian_init(np.repeat((self.b1 > 0)[None], n, 0))
 
@@ -376,10 +384,12 @@ class _LReLUHead(_Head):
         return self._bases
 
     def jacobian_init(self, mask: np.ndarray) -> np.ndarray:
-        """(n, H) bool positive units -> (n, 3K, D) Jacobian, built per face from the cheapest
-        of three cached Jacobians (all units positive ``A W1``, all negative ``slope A W1``,
+        """(n, H) bool positive units -> (n, 3K, D) Jacobian: several faces by
+        :meth:`dense_jacobian`, one face from the cheapest of three cached Jacobians (all units positive ``A W1``, all negative ``slope A W1``,
         the mean face's ``z = 0``) plus a rank-1 term per unit whose branch differs: at most
         H / 2 terms instead of H."""
+        if mask.shape[0] > 1:  # several faces: one matrix product for all (faster than their rank-1 terms)
+            return self.dense_jacobian(mask)
         masks, Js = self.bases()
         flips = (mask[:, None, :] != masks[None]).sum(2)  # (n, 3)
         k = flips.argmin(1)
