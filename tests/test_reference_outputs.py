@@ -58,11 +58,15 @@ def test_public_call_matches_the_recorded_output(outputs, name):
 
 def _tolerance(name: str) -> float:
     """Decoding is exact to float32 round-off (one unit in the last place of a 150 mm coordinate
-    is 1.5e-5 mm, and BLAS kernels of other CPUs round differently: 1e-4); iterative fits (numpy
-    LAPACK solves) move by up to ~1e-3 code units / mm with the BLAS thread count
-    (OMP_NUM_THREADS=1 vs 2 here), so they get 5e-3, still far below any real change of
-    behaviour (0.1 mm and more)."""
-    return 5e-3 if name.startswith(("fit", "encode")) else 1e-4
+    is 1.5e-5 mm, and BLAS kernels of other CPUs round differently: 1e-4). The dense encode (an
+    l2 prior) moves by up to ~1e-3 with the BLAS thread count: 5e-3. Landmark fits under the model
+    prior minimise a flat objective with LeakyReLU kinks: another rounding of the same Jacobians
+    (another CPU's kernels, or the batched Jacobian built in another order) ends the fit up to
+    0.25 mm / 0.07 code units away at an objective equal to 2e-6, so they get 0.5 (mm, code units,
+    rmse), still below a real change of behaviour (a changed default weight moves them by mm)."""
+    if name.startswith("fit"):
+        return 0.5
+    return 5e-3 if name.startswith("encode") else 1e-4
 
 
 def test_reference_covers_every_pinned_call():
