@@ -234,8 +234,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         if args.camera != "scaled_orthographic" or args.focal_length is not None:
             raise FaceModelError("--camera / --focal-length are for 2D landmarks or photos; these points are 3D")
         result = model.fit_landmarks(points, align=args.align, noise_mm=args.noise_mm, **kwargs)
+    lo, _, hi = result.typical_range
     print(f"rmse {float(result.rmse.mean()):.3f} (input units), converged {bool(result.converged.all())}, "
-          f"iterations {int(result.iterations.max())}")  # fmt: skip
+          f"iterations {int(result.iterations.max())}, plausibility {float(result.plausibility.max()):.2f} "
+          f"(prior's 1-99 %: {lo:.1f}-{hi:.1f}; prior weight {result.reg:.2f})")  # fmt: skip
     from .outputs import Faces
 
     _write_outputs(Faces(result.vertices, result.codes, model.faces, model.code_slices), args)

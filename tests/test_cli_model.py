@@ -40,7 +40,8 @@ def test_transfer_add_encode_fit_render(random_model, random_model_dir, tmp_path
     (tmp_path / "lm.json").write_text(json.dumps({"points": pts[:, :2].tolist()}))
     capsys.readouterr()
     assert main(["fit", *m, str(tmp_path / "lm.npy"), "--out", str(tmp_path / "fit.obj")]) == 0
-    assert "rmse" in capsys.readouterr().out and (tmp_path / "fit.obj").is_file()
+    out = capsys.readouterr().out
+    assert "rmse" in out and "plausibility" in out and "prior weight" in out and (tmp_path / "fit.obj").is_file()
     assert main(["fit", *m, str(tmp_path / "lm.npy"), "--noise-mm", "0.2", "--out", str(tmp_path / "fit02.obj")]) == 0
     assert (tmp_path / "fit02.obj").read_bytes() != (tmp_path / "fit.obj").read_bytes()  # another prior weight
     assert main(["fit", *m, str(tmp_path / "lm.json"), "--png", str(tmp_path / "fit2d.png")]) == 0
