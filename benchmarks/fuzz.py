@@ -364,6 +364,14 @@ def make_call(r: np.random.Generator, ctx: Ctx):
             kw["tol"] = maybe(r, float(r.choice([0.0, 1e-3, -1.0, np.nan])))
         if dim == 3 and r.random() < 0.2:
             kw["align"] = maybe(r, str(r.choice(["none", "rigid", "similarity"])))
+        if dim == 3 and r.random() < 0.15:
+            kw["noise_mm"] = maybe(r, float(r.choice([0.0, 0.5, 3.0, -1.0, np.nan, np.inf, 1e30])))
+        if dim == 2 and r.random() < 0.25:
+            kw["camera"] = maybe(r, str(r.choice(["pinhole", "pinhole", "scaled_orthographic", "fisheye"])))
+            if r.random() < 0.6:
+                kw["focal_length"] = maybe(r, float(r.choice([1000.0, 1.0, 0.0, -5.0, np.nan, np.inf, 1e30])))
+            if r.random() < 0.3:
+                kw["principal_point"] = array(r, (2,), special=0.3) if r.random() < 0.7 else array(r, (3,))
         fn = m.fit_landmarks if dim == 3 else m.fit_landmarks_2d
         return name, lambda: fn(pts, **kw)
     if name == "expression_from_blendshapes":
