@@ -1913,8 +1913,8 @@ def fit_landmarks(
             faces stop after 2-5), 6 with ``prior="l2"``; lbfgs 20 runs of 20
             iterations, adam 1000 steps).
         tol: stop a face when the relative decrease of its objective in an iteration (or
-            the decrease the next step predicts) is below this (default 1e-2 under the model
-            prior: on validation faces tighter tolerances move the dense error by < 0.01 mm;
+            the decrease the next step predicts) is below this (default 3e-2 under the model
+            prior: on validation faces tighter tolerances do not lower the dense error;
             1e-6 with ``prior="l2"``); ``converged`` is True for the faces that stopped so,
             False for those that reached ``max_iters``.
         generator: a torch.Generator or int seed for ``init="random"`` (default seed 0).

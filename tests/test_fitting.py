@@ -248,9 +248,9 @@ def test_lbfgs_and_adam_reduce_the_error(model):
     gn = fit_landmarks(model, pts, decode=False, tol=1e-6)  # run to convergence: the better optimiser
     assert (lbfgs.rmse < 0.5 * start.rmse).all()
     assert (gn.objective <= lbfgs.objective * 1.001).all() and (gn.objective <= adam.objective).all()
-    # the default stops at a 1e-2 relative decrease: within 1 % of the converged objective
+    # the default stops at a 3e-2 relative decrease: within 3 % of the converged objective
     default = fit_landmarks(model, pts, decode=False)
-    assert default.converged.all() and (default.objective <= gn.objective * 1.01).all()
+    assert default.converged.all() and (default.objective <= gn.objective * 1.03).all()
     # the same seed gives the same random start
     again = fit_landmarks(model, pts, solver="adam", max_iters=1, decode=False)
     torch.testing.assert_close(again.codes, start.codes)
