@@ -1693,7 +1693,7 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
             or not math.isfinite(loss_scale):  # fmt: skip
         raise FittingError(f"loss_scale must be a finite number > 0 (mm), got {loss_scale!r}")
     if tol is None:  # the model prior's optimum is flatter: a looser relative tolerance, more iterations
-        tol = PRIOR_TOL if prior == "model" else 1e-6
+        tol = (PRIOR_TOL if solver == "gauss-newton" else 1e-5) if prior == "model" else 1e-6
     if max_iters is None and solver == "gauss-newton" and prior == "model":
         max_iters = PRIOR_MAX_ITERS_GN
     max_iters = _check_common(reg, tol, max_iters, solver, generator)
@@ -1913,9 +1913,9 @@ def fit_landmarks(
             faces stop after 2-5), 6 with ``prior="l2"``; lbfgs 20 runs of 20
             iterations, adam 1000 steps).
         tol: stop a face when the relative decrease of its objective in an iteration (or
-            the decrease the next step predicts) is below this (default 3e-2 under the model
-            prior: on validation faces tighter tolerances do not lower the dense error;
-            1e-6 with ``prior="l2"``); ``converged`` is True for the faces that stopped so,
+            the decrease the next step predicts) is below this (default under the model prior:
+            3e-2 for gauss-newton, where on validation faces tighter tolerances do not lower
+            the dense error, 1e-5 for lbfgs / adam; 1e-6 with ``prior="l2"``); ``converged`` is True for the faces that stopped so,
             False for those that reached ``max_iters``.
         generator: a torch.Generator or int seed for ``init="random"`` (default seed 0).
         device: where results go (default: the model's device); tensors on other devices
