@@ -1202,16 +1202,9 @@ def _diagonal(N: np.ndarray) -> np.ndarray:
 def _damped_solve(N, g, mu):
     """Solve (N + mu diag(N)) delta = -g in float64 (N symmetric positive semi-definite; a
     little more damping where a system is singular)."""
-    diag = _diagonal(N).copy()
     if N.shape[0] == 1:  # one face: no bookkeeping
-        for extra in (1e-12, 1e-8, 1e-4, 1e-1):
-            Nd = N.copy()
-            _diagonal(Nd)[0] += mu[0] * diag[0] + extra * diag[0].max() + 1e-300
-            Nd = Nd[0]
-            _, x, info = _lapack.dposv(Nd, -g[0], lower=True, overwrite_a=True)
-            if info == 0:
-                return x[None]
-        return np.zeros_like(g)
+        return _damped_solve_single(N[0], g[0], float(mu[0]))[None]
+    diag = _diagonal(N).copy()
     dmax = diag.max(1)
     out = np.zeros_like(g)
     todo = np.arange(N.shape[0])
@@ -1328,7 +1321,6 @@ def _gn_single(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
     """:func:`_gn_chunk` for one face (``P`` (1, K, dim)): the same iterations on 1-D arrays with
     Python scalars, the per-call overhead of the batched bookkeeping left out (a single fit
     spends most of its time there)."""
-    K = P.shape[1]
     D, npar, dt = head.D, pm.n_params, P.dtype
     slope = head.slope
     W1t, At = head.W1t, head.At
@@ -1353,18 +1345,7 @@ def _gn_single(head: _LReLUHead, pm, P, w, z0, reg, max_iters, tol, damping):
     mu, it, rejects, conv = damping, 0, 0, False
     limit = isinstance(pm, _Pinhole2D) and pm.focal is None
     while True:
-        flips = np.flatnonzero(maskJ != mask)
-        if flips.size:
-            if 5 * flips.size > 4 * head.H:
-                Jz = head.jacobian_init(mask[None])
-                if sw3 is not None:
-                    Jz *= sw3[None, :, None]
-            else:
-                sign = (mask[flips].astype(dt) - maskJ[flips]) * (1.0 - slope)
-                Ag = At[flips] * sign[:, None]
-                if sw3 is not None:
-                    Ag *= sw3
-                Jz[0] += Ag.T @ head.W1[flips]
+        Jz = head.update_jacobian(Jz, maskJ[None], mask[None], None if sw3 is None else sw3[None])
         maskJ = mask
         J = pm.z_jac(Jz, X, m[None])
         if npar:

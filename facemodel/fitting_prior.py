@@ -30,7 +30,8 @@ PRIORS = ("model", "l2")
 LOSSES = ("l2", "huber")
 #: prior weight per squared mm of landmark noise, and the model's own landmark error (mm^2) that
 #: adds to it: the best weight on validation faces at 0 / 0.5 / 1 / 2 / 3 mm of noise per coordinate
-#: was 2 / 2 / 4 / 16 / 32-64 (benchmarks/bench_fit_unseen.py --select, docs/benchmarks.md)
+#: was 2 / 4 / 8 / 32 / 64, the formula's within 0.07 mm of it (benchmarks/bench_fit_unseen.py --select,
+#: docs/benchmarks.md)
 _REG_PER_MM2, _MODEL_ERROR_MM2 = 3.5, 0.57
 #: the noise the default 3D weight assumes (mm per coordinate)
 DEFAULT_NOISE_MM = 1.0
