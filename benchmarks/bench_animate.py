@@ -30,7 +30,12 @@ On test-split meshes (identities never trained on), for each model with a blends
   weights, on random identities; beside it, how far ICT's own additive shapes move those
   vertices for the same weight pairs;
 - throughput: frames/s from weights to vertices (batched, in memory) and through
-  ``facemodel animate`` to a GLB / PLY / OBJ sequence.
+  ``facemodel animate`` to a GLB / PLY / OBJ sequence;
+- the A / B / C rows by dataset kind (``novel``: combinations never trained on);
+- the round trip on random sparse tracker-like vectors (1-8 of any of the 53 shapes, not drawn
+  like the training data);
+- each of the 53 shapes alone at weight 1 on ``--shape-identities`` test identities (motion alone,
+  relative and absolute), beside ICT's generic deltas, and on how many shapes ours is below them.
 """
 
 from __future__ import annotations
@@ -77,6 +82,66 @@ def encode_cached(model, verts, cache: Path | None, key: str, batch=64):
     return codes
 
 
+def tracker_like_weights(n: int, seed: int) -> torch.Tensor:
+    """(n, 53) random sparse weight vectors like a face tracker's frames: 1-8 shapes drawn from all
+    53 (gaze, jaw and mouth sideways, cheek puff included), each at a uniform weight in [0, 1],
+    mutually exclusive pairs resolved and constrained as the ICT 4D builder does. Drawn from their
+    own stream, not from the training data's."""
+    from facemodel.data.expressions import ICT_BLENDSHAPES, constrain
+
+    rng = np.random.default_rng([seed, 2026])
+    w = np.zeros((n, len(ICT_BLENDSHAPES)))
+    for i in range(n):
+        k = int(rng.integers(1, 9))
+        w[i, rng.choice(len(ICT_BLENDSHAPES), k, replace=False)] = rng.uniform(0, 1, k)
+    return torch.from_numpy(constrain(w)).float()
+
+
+@torch.no_grad()
+def per_shape(model, src, id_weights: np.ndarray, id_codes: torch.Tensor, generic: torch.Tensor) -> None:
+    """Each of the 53 shapes alone at weight 1 on test identities: the identity's true mesh is its
+    exact ICT neutral plus the shape deformation-transferred onto it (the dataset's generator)."""
+    from facemodel.data.builder import ICTFaceGenerator
+    from facemodel.data.expressions import ICT_BLENDSHAPES, constrain
+
+    gen = ICTFaceGenerator(src)
+    sl = model.code_slices["expression"]
+    # one shape at 1, constrained as the builder does (mouthClose opens the jaw as far: alone it is
+    # the lips pressed through each other, a pose neither the data nor a tracker produces)
+    eye = torch.from_numpy(constrain(np.eye(len(ICT_BLENDSHAPES)))).float()
+    generic = torch.einsum("sk,kvc->svc", eye, generic)
+    z_e = model.expression_from_blendshapes(eye)  # (53, d)
+    z0 = model.expression_from_blendshapes(torch.zeros(1, len(ICT_BLENDSHAPES)))
+    disp = model.blendshape_displacement(eye)
+    err = {k: [] for k in ("C ours", "C ICT", "B ours", "B ICT", "B' ours", "B' ICT")}
+    for w_id, code in zip(id_weights, id_codes):
+        n, true = gen.expression_basis(w_id)
+        n, true = torch.from_numpy(n).float(), torch.einsum("sk,kvc->svc", eye, torch.from_numpy(true).float())
+        codes = code[None].expand(len(eye), -1)
+        rest = model(code[None])  # the encoded neutral
+        rel = decode_with(model, codes, code[sl][None] + z_e - z0) + disp  # add_expressions / animate
+        absolute = decode_with(model, codes, z_e) + disp  # transfer_expression
+        still = decode_with(model, codes, z0.expand(len(eye), -1))
+        err["C ours"].append(rmse(rel - rest, true))
+        err["C ICT"].append(rmse(generic, true))
+        err["B ours"].append(rmse(rel, n + true))
+        err["B ICT"].append(rmse(rest + generic, n + true))
+        err["B' ours"].append(rmse(absolute, n + true))
+        err["B' ICT"].append(rmse(still + generic, n + true))
+    e = {k: torch.stack(v).mean(0) for k, v in err.items()}  # (53,) mean over identities
+    print(f"\n| each shape alone at weight 1, {len(id_codes)} test identities, face-area RMSE (mm) | C. ours, motion "
+          "| C. ICT deltas | B. ours, relative | B. additive ICT | B'. ours, absolute | B'. additive ICT |\n"
+          "|---|---|---|---|---|---|---|")  # fmt: skip
+    for j, name in enumerate(ICT_BLENDSHAPES):
+        print(f"| {name} | " + " | ".join(f"{e[k][j]:.3f}" for k in err) + " |")
+    print("| mean over the 53 | " + " | ".join(f"{e[k].mean():.3f}" for k in err) + " |")
+    for kind in ("C", "B", "B'"):
+        below = int((e[f"{kind} ours"] < e[f"{kind} ICT"]).sum())
+        worst = int(torch.argmax(e[f"{kind} ours"] - e[f"{kind} ICT"]))
+        print(f"# {kind}: ours below ICT's deltas on {below} of 53 shapes; worst margin "
+              f"{ICT_BLENDSHAPES[worst]} {e[f'{kind} ours'][worst]:.3f} vs {e[f'{kind} ICT'][worst]:.3f} mm")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", required=True, help="NAME=DIR of models with a blendshape map")
@@ -87,6 +152,9 @@ def main() -> None:
     p.add_argument("--cache", default=None, help="encodings cache (.pt), shared by models with the same generator")
     p.add_argument("--frames", type=int, default=4096, help="frames of the throughput figure")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--shape-identities", type=int, default=20,
+                   help="test identities of the per-shape table (each shape alone at weight 1; 0: skip it)")
+    p.add_argument("--tracker-vectors", type=int, default=2000, help="random sparse tracker-like round-trip vectors")
     p.add_argument("--throughput-only", action="store_true")
     p.add_argument("--static-mm", type=float, default=1.5, help="identity-only vertices: max motion under any ICT shape "
                    "(the evaluation suite's default tolerance)")
@@ -183,6 +251,23 @@ def main() -> None:
               f"{(rt - all_w).abs().mean():.4f} | active weights (> 0.05): {(rt - all_w).abs()[act].mean():.4f} |")
         print(f"| weights read from encoded test meshes, MAE per weight | {(rd - weights).abs().mean():.4f} | "
               f"active weights: {(rd - weights).abs()[weights > 0.05].mean():.4f} |")  # fmt: skip
+
+        kinds = ds.meta("kind")[rows]
+        print("\n| by kind: face-area RMSE (mm), mean | meshes | A. ours | A. additive ICT | B. ours, relative "
+              "| B. additive ICT | C. ours, motion | C. ICT deltas, motion |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+        for k in np.unique(kinds):
+            m = torch.from_numpy(kinds == k)
+            print(f"| {ds.manifest.kinds[k]} | {int(m.sum())} | {ours[m].mean():.3f} | {add_ours[m].mean():.3f} | "
+                  f"{ours_rel[m].mean():.3f} | {fit_n_add[m].mean():.3f} | {motion_err[m].mean():.3f} | "
+                  f"{lin_err[m].mean():.3f} |")  # fmt: skip
+        tracker = tracker_like_weights(a.tracker_vectors, a.seed)
+        with torch.no_grad():
+            rt_tr = model.blendshapes_from_expression(model.expression_from_blendshapes(tracker))
+        print(f"| round trip on {len(tracker)} random sparse tracker-like vectors (1-8 shapes, any of the 53), "
+              f"MAE per weight | {(rt_tr - tracker).abs().mean():.4f} | active weights (> 0.05): "
+              f"{(rt_tr - tracker).abs()[tracker > 0.05].mean():.4f} |")  # fmt: skip
+        if a.shape_identities:
+            per_shape(model, src, pca[ids[: a.shape_identities]], ncodes[: a.shape_identities], deltas)
 
         # identity spill: only the expression changes
         g = torch.Generator().manual_seed(a.seed)

@@ -19,7 +19,8 @@ def tiny(small_dataset, **overrides):
 
 
 def test_config_files_round_trip(tmp_path):
-    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "release-0.1.yaml", "release-0.2.yaml"):
+    for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "release-0.1.yaml", "release-0.2.yaml",
+                 "release-0.3.yaml"):
         cfg = load_config(REPO_CONFIGS / name)
         cfg.to_file(tmp_path / f"{name}.json")
         assert load_config(tmp_path / f"{name}.json") == cfg
@@ -386,24 +387,25 @@ def test_release_recipe_turns_on_the_measured_deviations():
                                "lambda_expression_spread", "snapshot_every", "lambda_reg", "lambda_expression_anchor"}  # fmt: skip
     assert rel.laplacian.weight == 4 * cfg.laplacian.weight and rel.expression_anchor.weight > 0 == cfg.expression_anchor.weight
     # 0.3.0's recipe: 0.2.0's plus identity anchoring, nothing else
-    new = load_config(REPO_CONFIGS / "release.yaml")
+    new = load_config(REPO_CONFIGS / "release-0.3.yaml")
     same = {k for k, v in two.items() if new.legacy_flat()[k] == v}
     assert set(two) - same == {"lambda_identity_anchor"}
     assert new.identity_anchor.weight > 0 == rel.identity_anchor.weight
 
 
-def test_v04_candidate_is_the_release_recipe_with_issue_22s_changes_only():
+def test_release_04_is_the_03_recipe_with_issue_22s_changes_only():
     from facemodel.networks.config import GeneratorConfig
     from facemodel.training.release import MAX_RELEASE_BYTES
 
-    rel = load_config(REPO_CONFIGS / "release.yaml").legacy_flat()
-    cand = load_config(REPO_CONFIGS / "v04-candidate.yaml")
+    rel = load_config(REPO_CONFIGS / "release-0.3.yaml").legacy_flat()
+    cand = load_config(REPO_CONFIGS / "release.yaml")
     flat = cand.legacy_flat()
-    assert {k for k, v in rel.items() if flat[k] != v} == {"data", "factors", "hidden"}
+    # the schedule (max_steps) is the run's own length: the released step was picked inside it
+    assert {k for k, v in rel.items() if flat[k] != v} == {"data", "factors", "hidden", "max_steps"}
     assert cand.data.endswith("ict4d-tracker25") and cand.classification.label_codes == "anchored"
     assert [(f.name, f.code_dim, f.labels) for f in cand.factors] == [("identity", 100, "identity"),
                                                                       ("expression", 53, "expression")]  # fmt: skip
-    assert cand.factor_hidden == load_config(REPO_CONFIGS / "release.yaml").factor_hidden == [384, 128]
+    assert cand.factor_hidden == load_config(REPO_CONFIGS / "release-0.3.yaml").factor_hidden == [384, 128]
     gen = GeneratorConfig(num_vertices=9409, hidden=cand.hidden, factor_hidden=tuple(cand.factor_hidden),
                           factors=({"name": "identity", "code_dim": 100, "num_labels": 240},
                                    {"name": "expression", "code_dim": 53, "num_labels": 7}))  # fmt: skip
