@@ -29,10 +29,11 @@ __all__ = ["PRIORS", "LOSSES", "DEFAULT_REG", "DEFAULT_NOISE_MM", "reg_for_noise
 PRIORS = ("model", "l2")
 LOSSES = ("l2", "huber")
 #: prior weight per squared mm of landmark noise, and the model's own landmark error (mm^2) that
-#: adds to it: the best weight on validation faces at 0 / 0.5 / 1 / 2 / 3 mm of noise per coordinate
-#: was 2 / 4 / 8 / 32 / 64, the formula's within 0.07 mm of it (benchmarks/bench_fit_unseen.py --select,
-#: docs/benchmarks.md)
-_REG_PER_MM2, _MODEL_ERROR_MM2 = 3.5, 0.57
+#: adds to it, selected on the 0.4.0 weights: the best weight on validation faces at 0 / 1 / 2 mm of
+#: noise per coordinate was 0.5 / 2 / 16 (of 0.5-32), the formula's (0.53 / 4.0 / 14.5) within 0.02 mm
+#: of it (benchmarks/bench_fit_unseen.py --select, docs/benchmarks.md). 0.3.1's were 3.5 and 0.57:
+#: its 65-dim identity code left a larger landmark error of its own
+_REG_PER_MM2, _MODEL_ERROR_MM2 = 3.5, 0.15
 #: the noise the default 3D weight assumes (mm per coordinate)
 DEFAULT_NOISE_MM = 1.0
 
@@ -40,13 +41,13 @@ DEFAULT_NOISE_MM = 1.0
 def reg_for_noise(noise_mm: float) -> float:
     """The weight of the Mahalanobis prior for 3D landmarks with ``noise_mm`` of Gaussian noise
     per coordinate (model-space mm): the MAP weight ``sigma^2`` of whitened codes, with the
-    model's own landmark error added to the noise, ``3.5 (noise_mm^2 + 0.57)``, fitted on
-    validation faces (2.0 for exact points, 5.5 at 1 mm, 16 at 2 mm)."""
+    model's own landmark error added to the noise, ``3.5 (noise_mm^2 + 0.15)``, fitted on
+    validation faces with the 0.4.0 weights (0.53 for exact points, 4.0 at 1 mm, 14.5 at 2 mm)."""
     return _REG_PER_MM2 * (float(noise_mm) ** 2 + _MODEL_ERROR_MM2)
 
 
 #: default weight of the Mahalanobis prior, per kind of fit (see the module docstring)
-DEFAULT_REG = {"3d": reg_for_noise(DEFAULT_NOISE_MM), "2d": 10.0}
+DEFAULT_REG = {"3d": reg_for_noise(DEFAULT_NOISE_MM), "2d": 8.0}  # 2d: the best of 0.5-32 at 2 px (0.4.0)
 #: the old default: the paper's lambda on ||z||^2
 L2_DEFAULT_REG = 0.01
 #: Huber threshold on a landmark's residual (model-space mm; 2D: image residual / camera scale)

@@ -57,12 +57,12 @@ def test_cli_fit_photo_writes_mesh_codes_overlay(model, astronaut, tmp_path):
     assert rc == 0
     assert (tmp_path / "face.obj").is_file() and (tmp_path / "ov.png").is_file()
     data = json.loads((tmp_path / "face.json").read_text())
-    assert len(data["codes"]) == 85 and len(data["codes_expression"]) == 15
+    assert len(data["codes"]) == 158 and len(data["codes_expression"]) == 53  # 0.4.0: 100 + 53 + 5
     assert set(data["blendshapes"]) >= {"jawOpen", "mouthSmile_L"} and data["n_faces"] >= 1
     assert Image.open(tmp_path / "ov.png").size == (astronaut.shape[1], astronaut.shape[0])
     assert main(["fit", str(img), "--codes", str(tmp_path / "c.npz")]) == 0
     with np.load(tmp_path / "c.npz") as z:
-        assert z["codes"].shape == (85,) and z["blendshapes"].shape == (53,)
+        assert z["codes"].shape == (158,) and z["blendshapes"].shape == (53,)
 
 
 def test_bad_images_raise_and_write_nothing(tmp_path, capsys):
