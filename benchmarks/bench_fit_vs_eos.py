@@ -14,7 +14,8 @@ its model contour (lenient: any contour vertex); ours at our fitted landmarks (t
 the one silhouette vertex the fit chose). Synthetic faces: the error is measured against
 the noise-free points, the fit sees 1 px noise; the dense 3D RMSE (Procrustes) is ours only
 (the SFM has another topology). Plausibility: ours the Mahalanobis norm against our code
-prior (typical 7.6-10.9); eos the norm of its 63 shape coefficients (standard normal under
+prior (its samples' 1st-99th percentile, ``code_prior(model).typical_range``:
+7.6-10.9 for 0.3.1, 10.9-14.2 for 0.4.0); eos the norm of its 63 shape coefficients (standard normal under
 the SFM's prior: typical ~ sqrt(63) = 7.9). Time: median wall time per face, one face per
 call, the fitters interleaved.
 """
@@ -76,7 +77,7 @@ def main() -> None:
     ap.add_argument("--yaws", type=float, nargs="*", default=[0, 30, 45, 60])
     ap.add_argument("--photos", action="store_true")
     ap.add_argument("--overlays", default=None, help="write the photo overlays into this folder")
-    ap.add_argument("--data", default=str(_Path.home() / ".cache" / "facemodel" / "ict4d"),
+    ap.add_argument("--data", default=str(_Path.home() / ".cache" / "facemodel" / "ict4d-tracker25"),
                     help="ICT 4D dataset: its training split's roughness is the reference of the fits' roughness")
     args = ap.parse_args()
 
@@ -138,7 +139,10 @@ def main() -> None:
         from facemodel.photo import detect_landmarks, fit_photo
 
         print("\nReal photos (dlib's 68 points of the largest face; error against those points)")
-        print("| photo | ours: NLE | eos: NLE | ours: plausibility (typical 7.6-10.9) | eos: shape-coefficient norm "
+        from facemodel.prior import code_prior
+
+        lo, _, hi = code_prior(model).typical_range
+        print(f"| photo | ours: NLE | eos: NLE | ours: plausibility (typical {lo:.1f}-{hi:.1f}) | eos: shape-coefficient norm "
               "(typical ~7.9) | ours: roughness / data | ours: ms | eos: ms | dlib detection: s |")  # fmt: skip
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name in ("astronaut", "camera"):
