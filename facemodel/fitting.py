@@ -1561,8 +1561,26 @@ def _solve_gn(head, pm, P, w, z0, reg, max_iters, tol, opts):
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
             parts = list(pool.map(run, starts))
     else:
-        parts = [run(i) for i in starts]
+        # one chunk: its matrices (at most 204 x code_dim per face) are too small for threaded
+        # BLAS, whose hand-offs cost 20-50x the fit when another process holds a core (0.4.0,
+        # one face on a busy 2-core machine: 55-70 ms with NumPy's default 2 threads, 1.6 ms with one)
+        with _one_blas_thread():
+            parts = [run(i) for i in starts]
     return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+_BLAS_CONTROLLER = None
+
+
+def _one_blas_thread():
+    """A context holding NumPy's BLAS to one thread (threadpoolctl; the controller is built once,
+    ~1 ms, and each limit costs ~20 us)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 # ---- first-order solvers (torch autograd on the landmark rows) ----------------------------------

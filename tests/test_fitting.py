@@ -390,3 +390,29 @@ def test_pose3d_one_face_fast_path_matches_batched():
                 np.testing.assert_allclose(Xi[0], Xb[i], rtol=1e-4, atol=1e-5)
                 R = Xi[0, 1:10].reshape(3, 3).astype(np.float64)
                 assert np.linalg.det(R) > 0
+
+
+def test_one_chunk_fits_hold_numpys_blas_to_one_thread(model, monkeypatch):
+    """A single face (or one chunk) is solved with NumPy's BLAS at one thread: threaded BLAS on
+    its small matrices cost 20-50x the fit on a busy machine (docs/benchmarks.md "Speed"); the
+    caller's thread setting is restored afterwards."""
+    from threadpoolctl import threadpool_info
+
+    import facemodel.fitting as fitting
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    seen = []
+    original = fitting._gn_single
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fitting, "_gn_single", spy)
+    before = blas_threads()
+    _, _, pts, _, _ = _faces(model, 1, seed=3)
+    fit_landmarks(model, pts[0], decode=False)
+    assert seen and all(n == 1 for n in seen[0]) and seen[0]
+    assert blas_threads() == before
