@@ -1892,8 +1892,8 @@ def fit_landmarks(
             code's distribution under the blendshape map), or ``"l2"``: ``reg ||z||^2``.
         noise_mm: the points' expected noise per coordinate, in millimetres of the face
             (whatever the points' units), to set the model prior's weight for it
-            (:func:`facemodel.fitting_prior.reg_for_noise`: 0.53 for exact points, 4.0 at
-            1 mm (the default), 14.5 at 2 mm): ~0.1-0.5 for scanner landmarks, 1-3 for
+            (:func:`facemodel.fitting_prior.reg_for_noise`: 0.05 for exact points, 2.05 at
+            1 mm (the default), 16 at 2 mm): ~0.1-0.5 for scanner landmarks, 1-3 for
             landmarks detected on scans or hand-placed. Not with ``reg`` or ``prior="l2"``.
         loss: ``"l2"`` (default for 3D) or ``"huber"``: iteratively reweighted (one warm-started
             re-fit) with the Huber factor ``min(1, loss_scale / r_k)`` of each landmark's

@@ -28,22 +28,23 @@ __all__ = ["PRIORS", "LOSSES", "DEFAULT_REG", "DEFAULT_NOISE_MM", "reg_for_noise
 
 PRIORS = ("model", "l2")
 LOSSES = ("l2", "huber")
-#: prior weight per squared mm of landmark noise, and the model's own landmark error (mm^2) that
-#: adds to it, selected on the 0.4.0 weights: the best weight on validation faces at 0 / 1 / 2 mm of
-#: noise per coordinate was 0.5 / 2 / 16 (of 0.5-32), the formula's (0.53 / 4.0 / 14.5) within 0.02 mm
-#: of it (benchmarks/bench_fit_unseen.py --select, docs/benchmarks.md). 0.3.1's were 3.5 and 0.57:
-#: its 65-dim identity code left a larger landmark error of its own
-_REG_PER_MM2, _MODEL_ERROR_MM2 = 3.5, 0.15
+#: the prior weight per landmark noise level, fitted on the 0.4.0 weights: the best weight on
+#: validation faces at 0 / 0.5 / 1 / 2 mm of noise per coordinate was 0.05 (the smallest tried) /
+#: 0.2-0.5 / 2 / 16 (of 0.05-32); ``0.05 + 2 noise^3`` gives 0.05 / 0.30 / 2.05 / 16.05, within
+#: 0.01 mm of the best at each level (benchmarks/bench_fit_unseen.py --select, docs/benchmarks.md).
+#: A MAP weight would grow with noise^2; the steeper growth is the model's own landmark error,
+#: which the fit may explain away only as far as the points are trusted. 0.3.1's rule was
+#: 3.5 (noise^2 + 0.57)
+_REG_FLOOR, _REG_PER_MM3 = 0.05, 2.0
 #: the noise the default 3D weight assumes (mm per coordinate)
 DEFAULT_NOISE_MM = 1.0
 
 
 def reg_for_noise(noise_mm: float) -> float:
     """The weight of the Mahalanobis prior for 3D landmarks with ``noise_mm`` of Gaussian noise
-    per coordinate (model-space mm): the MAP weight ``sigma^2`` of whitened codes, with the
-    model's own landmark error added to the noise, ``3.5 (noise_mm^2 + 0.15)``, fitted on
-    validation faces with the 0.4.0 weights (0.53 for exact points, 4.0 at 1 mm, 14.5 at 2 mm)."""
-    return _REG_PER_MM2 * (float(noise_mm) ** 2 + _MODEL_ERROR_MM2)
+    per coordinate (model-space mm): ``0.05 + 2 noise_mm^3``, fitted on validation faces with
+    the 0.4.0 weights (0.05 for exact points, 0.30 at 0.5 mm, 2.05 at 1 mm, 16 at 2 mm)."""
+    return _REG_FLOOR + _REG_PER_MM3 * float(noise_mm) ** 3
 
 
 #: default weight of the Mahalanobis prior, per kind of fit (see the module docstring)
