@@ -47,19 +47,29 @@ REPO = Path(__file__).resolve().parents[1]
 ICT = REPO.parent / "shared" / "data" / "ict-facekit"
 
 
-def ict_faces(ict, n: int, seed: int):
-    """(n, 9409, 3) float64 mm: upstream ICT identities (100 modes) with 2-6 blendshapes."""
+def ict_faces_with_weights(ict, n: int, seed: int):
+    """Upstream ICT identities (100 modes) with 2-6 blendshapes, in parts: (neutrals (n, V, 3),
+    blendshape weights (n, 53), ICT's deltas (53, V, 3)), float64 mm."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     wid = rng.standard_normal((n, 100))
-    v = ict.identity_mm(wid).astype(np.float64)
-    deltas = ict.expression_shapes_mm.astype(np.float64) - ict.neutral_mm.astype(np.float64)
+    neutral = ict.identity_mm(wid).astype(np.float64)
+    w = np.zeros((n, 53))
     for i in range(n):
         k = int(rng.integers(2, 7))
         for j in rng.choice(53, k, replace=False):
-            v[i] += rng.uniform(0.3, 1.0) * deltas[j]
-    return v
+            w[i, j] = rng.uniform(0.3, 1.0)
+    deltas = ict.expression_shapes_mm[:53].astype(np.float64) - ict.neutral_mm.astype(np.float64)
+    return neutral, w, deltas
+
+
+def ict_faces(ict, n: int, seed: int):
+    """(n, 9409, 3) float64 mm: upstream ICT identities (100 modes) with 2-6 blendshapes."""
+    import numpy as np
+
+    neutral, w, deltas = ict_faces_with_weights(ict, n, seed)
+    return neutral + np.einsum("nk,kvc->nvc", w, deltas)
 
 
 def procrustes_rmse(a, b):

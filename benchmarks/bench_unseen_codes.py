@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_unseen_codes.py [--model weights] [--faces 20] [--seed 2026]
 
-Faces: the upstream ICT-FaceKit linear model (``bench_fit_unseen.ict_faces``: identity weights
+Faces: the upstream ICT-FaceKit linear model (``bench_fit_unseen.ict_faces_with_weights``: identity weights
 N(0, 1) on all 100 modes, 2-6 of the 53 blendshapes at U(0.3, 1.0)), and each face's neutral
 (the same identity, no blendshape). Figures (mean over faces, mm, RMS over the 9,409 vertices
 after a similarity Procrustes onto the truth):
@@ -23,29 +23,12 @@ from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
 from _machine import cpu_name  # noqa: E402
-from bench_fit_unseen import ICT, procrustes_rmse  # noqa: E402
+from bench_fit_unseen import ICT, ict_faces_with_weights, procrustes_rmse  # noqa: E402
 
 import argparse
 import datetime
 
 REPO = _Path(__file__).resolve().parents[1]
-
-
-def faces_with_weights(ict, n: int, seed: int):
-    """(faces (n, V, 3), neutrals (n, V, 3), weights (n, 53)) float64 mm: as ``ict_faces``, the same
-    draws for the same seed, with the blendshape weights and the neutral identities kept."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    wid = rng.standard_normal((n, 100))
-    neutral = ict.identity_mm(wid).astype(np.float64)
-    w = np.zeros((n, 53))
-    for i in range(n):
-        k = int(rng.integers(2, 7))
-        for j in rng.choice(53, k, replace=False):
-            w[i, j] += rng.uniform(0.3, 1.0)
-    deltas = ict.expression_shapes_mm[:53].astype(np.float64) - ict.neutral_mm.astype(np.float64)
-    return neutral + np.einsum("nk,kvc->nvc", w, deltas), neutral, w, deltas
 
 
 def main() -> None:
@@ -65,7 +48,8 @@ def main() -> None:
     torch.set_num_threads(1)
     model = FaceModel.from_pretrained(args.model).eval()
     ict = ICTSource(args.ict)
-    v, neutral, w, deltas = faces_with_weights(ict, args.faces, args.seed)
+    neutral, w, deltas = ict_faces_with_weights(ict, args.faces, args.seed)
+    v = neutral + np.einsum("nk,kvc->nvc", w, deltas)
     print(f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {cpu_name()}, model {args.model}")
     print("command: python " + " ".join(_sys.argv))
     f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731

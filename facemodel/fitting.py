@@ -1552,19 +1552,17 @@ def _solve_gn(head, pm, P, w, z0, reg, max_iters, tol, opts):
         j = i + _CHUNK
         return chunk(head, pm, P[i:j], w[i:j], z0[i:j], reg, max_iters, tol, damping)
 
-    if workers > 1:
-        from threadpoolctl import threadpool_limits
-
-        if isinstance(head, _LReLUHead):
-            head.bases()  # fill the shared caches before the threads read them
-        # one BLAS thread per worker: threaded BLAS inside threaded chunks oversubscribes the cores
-        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(run, starts))
-    else:
-        # one chunk: its matrices (at most 204 x code_dim per face) are too small for threaded
-        # BLAS, whose hand-offs cost 20-50x the fit when another process holds a core (0.4.0,
-        # one face on a busy 2-core machine: 55-70 ms with NumPy's default 2 threads, 1.6 ms with one)
-        with _one_blas_thread():
+    # BLAS at one thread either way: threaded BLAS inside threaded chunks oversubscribes the cores,
+    # and a lone chunk's matrices (at most 204 x code_dim per face) are too small for it, its
+    # hand-offs costing 20-50x the fit when another process holds a core (0.4.0, one face on a
+    # busy 2-core machine: 55-70 ms with NumPy's default 2 threads, 1.6 ms with one)
+    with _one_blas_thread():
+        if workers > 1:
+            if isinstance(head, _LReLUHead):
+                head.bases()  # fill the shared caches before the threads read them
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                parts = list(pool.map(run, starts))
+        else:
             parts = [run(i) for i in starts]
     return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
