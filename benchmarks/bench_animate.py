@@ -83,18 +83,13 @@ def encode_cached(model, verts, cache: Path | None, key: str, batch=64):
 
 
 def tracker_like_weights(n: int, seed: int) -> torch.Tensor:
-    """(n, 53) random sparse weight vectors like a face tracker's frames: 1-8 shapes drawn from all
-    53 (gaze, jaw and mouth sideways, cheek puff included), each at a uniform weight in [0, 1],
-    mutually exclusive pairs resolved and constrained as the ICT 4D builder does. Drawn from their
-    own stream, not from the training data's."""
-    from facemodel.data.expressions import ICT_BLENDSHAPES, constrain
+    """(n, 53) random sparse weight vectors like a face tracker's frames
+    (:func:`facemodel.data.expressions.sparse_weights`: 1-8 of all 53 shapes at uniform weights in
+    [0, 1], constrained as the ICT 4D builder does), drawn from their own stream, not from the
+    training data's (nor from the stream ``facemodel.training.blendshape_map`` validates on)."""
+    from facemodel.data.expressions import sparse_weights
 
-    rng = np.random.default_rng([seed, 2026])
-    w = np.zeros((n, len(ICT_BLENDSHAPES)))
-    for i in range(n):
-        k = int(rng.integers(1, 9))
-        w[i, rng.choice(len(ICT_BLENDSHAPES), k, replace=False)] = rng.uniform(0, 1, k)
-    return torch.from_numpy(constrain(w)).float()
+    return torch.from_numpy(sparse_weights(n, np.random.default_rng([seed, 2026]))).float()
 
 
 @torch.no_grad()

@@ -226,3 +226,19 @@ def test_small_build_with_tracker_kind(ict, tmp_path):
     m = build_ict_dataset(ict, out, ICTDatasetConfig(seed=3, size=400, identities=10, tracker_fraction=0.2),
                           progress=False)  # fmt: skip
     assert "tracker" in m.kinds and m.counts["per_kind"]["tracker"] == 80
+
+
+def test_sparse_weights_are_tracker_like_and_reproducible():
+    from facemodel.data.expressions import sparse_weights
+
+    w = sparse_weights(3000, np.random.default_rng(7))
+    assert w.shape == (3000, len(ICT_BLENDSHAPES)) and w.min() >= 0 and w.max() <= 1
+    moved = (w > 0).sum(1)
+    assert moved.max() <= 8 and (moved >= 1).mean() > 0.99  # constrain() zeroes mouthClose without jawOpen
+    assert (w > 0.5).any(0).all()  # every one of the 53 shapes passes 0.5 somewhere
+    jaw, close = ICT_BLENDSHAPES.index("jawOpen"), ICT_BLENDSHAPES.index("mouthClose")
+    assert (w[:, close] <= w[:, jaw]).all()
+    np.testing.assert_array_equal(w, sparse_weights(3000, np.random.default_rng(7)))
+    assert ((sparse_weights(500, np.random.default_rng(0), max_shapes=1) > 0).sum(1) <= 1).all()
+    with pytest.raises(ValueError, match="max_shapes"):
+        sparse_weights(1, np.random.default_rng(0), max_shapes=0)

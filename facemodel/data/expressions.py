@@ -25,6 +25,7 @@ __all__ = [
     "ExpressionSampler",
     "au_to_weights",
     "constrain",
+    "sparse_weights",
 ]
 
 
@@ -116,6 +117,32 @@ def constrain(weights: np.ndarray) -> np.ndarray:
     w = np.clip(weights, 0.0, 1.0)
     w[..., _CLOSE] = np.minimum(w[..., _CLOSE], w[..., _JAW])
     return w
+
+
+def sparse_weights(n: int, rng: np.random.Generator, *, max_shapes: int = 8) -> np.ndarray:
+    """(n, 53) random sparse weight vectors like a face tracker's frames, not drawn from any data.
+
+    Each row moves 1 to ``max_shapes`` of the 53 ICT shapes (gaze, jaw and mouth sideways and
+    cheek puff included), chosen uniformly, each at a uniform weight in [0, 1], then
+    :func:`constrain` ed. Used to validate weight read-backs on the inputs a tracker sends
+    (``facemodel.training.blendshape_map``, ``benchmarks/bench_animate.py``).
+
+    Args:
+        n: number of vectors.
+        rng: the random stream (rows are drawn one after the other: the same stream gives the
+            same vectors).
+        max_shapes: most shapes moved in one vector (1 to 53).
+
+    Returns:
+        (n, 53) float64 weights in [0, 1], ICT order.
+    """
+    if not 1 <= max_shapes <= len(ICT_BLENDSHAPES):
+        raise ValueError(f"max_shapes must be in 1..{len(ICT_BLENDSHAPES)}, got {max_shapes}")
+    w = np.zeros((n, len(ICT_BLENDSHAPES)))
+    for i in range(n):
+        k = int(rng.integers(1, max_shapes + 1))
+        w[i, rng.choice(len(ICT_BLENDSHAPES), k, replace=False)] = rng.uniform(0, 1, k)
+    return constrain(w)
 
 
 def au_to_weights(aus: dict[int, float], *, asymmetry: np.ndarray | None = None) -> np.ndarray:
