@@ -240,5 +240,9 @@ def test_sparse_weights_are_tracker_like_and_reproducible():
     assert (w[:, close] <= w[:, jaw]).all()
     np.testing.assert_array_equal(w, sparse_weights(3000, np.random.default_rng(7)))
     assert ((sparse_weights(500, np.random.default_rng(0), max_shapes=1) > 0).sum(1) <= 1).all()
-    with pytest.raises(ValueError, match="max_shapes"):
+    from facemodel.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="max_shapes"):
         sparse_weights(1, np.random.default_rng(0), max_shapes=0)
+    with pytest.raises(InvalidArgumentError, match="n must be"):
+        sparse_weights(-1, np.random.default_rng(0))

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .._ict_names import _LR, EXPRESSION_LABELS, ICT_BLENDSHAPES
+from ..errors import InvalidArgumentError
 
 __all__ = [
     "ICT_BLENDSHAPES",
@@ -123,8 +124,8 @@ def sparse_weights(n: int, rng: np.random.Generator, *, max_shapes: int = 8) -> 
     """(n, 53) random sparse weight vectors like a face tracker's frames, not drawn from any data.
 
     Each row moves 1 to ``max_shapes`` of the 53 ICT shapes (gaze, jaw and mouth sideways and
-    cheek puff included), chosen uniformly, each at a uniform weight in [0, 1], then
-    :func:`constrain` ed. Used to validate weight read-backs on the inputs a tracker sends
+    cheek puff included), chosen uniformly, each at a uniform weight in [0, 1], then passed
+    through :func:`constrain`. Used to validate weight read-backs on the inputs a tracker sends
     (``facemodel.training.blendshape_map``, ``benchmarks/bench_animate.py``).
 
     Args:
@@ -135,9 +136,14 @@ def sparse_weights(n: int, rng: np.random.Generator, *, max_shapes: int = 8) -> 
 
     Returns:
         (n, 53) float64 weights in [0, 1], ICT order.
+
+    Raises:
+        InvalidArgumentError: ``n`` negative or ``max_shapes`` outside 1..53.
     """
-    if not 1 <= max_shapes <= len(ICT_BLENDSHAPES):
-        raise ValueError(f"max_shapes must be in 1..{len(ICT_BLENDSHAPES)}, got {max_shapes}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise InvalidArgumentError(f"n must be an integer >= 0, got {n!r}")
+    if isinstance(max_shapes, bool) or not isinstance(max_shapes, (int, np.integer)) or not 1 <= max_shapes <= len(ICT_BLENDSHAPES):
+        raise InvalidArgumentError(f"max_shapes must be an integer in 1..{len(ICT_BLENDSHAPES)}, got {max_shapes!r}")
     w = np.zeros((n, len(ICT_BLENDSHAPES)))
     for i in range(n):
         k = int(rng.integers(1, max_shapes + 1))
