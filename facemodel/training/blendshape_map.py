@@ -65,6 +65,9 @@ __all__ = ["learn_blendshape_map", "EncodedMeshes", "encode_meshes", "select_row
 
 log = logging.getLogger(__name__)
 KINDS = ("linear", "mlp")
+#: the random stream of the tracker-like validation vectors: ``default_rng([seed, SPARSE_STREAM])``
+#: (benchmarks/bench_animate.py draws its own, ``[seed, 2026]``)
+SPARSE_STREAM = 4053
 
 
 @dataclass
@@ -494,7 +497,7 @@ def learn_blendshape_map(
         x, y = torch.cat(x), torch.cat(y)
         val_w = _all_weights(val_ds)
         val_codes = code_map.to_code(val_w)
-        sparse_w = torch.from_numpy(sparse_weights(sparse_vectors, np.random.default_rng([seed, 4053]))).float()
+        sparse_w = torch.from_numpy(sparse_weights(sparse_vectors, np.random.default_rng([seed, SPARSE_STREAM]))).float()
         sparse_codes = code_map.to_code(sparse_w)
     inverse = {}
     for k in (KINDS if inverse_kind == "auto" else (inverse_kind,)):
