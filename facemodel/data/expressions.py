@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .._ict_names import _LR, EXPRESSION_LABELS, ICT_BLENDSHAPES
-from ..errors import InvalidArgumentError
+from .._validate import check_int
 
 __all__ = [
     "ICT_BLENDSHAPES",
@@ -139,11 +139,10 @@ def sparse_weights(n: int, rng: np.random.Generator, *, max_shapes: int = 8) -> 
 
     Raises:
         InvalidArgumentError: ``n`` negative or ``max_shapes`` outside 1..53.
+        ArgumentTypeError: either is not an integer.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise InvalidArgumentError(f"n must be an integer >= 0, got {n!r}")
-    if isinstance(max_shapes, bool) or not isinstance(max_shapes, (int, np.integer)) or not 1 <= max_shapes <= len(ICT_BLENDSHAPES):
-        raise InvalidArgumentError(f"max_shapes must be an integer in 1..{len(ICT_BLENDSHAPES)}, got {max_shapes!r}")
+    n = check_int("n", n, lo=0)
+    max_shapes = check_int("max_shapes", max_shapes, lo=1, hi=len(ICT_BLENDSHAPES))
     w = np.zeros((n, len(ICT_BLENDSHAPES)))
     for i in range(n):
         k = int(rng.integers(1, max_shapes + 1))
