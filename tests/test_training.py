@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -458,6 +459,20 @@ def test_choose_keeps_good_specificity_then_best_decoupling():
     assert choose(rough, max_roughness_mm2=0.5) == 3
     assert choose(rough, max_roughness_mm2=0.5, min_diversity_mm=5.5) == 1
     assert not roughness_ceiling_met(rough, 0.5) and roughness_ceiling_met(rough, None)
+    # decoupling tolerance: within it the lower spill wins (session 17: 98.55 vs 98.2 % mean
+    # decoupling, spill 0.393 vs 0.379 mm: the later, lower-spill snapshot); outside it decoupling ranks
+    close = [{"step": 2000, "val_specificity_mm": 4.02, "dec_identity": 99.8, "dec_expression": 97.3, "spill_mm": 0.393},
+             {"step": 3000, "val_specificity_mm": 4.06, "dec_identity": 99.8, "dec_expression": 96.6, "spill_mm": 0.379}]
+    assert choose(close) == 0
+    assert choose(close, decoupling_tolerance=0.5) == 1
+    assert choose(close, decoupling_tolerance=0.3) == 0  # 0.35 points apart: outside 0.3
+    far = close + [dict(close[1], step=4000, dec_expression=94.0, spill_mm=0.2)]
+    assert choose(far, decoupling_tolerance=0.5) == 1  # 4000 spills least but decouples 1.65 points worse
+    assert choose(far, decoupling_tolerance=2.0) == 2
+    assert choose([dict(close[1], step=1), close[1]], decoupling_tolerance=0.5) == 1  # same spill: the later step
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(SelectionError, match="decoupling_tolerance"):
+            choose(close, decoupling_tolerance=bad)
     with pytest.raises(SelectionError, match="no candidates"):
         choose([])
     with pytest.raises(SelectionError, match="eval_every"):
@@ -554,6 +569,8 @@ def test_snapshots_are_scored_and_one_is_selected(small_dataset, tmp_path, capsy
     assert "min-diversity-fraction" in capsys.readouterr().err
     assert select_main(["--run", str(tmp_path / "run"), "--data", str(small_dataset), "--max-roughness-fraction", "-1"]) == 2
     assert "max-roughness-fraction" in capsys.readouterr().err
+    assert select_main(["--run", str(tmp_path / "run"), "--data", str(small_dataset), "--decoupling-tolerance", "-1"]) == 2
+    assert "decoupling-tolerance" in capsys.readouterr().err
 
 
 def test_reference_motion_is_the_ground_truth_expressions(small_dataset, ict):
@@ -731,6 +748,39 @@ def test_identity_anchor_codes_are_whitened_shapes_and_its_term_reproduces_train
     assert np.array_equal(t._step_rng(13).integers(0, 10**6, 8), single)
     t.rank = 1
     assert not np.array_equal(t._step_rng(13).integers(0, 10**6, 8), single)
+
+
+@pytest.mark.parametrize("identity", ["random", "anchored"])
+def test_expression_anchor_pairs_take_their_own_identity_code_when_anchored(small_dataset, tmp_path, identity):
+    """expression_anchor.identity = "anchored": both meshes of a pair are generated on their
+    identity's anchor code (the identity anchor's, fitted once for both terms); "random" (0.4.0)
+    draws a prior identity code per pair, never an anchor code."""
+    base = [f"data={json.dumps(str(small_dataset))}", "threads=1", "eval_every=0", "sample_every=0", "max_steps=1",
+            "expression_anchor.weight=20", "identity_anchor.weight=20", "anchor_pairs=8",
+            f'expression_anchor.identity="{identity}"']  # fmt: skip
+    t = Trainer(load_config(REPO_CONFIGS / "tiny.yaml", base), tmp_path / "r", progress=False)
+    term, ident = t.terms["expression_anchor"], t.terms["identity_anchor"]
+    seen = []
+    ctx = t._generator_context(None, None, None)
+    generate = ctx.generate
+    ctx.generate = lambda z: seen.append(z.detach().clone()) or generate(z)
+    value, logs = term.generator(ctx)
+    assert torch.isfinite(value) and logs["g_anchor"] > 0
+    (z,) = seen
+    P = z.shape[0] // 2
+    rows = ctx.rng(11).integers(0, len(ctx.data), P)  # the term's pairs: the same stream
+    sl = ident.identity
+    anchor_codes = ident.codes[torch.from_numpy(rows)]
+    if identity == "anchored":
+        assert term.identity_codes[0] is ident.codes  # one fit shared by both terms
+        torch.testing.assert_close(z[:P, sl], anchor_codes)
+        torch.testing.assert_close(z[P:, sl], anchor_codes)  # the pair's second mesh: the same person
+    else:
+        assert term.identity_codes is None
+        assert not torch.allclose(z[:P, sl], anchor_codes, atol=1e-3)
+        torch.testing.assert_close(z[:P, sl], z[P:, sl])  # still one code per pair
+    # the expression block is the pairs' first meshes' weights' anchor codes either way
+    torch.testing.assert_close(z[:P, term.fit.expression], term.fit.codes(rows, t.device))
 
 
 def test_anchored_label_codes_are_the_anchors(small_dataset, tmp_path):

@@ -24,8 +24,11 @@ counts. Likewise drop the candidates whose in-training diversity (logged) is und
 data's: early snapshots, all faces alike, are specific and decoupled for the same reason; and
 those whose samples are rougher than 1.5 x the data's meshes (bumpy surfaces: an auxiliary term
 steered by high-frequency displacement can buy decoupling that way). Then
-keep the candidates whose validation specificity is within ``tolerance`` (5 %) of the best, then take the highest mean decoupling; ties go to the lower spill, then to the
-later step. When no candidate reaches the motion floor, the rule runs on all of them and the
+keep the candidates whose validation specificity is within ``tolerance`` (5 %) of the best, then
+those whose mean decoupling is within ``decoupling_tolerance`` points of the best of them (the
+command's default 0.5: about the standard error of a 40 x 40 probe's percentages near 97 %, so
+a difference below it is noise), and of those take the lowest spill, then the later step (with
+tolerance 0: the highest mean decoupling, ties to the lower spill, then the later step). When no candidate reaches the motion floor, the rule runs on all of them and the
 result says ``"motion_floor_met": false``. The scores and the choice are written to
 ``RUN/selection.json`` (atomically).
 """
@@ -99,7 +102,8 @@ def _logged_eval(run: Path, key: str, part: str = "ema") -> dict[int, float]:
 
 
 def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_motion_mm: float | None = None,
-           min_diversity_mm: float | None = None, max_roughness_mm2: float | None = None) -> int:
+           min_diversity_mm: float | None = None, max_roughness_mm2: float | None = None,
+           decoupling_tolerance: float = 0.0) -> int:
     """Index of the record to release (see the module docstring for the rule).
 
     Args:
@@ -115,6 +119,10 @@ def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_mo
         max_roughness_mm2: then candidates whose ``roughness_mm2`` is above it are left out (a
             missing one passes), unless that leaves none of those the floors kept (then the
             ceiling is ignored, the floors are not; see :func:`roughness_ceiling_met`).
+        decoupling_tolerance: percentage points; among the candidates within the specificity
+            slack, those whose mean of ``dec_identity`` and ``dec_expression`` is within this of
+            the best count as equally decoupled, and the lowest ``spill_mm`` of them wins (then
+            the later step). 0: the highest mean decoupling wins outright.
 
     Raises:
         SelectionError: no records, or one without a finite ``val_specificity_mm``.
@@ -130,10 +138,18 @@ def choose(records: Sequence[dict[str, Any]], *, tolerance: float = 0.05, min_mo
     best = min(specs[i] for i in pool)
     keep = [i for i in pool if specs[i] <= best * (1.0 + tolerance)]
 
-    def key(i: int) -> tuple[float, float, int]:
+    def dec(i: int) -> float:
         r = records[i]
-        dec = 0.5 * (r.get("dec_identity", 0.0) + r.get("dec_expression", 0.0))
-        return (dec, -r.get("spill_mm", math.inf), int(r["step"]))
+        return 0.5 * (r.get("dec_identity", 0.0) + r.get("dec_expression", 0.0))
+
+    if decoupling_tolerance < 0 or not math.isfinite(decoupling_tolerance):
+        raise SelectionError(f"decoupling_tolerance must be a finite number >= 0 (points), got {decoupling_tolerance!r}")
+    top = max(dec(i) for i in keep)
+    keep = [i for i in keep if dec(i) >= top - decoupling_tolerance]
+
+    def key(i: int) -> tuple[float, float, int]:
+        d = 0.0 if decoupling_tolerance > 0 else dec(i)  # within the tolerance, decoupling no longer ranks
+        return (d, -records[i].get("spill_mm", math.inf), int(records[i]["step"]))
 
     return max(keep, key=key)
 
@@ -233,7 +249,8 @@ def _roughness_probe(data: Path, samples: int = 256):
 
 def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None, n: int = 40,
            tolerance: float = 0.05, min_motion_mm: float | None = None, min_diversity_fraction: float = 0.0,
-           max_roughness_fraction: float = 0.0, reuse: bool = True, log=print) -> dict[str, Any]:  # fmt: skip
+           max_roughness_fraction: float = 0.0, decoupling_tolerance: float = 0.0, reuse: bool = True,
+           log=print) -> dict[str, Any]:  # fmt: skip
     """Score every candidate of ``run``, choose one and write ``run/selection.json``.
 
     With ``reuse``, candidates already scored in ``run/selection.json`` with the same settings
@@ -246,6 +263,7 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
     under that fraction of the data's (logged beside it), and ``max_roughness_fraction`` > 0
     those whose samples' roughness is above that multiple of the validation meshes', see
     :func:`choose`. Roughness is measured for every candidate either way (about a second each).
+    ``decoupling_tolerance`` (points) is :func:`choose`'s.
 
     Returns:
         ``{"chosen": {...record...}, "records": [...], "rule": str}``; each record has
@@ -288,7 +306,7 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
             rec["diversity_mm"] = diversity[step]
         records.append(rec)
     i = choose(records, tolerance=tolerance, min_motion_mm=min_motion_mm, min_diversity_mm=min_diversity_mm,
-               max_roughness_mm2=max_roughness_mm2)  # fmt: skip
+               max_roughness_mm2=max_roughness_mm2, decoupling_tolerance=decoupling_tolerance)  # fmt: skip
     met = motion_floor_met(records, min_motion_mm)
     if not met:
         log(f"WARNING: no candidate's expressions move the face by {min_motion_mm:.3f} mm (motion_mm); "
@@ -303,8 +321,11 @@ def select(run: str | Path, *, data: str | Path, nets=None, spill_vertices=None,
         "rule": ("motion_mm at least min_motion_mm, then " if min_motion_mm is not None else "")
         + ("diversity_mm at least min_diversity_mm, then " if min_diversity_mm is not None else "")
         + ("roughness_mm2 at most max_roughness_mm2, then " if max_roughness_mm2 is not None else "")
-        + f"val_specificity_mm within {tolerance:.0%} of the best, then the highest mean of "
-        "dec_identity and dec_expression, then the lower spill_mm, then the later step",
+        + f"val_specificity_mm within {tolerance:.0%} of the best, then "
+        + (f"the mean of dec_identity and dec_expression within {decoupling_tolerance:g} points of the best, then "
+           "the lowest spill_mm, then the later step" if decoupling_tolerance > 0 else
+           "the highest mean of dec_identity and dec_expression, then the lower spill_mm, then the later step"),
+        "decoupling_tolerance": decoupling_tolerance,
         "min_motion_mm": min_motion_mm,
         "min_diversity_mm": min_diversity_mm,
         "data_diversity_mm": data_diversity,
@@ -335,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-roughness-fraction", type=float, default=1.5,
                    help="leave out candidates whose samples are rougher (roughness_mm2) than this multiple of the "
                         "validation meshes' (0: no ceiling)")  # fmt: skip
+    p.add_argument("--decoupling-tolerance", type=float, default=0.5,
+                   help="percentage points of mean decoupling counted as a tie, broken by the lower identity spill "
+                        "(default 0.5: about a 40 x 40 probe's standard error; 0: the highest decoupling wins)")  # fmt: skip
     p.add_argument("--export", default=None, help="copy the chosen model folder here (replaced atomically)")
     p.add_argument("--rescore", action="store_true", help="score every candidate again (default: reuse selection.json)")
     args = p.parse_args(argv)
@@ -346,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SelectionError("--min-diversity-fraction must be in [0, 1) (0 turns the diversity floor off)")
         if args.max_roughness_fraction < 0:
             raise SelectionError("--max-roughness-fraction must be >= 0 (0 turns the roughness ceiling off)")
+        if not (args.decoupling_tolerance >= 0 and math.isfinite(args.decoupling_tolerance)):
+            raise SelectionError("--decoupling-tolerance must be a finite number >= 0 (points; 0: the highest wins)")
         if args.ict is not None:
             from ..data.ict import ICTSource
             from ..evaluation.embedding import load_or_train_decoupling_nets
@@ -360,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"motion floor: {floor:.3f} mm ({args.min_motion_fraction:g} x the ICT ground truth's {ref:.3f} mm)")
         result = select(args.run, data=args.data, nets=nets, spill_vertices=verts, n=args.n, tolerance=args.tolerance,
                         min_motion_mm=floor, min_diversity_fraction=args.min_diversity_fraction,
-                        max_roughness_fraction=args.max_roughness_fraction, reuse=not args.rescore)
+                        max_roughness_fraction=args.max_roughness_fraction,
+                        decoupling_tolerance=args.decoupling_tolerance, reuse=not args.rescore)  # fmt: skip
         chosen = result["chosen"]
         print(f"chosen: step {chosen['step']} ({chosen['path']})")
         if args.export:

@@ -1,12 +1,16 @@
 """Expression anchoring (our deviation, docs/training.md "Session 8";
 :mod:`facemodel.training.anchoring`): a fixed linear map A from the data's blendshape weights
 to expression codes, and for ``pairs`` same-person training pairs a step,
-``G(z, A(w_i)) - G(z, A(w_j))`` must equal ``x_i - x_j`` (mm^2 per face-area vertex)."""
+``G(z, A(w_i)) - G(z, A(w_j))`` must equal ``x_i - x_j`` (mm^2 per face-area vertex). The
+identity part of ``z`` is a random prior code (``identity: random``, 0.4.0: the pair's motion
+taught on any face, which pulls the motion towards the same on every face) or the pair's own
+identity anchor code (``identity: anchored``: each person's motion on that person's code)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,6 +26,8 @@ class ExpressionAnchorConfig(TermConfig):
     """``weight``: lambda_expression_anchor."""
 
     pairs: int = Field(32, ge=1, description="same-person training pairs a step")
+    identity: Literal["random", "anchored"] = Field(
+        "random", description="the pairs' identity code: a random prior draw, or the pair's identity anchor code")
 
 
 @dataclass
@@ -64,10 +70,15 @@ class ExpressionAnchorTerm(Term):
 
     def setup(self, s: Setup) -> None:
         self.fit = fitted_anchor(s)
+        self.identity_codes = None
+        if self.config.identity == "anchored":
+            from .identity_anchor import fitted_identity_codes  # (that module imports this one)
+
+            self.identity_codes = fitted_identity_codes(s)
 
     def generator(self, ctx: GeneratorContext) -> Contribution:
         """``pairs`` same-person training pairs (seeded by the step), their weights' anchor codes
-        on random prior identity and noise codes."""
+        on random prior noise codes and random prior identity codes (or the pair's own)."""
         P, fit = self.config.pairs, self.fit
         rng = ctx.rng(11)
         a = rng.integers(0, len(ctx.data), P)
@@ -75,6 +86,9 @@ class ExpressionAnchorTerm(Term):
         rows = np.concatenate([a, b])
         x = torch.from_numpy(ctx.data.offsets(rows)[:, :FACE_VERTICES].astype(np.float32)).to(ctx.device)
         z = torch.randn(P, ctx.code_dim, device=ctx.device).repeat(2, 1)
+        if self.identity_codes is not None:
+            codes, identity = self.identity_codes
+            z[:, identity] = codes[torch.from_numpy(rows).to(codes.device)]
         z[:, fit.expression] = fit.codes(rows, ctx.device)
         g = ctx.generate(z)[:, :FACE_VERTICES]
         anchor = anchor_loss(g[:P] - g[P:], x[:P] - x[P:])

@@ -24,6 +24,25 @@ class IdentityAnchorConfig(TermConfig):
     pairs: int = Field(32, ge=1, description="training meshes reproduced a step")
 
 
+def fitted_identity_codes(s: Setup) -> tuple[torch.Tensor, slice]:
+    """((N, identity code_dim) anchor code of every training mesh's identity, on the training
+    device; the identity code's columns in the full code), fitted once per setup."""
+    fit = fitted_anchor(s)
+    name = s.config.require_role("identity", "identity anchoring")
+
+    def make() -> tuple[torch.Tensor, slice]:
+        ident = s.gen_config.factor(name)
+        id_classes, id_codes, stats = fit_identity_anchor(s.data, ident.code_dim)
+        lookup = np.full(int(id_classes.max()) + 1, -1, dtype=np.int64)
+        lookup[id_classes] = np.arange(len(id_classes))
+        log.info("identity anchor: %d identities, %d codes hold %.1f%% of their shape variance (%.3f mm RMS)",
+                 int(stats["identities"]), ident.code_dim, 100 * stats["kept"], stats["shape_mm"])  # fmt: skip
+        codes = torch.from_numpy(id_codes[lookup[fit.classes]]).to(s.device)
+        return codes, s.gen_config.code_slices()[name]
+
+    return s.shared("identity_anchor", make)
+
+
 class IdentityAnchorTerm(Term):
     name = "identity_anchor"
     Config = IdentityAnchorConfig
@@ -31,15 +50,7 @@ class IdentityAnchorTerm(Term):
 
     def setup(self, s: Setup) -> None:
         self.fit = fitted_anchor(s)
-        name = s.config.require_role("identity", "identity anchoring")
-        ident = s.gen_config.factor(name)
-        id_classes, id_codes, stats = fit_identity_anchor(s.data, ident.code_dim)
-        lookup = np.full(int(id_classes.max()) + 1, -1, dtype=np.int64)
-        lookup[id_classes] = np.arange(len(id_classes))
-        self.codes = torch.from_numpy(id_codes[lookup[self.fit.classes]]).to(s.device)  # (N, code_dim) per mesh
-        self.identity = s.gen_config.code_slices()[name]
-        log.info("identity anchor: %d identities, %d codes hold %.1f%% of their shape variance (%.3f mm RMS)",
-                 int(stats["identities"]), ident.code_dim, 100 * stats["kept"], stats["shape_mm"])  # fmt: skip
+        self.codes, self.identity = fitted_identity_codes(s)  # (N, code_dim) per mesh
 
     def generator(self, ctx: GeneratorContext) -> Contribution:
         """``pairs`` training meshes (seeded by the step) from their identity's anchor code, their
