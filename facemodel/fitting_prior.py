@@ -33,7 +33,8 @@ LOSSES = ("l2", "huber")
 #: 0.2-0.5 / 2 / 16 (of 0.05-32); ``0.05 + 2 noise^3`` gives 0.05 / 0.30 / 2.05 / 16.05, within
 #: 0.01 mm of the best at each level (benchmarks/bench_fit_unseen.py --select, docs/benchmarks.md).
 #: An empirical rule: no MAP-form ``a (noise^2 + c)`` is that close at every level. 0.3.1's rule
-#: was 3.5 (noise^2 + 0.57)
+#: was 3.5 (noise^2 + 0.57). Checked on 0.5.0: within 0.05 mm of the best weight at each level
+#: (its best: 0.02 / 0.5 / 4 / 16), so kept.
 _REG_FLOOR, _REG_PER_MM3 = 0.05, 2.0
 #: the noise the default 3D weight assumes (mm per coordinate)
 DEFAULT_NOISE_MM = 1.0

@@ -92,7 +92,13 @@ def test_huber_loss_resists_outliers(released):
     bad[:, [10, 30, 48]] += 25.0  # three landmarks 43 mm off
     l2 = fit_landmarks(released, bad)
     hub = fit_landmarks(released, bad, loss="huber")
-    assert hub.loss_weights.shape == (4, 68) and float(hub.loss_weights[:, [10, 30, 48]].max()) < 0.3
+    w = hub.loss_weights
+    inliers = torch.ones(68, dtype=torch.bool)
+    inliers[[10, 30, 48]] = False
+    # the three outliers get the lowest weights of each face, well below every inlier's
+    # (0.5.0: outliers 0.27-0.31, inliers >= 0.54; 0.4.x: outliers < 0.3)
+    assert w.shape == (4, 68) and float(w[:, [10, 30, 48]].max()) < 0.35
+    assert bool((w[:, [10, 30, 48]].max(1).values < 0.75 * w[:, inliers].min(1).values).all())
     assert float(l2.loss_weights.min()) == 1.0
 
     def err(r):

@@ -21,7 +21,7 @@ def tiny(small_dataset, **overrides):
 
 def test_config_files_round_trip(tmp_path):
     for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "release-0.1.yaml", "release-0.2.yaml",
-                 "release-0.3.yaml"):
+                 "release-0.3.yaml", "release-0.4.yaml"):
         cfg = load_config(REPO_CONFIGS / name)
         cfg.to_file(tmp_path / f"{name}.json")
         assert load_config(tmp_path / f"{name}.json") == cfg
@@ -399,7 +399,7 @@ def test_release_04_is_the_03_recipe_with_issue_22s_changes_only():
     from facemodel.training.release import MAX_RELEASE_BYTES
 
     rel = load_config(REPO_CONFIGS / "release-0.3.yaml").legacy_flat()
-    cand = load_config(REPO_CONFIGS / "release.yaml")
+    cand = load_config(REPO_CONFIGS / "release-0.4.yaml")
     flat = cand.legacy_flat()
     # the schedule (max_steps) is the run's own length: the released step was picked inside it
     assert {k for k, v in rel.items() if flat[k] != v} == {"data", "factors", "hidden", "max_steps"}
@@ -414,6 +414,16 @@ def test_release_04_is_the_03_recipe_with_issue_22s_changes_only():
     # the float16 export's generator (weights + biases, 2 bytes each) leaves room in the weights/ budget
     params = cand.hidden * (gen.code_dim + 1) + 3 * 9409 * (cand.hidden + 1)
     assert 2 * params < 0.85 * MAX_RELEASE_BYTES
+
+
+def test_release_05_is_the_04_recipe_with_anchored_pairs_and_a_longer_run():
+    """0.5.0's recipe: 0.4.0's with two changes (configs/release.yaml's header), nothing else."""
+    old, new = load_config(REPO_CONFIGS / "release-0.4.yaml"), load_config(REPO_CONFIGS / "release.yaml")
+    a, b = old.model_dump(), new.model_dump()
+    assert {k for k in a if a[k] != b[k]} == {"expression_anchor", "max_steps"}
+    assert {k for k, v in a["expression_anchor"].items() if b["expression_anchor"][k] != v} == {"identity"}
+    assert (old.expression_anchor.identity, new.expression_anchor.identity) == ("random", "anchored")
+    assert new.max_steps > old.max_steps == 2000
 
 
 # ---- snapshots and checkpoint selection (facemodel.training.select) --------------------------
