@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..anchoring import FACE_VERTICES, ExpressionAnchor, anchor_loss, fit_expression_anchor
+from ..anchoring import FACE_VERTICES, ExpressionAnchor, anchor_loss, fit_expression_anchor, fit_identity_anchor
 from .base import Contribution, GeneratorContext, Setup, Term, TermConfig
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,25 @@ def fitted_anchor(s: Setup) -> AnchorFit:
     return s.shared("expression_anchor", fit)
 
 
+def fitted_identity_codes(s: Setup) -> tuple[torch.Tensor, slice]:
+    """((N, identity code_dim) anchor code of every training mesh's identity, on the training
+    device; the identity code's columns in the full code), fitted once per setup."""
+    fit = fitted_anchor(s)
+    name = s.config.require_role("identity", "identity anchoring")
+
+    def make() -> tuple[torch.Tensor, slice]:
+        ident = s.gen_config.factor(name)
+        id_classes, id_codes, stats = fit_identity_anchor(s.data, ident.code_dim)
+        lookup = np.full(int(id_classes.max()) + 1, -1, dtype=np.int64)
+        lookup[id_classes] = np.arange(len(id_classes))
+        log.info("identity anchor: %d identities, %d codes hold %.1f%% of their shape variance (%.3f mm RMS)",
+                 int(stats["identities"]), ident.code_dim, 100 * stats["kept"], stats["shape_mm"])  # fmt: skip
+        codes = torch.from_numpy(id_codes[lookup[fit.classes]]).to(s.device)
+        return codes, s.gen_config.code_slices()[name]
+
+    return s.shared("identity_anchor", make)
+
+
 class ExpressionAnchorTerm(Term):
     name = "expression_anchor"
     Config = ExpressionAnchorConfig
@@ -72,8 +91,6 @@ class ExpressionAnchorTerm(Term):
         self.fit = fitted_anchor(s)
         self.identity_codes = None
         if self.config.identity == "anchored":
-            from .identity_anchor import fitted_identity_codes  # (that module imports this one)
-
             self.identity_codes = fitted_identity_codes(s)
 
     def generator(self, ctx: GeneratorContext) -> Contribution:

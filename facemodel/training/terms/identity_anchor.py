@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..anchoring import anchor_loss, fit_identity_anchor
+from ..anchoring import anchor_loss
 from .base import Contribution, GeneratorContext, Setup, Term, TermConfig
-from .expression_anchor import fitted_anchor
+from .expression_anchor import fitted_anchor, fitted_identity_codes  # (one-way: that module holds both fits)
 
 log = logging.getLogger(__name__)
 
@@ -22,25 +22,6 @@ class IdentityAnchorConfig(TermConfig):
     """``weight``: lambda_identity_anchor."""
 
     pairs: int = Field(32, ge=1, description="training meshes reproduced a step")
-
-
-def fitted_identity_codes(s: Setup) -> tuple[torch.Tensor, slice]:
-    """((N, identity code_dim) anchor code of every training mesh's identity, on the training
-    device; the identity code's columns in the full code), fitted once per setup."""
-    fit = fitted_anchor(s)
-    name = s.config.require_role("identity", "identity anchoring")
-
-    def make() -> tuple[torch.Tensor, slice]:
-        ident = s.gen_config.factor(name)
-        id_classes, id_codes, stats = fit_identity_anchor(s.data, ident.code_dim)
-        lookup = np.full(int(id_classes.max()) + 1, -1, dtype=np.int64)
-        lookup[id_classes] = np.arange(len(id_classes))
-        log.info("identity anchor: %d identities, %d codes hold %.1f%% of their shape variance (%.3f mm RMS)",
-                 int(stats["identities"]), ident.code_dim, 100 * stats["kept"], stats["shape_mm"])  # fmt: skip
-        codes = torch.from_numpy(id_codes[lookup[fit.classes]]).to(s.device)
-        return codes, s.gen_config.code_slices()[name]
-
-    return s.shared("identity_anchor", make)
 
 
 class IdentityAnchorTerm(Term):
