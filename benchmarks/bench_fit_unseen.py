@@ -169,6 +169,9 @@ def main() -> None:
                          "on; 0: skip)")  # fmt: skip
     ap.add_argument("--tols", type=float, nargs="*", default=[1e-5, 1e-2, 3e-2, 1e-1],
                     help="--select: stopping tolerances compared at the default weight")  # fmt: skip
+    ap.add_argument("--calibrate-noise", type=float, nargs="*", default=None, metavar="MM",
+                    help="instead: the residual levels behind noise_mm='auto' (facemodel.fitting_prior."
+                         "NOISE_CALIBRATION) at these noise levels, on the validation faces")  # fmt: skip
     ap.add_argument("--select-noise", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0, 3.0],
                     help="--select: noise levels (mm) of the 3D weight sweep behind reg_for_noise")  # fmt: skip
     args = ap.parse_args()
@@ -210,6 +213,29 @@ def main() -> None:
         proj = r.transform_points(r.landmarks).double().numpy()
         iod = np.linalg.norm(x_true[:, 36] - x_true[:, 45], axis=1)
         return np.linalg.norm(proj - x_true, axis=-1).mean(1) / iod
+
+    if args.calibrate_noise:
+        # the table behind facemodel.fitting_prior.NOISE_CALIBRATION: the residual level of the first
+        # (1 mm) fit of noise_mm="auto" per true noise level, on validation faces
+        from facemodel.fitting_prior import residual_level
+
+        v, lm = faces(args.seed + 1)
+        rng = np.random.default_rng(args.seed + 1)
+        levels, sds = [], []
+        for noise in args.calibrate_noise:
+            r = fit_landmarks(model, posed_points(lm, noise, rng).astype(np.float32), noise_mm=1.0, decode=False)
+            d = (r.residuals / r.scale[:, None]).double().numpy()  # model-space mm
+            lev = residual_level(d, np.isfinite(d))
+            levels.append(lev.mean())
+            sds.append(lev.std())
+        print(f"\nnoise calibration ({len(v)} validation faces, seed {args.seed + 1}): residual level of the 1 mm fit")
+        print("| noise (mm) |" + "".join(f" {x:g} |" for x in args.calibrate_noise))
+        print("|---" * (len(args.calibrate_noise) + 1) + "|")
+        print("| mean level (mm) |" + "".join(f" {x:.4f} |" for x in levels))
+        print("| its std. dev. |" + "".join(f" {x:.4f} |" for x in sds))
+        print(f"NOISE_CALIBRATION = (\n    {tuple(float(x) for x in args.calibrate_noise)},\n"
+              f"    {tuple(round(float(x), 4) for x in levels)},\n)")
+        return
 
     if args.select:
         from facemodel.fitting_prior import reg_for_noise
@@ -290,7 +316,8 @@ def main() -> None:
             print(f"linear {key}: validation RMSE per lambda {({k: round(s, 3) for k, s in scores.items()})}")
     def table3d(title, v, lm, rng, mean_rmse):
         print(f"\n3D, {title}: dense face-area RMSE after Procrustes (mm)")
-        head = "| noise (mm) | ours (defaults) | ours, noise_mm = noise | ours, old default (l2, 0.01) |"
+        head = ("| noise (mm) | ours (defaults: noise estimated) | its estimate (mean) | ours, noise_mm = noise | "
+                "ours, noise_mm = 1 (0.5.0's default) | ours, old default (l2, 0.01) |")  # fmt: skip
         head += "".join(f" linear {di}+{de} |" for di, de in lins) + " mean face | ours: median plausibility | ms / face |"
         print(head)
         print("|---" * (head.count("|") - 1) + "|")
@@ -298,8 +325,10 @@ def main() -> None:
             pts = posed_points(lm, noise, rng)
             fv, r, dt = ours3d(pts)
             fn, _, _ = ours3d(pts, noise_mm=noise)
+            f1, _, _ = ours3d(pts, noise_mm=1.0)
             fo, _, _ = ours3d(pts, reg=0.01)
-            row = (f"| {noise} | {procrustes_rmse(fv, v).mean():.3f} | {procrustes_rmse(fn, v).mean():.3f} | "
+            row = (f"| {noise} | {procrustes_rmse(fv, v).mean():.3f} | {r.noise_mm.mean():.2f} | "
+                   f"{procrustes_rmse(fn, v).mean():.3f} | {procrustes_rmse(f1, v).mean():.3f} | "
                    f"{procrustes_rmse(fo, v).mean():.3f} |")  # fmt: skip
             for key, lin in lins.items():
                 idx = model.landmarks.numpy() if lmk.is_vertex_set else lmk.vertex_indices[:, 0].numpy()

@@ -237,11 +237,30 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     lo, _, hi = result.typical_range
     print(f"rmse {float(result.rmse.mean()):.3f} (input units), converged {bool(result.converged.all())}, "
           f"iterations {int(result.iterations.max())}, plausibility {float(result.plausibility.max()):.2f} "
-          f"(prior's 1-99 %: {lo:.1f}-{hi:.1f}; prior weight {result.reg:.2f})")  # fmt: skip
+          f"(prior's 1-99 %: {lo:.1f}-{hi:.1f}; {_prior_weight_text(result)})")  # fmt: skip
     from .outputs import Faces
 
     _write_outputs(Faces(result.vertices, result.codes, model.faces, model.code_slices), args)
     return 0
+
+
+def _prior_weight_text(result) -> str:
+    """'prior weight W[, landmark noise N mm [estimated]]' of a fit (the largest over its faces)."""
+    per_face = hasattr(result.reg, "max")  # a (B,) tensor: the noise was estimated per face
+    text = f"prior weight {float(result.reg.max() if per_face else result.reg):.2f}"
+    if result.noise_mm is not None:
+        text += f", landmark noise {float(result.noise_mm.max()):.2f} mm" + (" (estimated)" if per_face else "")
+    return text
+
+
+def _noise_mm(text: str) -> float | str:
+    """``--noise-mm``: a number of mm, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of mm or 'auto', got {text!r}") from None
 
 
 def _camera_kwargs(args: argparse.Namespace) -> dict:
@@ -569,8 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(.jpg, .png, ...: needs the photo extra)")  # fmt: skip
     p.add_argument("--reg", type=float, default=None, help="weight of the code prior (default: the model prior at its "
                    "validated weight; an explicit value alone uses the paper's lambda ||z||^2)")  # fmt: skip
-    p.add_argument("--noise-mm", type=float, default=None, help="3D points: their expected noise per coordinate in mm "
-                   "of the face (sets the prior weight; default 1)")  # fmt: skip
+    p.add_argument("--noise-mm", type=_noise_mm, default=None, metavar="MM|auto",
+                   help="3D points: their expected noise per coordinate in mm of the face, or 'auto' (sets the "
+                   "prior weight; default: estimated per face for the 68 iBUG points, else 1)")  # fmt: skip
     p.add_argument("--face", type=int, default=0, help="photos: which detected face (0: the largest)")
     p.add_argument("--codes", default=None, help="photos: write codes, camera, landmarks (and blendshape weights) to "
                    "this .json or .npz (default: next to --out)")  # fmt: skip

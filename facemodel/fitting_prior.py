@@ -23,7 +23,8 @@ import numpy as np
 
 from .prior import CodePrior
 
-__all__ = ["PRIORS", "LOSSES", "DEFAULT_REG", "DEFAULT_NOISE_MM", "reg_for_noise", "PRIOR_MAX_ITERS_GN", "PRIOR_TOL", "DEFAULT_LOSS_SCALE_MM", "resolve_prior", "whitened_head",
+__all__ = ["PRIORS", "LOSSES", "DEFAULT_REG", "DEFAULT_NOISE_MM", "reg_for_noise", "AUTO", "AUTO_LANDMARKS",
+           "AUTO_MIN_POINTS", "NOISE_CALIBRATION", "residual_level", "noise_from_level", "PRIOR_MAX_ITERS_GN", "PRIOR_TOL", "DEFAULT_LOSS_SCALE_MM", "resolve_prior", "whitened_head",
            "irls_weights"]  # fmt: skip
 
 PRIORS = ("model", "l2")
@@ -40,11 +41,57 @@ _REG_FLOOR, _REG_PER_MM3 = 0.05, 2.0
 DEFAULT_NOISE_MM = 1.0
 
 
-def reg_for_noise(noise_mm: float) -> float:
+def reg_for_noise(noise_mm: float | np.ndarray) -> float | np.ndarray:
     """The weight of the Mahalanobis prior for 3D landmarks with ``noise_mm`` of Gaussian noise
     per coordinate (model-space mm): ``0.05 + 2 noise_mm^3``, fitted on validation faces with
-    the 0.4.0 weights (0.05 for exact points, 0.30 at 0.5 mm, 2.05 at 1 mm, 16 at 2 mm)."""
+    the 0.4.0 weights (0.05 for exact points, 0.30 at 0.5 mm, 2.05 at 1 mm, 16 at 2 mm). A
+    number gives a float, an array (B,) per-face weights (float64)."""
+    if np.ndim(noise_mm):
+        return _REG_FLOOR + _REG_PER_MM3 * np.asarray(noise_mm, np.float64) ** 3
     return _REG_FLOOR + _REG_PER_MM3 * float(noise_mm) ** 3
+
+
+#: ``noise_mm="auto"``: each face's landmark noise is estimated from the residuals of a first fit
+#: at the 1 mm weight, then the face is re-fitted (warm-started) at ``reg_for_noise`` of that estimate
+AUTO = "auto"
+#: the landmark set the estimate is calibrated for, and the fewest usable points it needs
+AUTO_LANDMARKS = "ibug68"
+AUTO_MIN_POINTS = 60
+#: (noise per coordinate in mm, the mean :func:`residual_level` of the first fit at that noise):
+#: measured on 200 validation faces (upstream ICT, seed 2027) with the 0.5.0 weights,
+#: ``benchmarks/bench_fit_unseen.py --calibrate-noise`` (docs/benchmarks.md); re-measure when the
+#: weights change (tests/test_fitting_auto_noise.py checks the estimate on other faces)
+NOISE_CALIBRATION = (
+    (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
+    (0.729, 0.7985, 0.965, 1.1872, 1.4121, 1.855, 2.2041, 2.6813, 2.9273),
+)
+#: the estimate's upper bound (mm): beyond it the first fit's residuals stop growing with the noise
+AUTO_MAX_NOISE_MM = 5.0
+#: the share of each face's landmarks the level keeps (the smallest residuals: a few detector
+#: outliers do not raise the estimate)
+_LEVEL_KEEP = 0.9
+
+
+def residual_level(norms: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(B, K) landmark residual distances (model-space mm) and (B, K) bool usable points ->
+    (B,) the root mean square of the smallest 90 % of each face's residuals (mm)."""
+    d = np.where(valid, np.asarray(norms, np.float64), np.inf)
+    d = np.sort(d, axis=1)
+    keep = np.maximum(1, np.ceil(_LEVEL_KEEP * valid.sum(1))).astype(np.int64)
+    take = np.arange(d.shape[1])[None, :] < keep[:, None]
+    return np.sqrt(np.where(take, d, 0.0).__pow__(2).sum(1) / keep)
+
+
+def noise_from_level(level: np.ndarray) -> np.ndarray:
+    """(B,) :func:`residual_level` of a first fit at the 1 mm weight -> (B,) estimated landmark
+    noise per coordinate (mm): :data:`NOISE_CALIBRATION` inverted (linear between its points,
+    its last segment extended upwards), clipped to [0, 5] mm."""
+    sig, lev = (np.asarray(a, np.float64) for a in NOISE_CALIBRATION)
+    level = np.asarray(level, np.float64)
+    out = np.interp(level, lev, sig)
+    slope = (sig[-1] - sig[-2]) / (lev[-1] - lev[-2])
+    out = np.where(level > lev[-1], sig[-1] + (level - lev[-1]) * slope, out)
+    return np.clip(out, 0.0, AUTO_MAX_NOISE_MM)
 
 
 #: default weight of the Mahalanobis prior, per kind of fit (see the module docstring)
@@ -67,12 +114,13 @@ def resolve_prior(prior: str | None, reg: float | None, kind: str, noise_mm: flo
     """(prior, reg) from the user's arguments: neither given -> the model prior at its default
     weight (3D: :func:`reg_for_noise` of ``noise_mm`` when given); only ``reg`` -> the old
     ``reg ||z||^2`` (``"l2"``); ``prior`` without ``reg`` -> that prior's default weight. ``reg``
-    is returned unchecked (None stays None for the checks); ``noise_mm`` is checked by the caller."""
+    is returned unchecked (None stays None for the checks); ``noise_mm`` is checked by the caller
+    (``"auto"``: the 1 mm weight, that of the first of the two fits)."""
     if prior is None:
         prior = "l2" if reg is not None else "model"
     if reg is None and prior in PRIORS:
         if prior == "model":
-            reg = DEFAULT_REG[kind] if noise_mm is None else reg_for_noise(noise_mm)
+            reg = DEFAULT_REG[kind] if noise_mm is None or noise_mm == AUTO else reg_for_noise(noise_mm)
         else:
             reg = L2_DEFAULT_REG
     return prior, reg

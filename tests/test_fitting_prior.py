@@ -10,7 +10,7 @@ import torch
 from facemodel import FaceModel
 from facemodel.contour import contour_landmarks, contour_lines
 from facemodel.fitting import FittingError, fit_landmarks, fit_landmarks_2d
-from facemodel.fitting_prior import DEFAULT_REG
+from facemodel.fitting_prior import DEFAULT_REG, reg_for_noise
 from facemodel.landmarks import landmark_positions
 from facemodel.prior import code_prior
 
@@ -60,7 +60,9 @@ def test_default_prior_beats_the_old_l2_default_on_noisy_points(released):
     faces, lm = _posed(released, 8, seed=2, noise=1.0)
     new = fit_landmarks(released, lm)
     old = fit_landmarks(released, lm, reg=0.01)
-    assert new.prior == "model" and new.reg == DEFAULT_REG["3d"] and old.prior == "l2" and old.reg == 0.01
+    assert new.prior == "model" and old.prior == "l2" and old.reg == 0.01 and old.noise_mm is None
+    # the default estimates each face's noise and weighs its prior for it
+    torch.testing.assert_close(new.reg, torch.as_tensor(reg_for_noise(new.noise_mm.numpy())))
 
     def err(r):
         return float((r.vertices - faces.vertices).norm(dim=-1).pow(2).mean().sqrt())
