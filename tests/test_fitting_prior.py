@@ -92,8 +92,8 @@ def test_huber_loss_resists_outliers(released):
     faces, lm = _posed(released, 4, seed=6, noise=0.5)
     bad = lm.clone()
     bad[:, [10, 30, 48]] += 25.0  # three landmarks 43 mm off
-    l2 = fit_landmarks(released, bad)
-    hub = fit_landmarks(released, bad, loss="huber")
+    l2 = fit_landmarks(released, bad, posterior=False)  # MAP against MAP (the default l2 fit blends in the
+    hub = fit_landmarks(released, bad, loss="huber")   # posterior mean, which the outliers move less: 8.6 mm here)
     w = hub.loss_weights
     inliers = torch.ones(68, dtype=torch.bool)
     inliers[[10, 30, 48]] = False
