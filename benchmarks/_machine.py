@@ -15,3 +15,24 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "?"
+
+
+def weights_version(folder: str | Path) -> str:
+    """The released weights' version of a ``save_pretrained`` folder, from the first ``**Version X**``
+    of its model card (README.md), with the first 12 hex digits of model.safetensors' SHA-256
+    (``"0.5.0 (sha256 3f1c...)"``; ``"?"`` parts where the card or the file is missing)."""
+    import hashlib
+    import re
+
+    folder = Path(folder).expanduser()
+    version = "?"
+    try:
+        hit = re.search(r"\*\*Version ([0-9][^*\s]*)\*\*", (folder / "README.md").read_text())
+        version = hit.group(1) if hit else "?"
+    except OSError:
+        pass
+    try:
+        digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
+    except OSError:
+        digest = "?"
+    return f"{version} (sha256 {digest})"

@@ -21,7 +21,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-from _machine import cpu_name  # noqa: E402
+from _machine import cpu_name, weights_version  # noqa: E402
 
 import argparse
 import os
@@ -110,6 +110,13 @@ def main() -> None:
         t_nodec = time_single(args.faces, max_iters=mi, reg=args.reg, decode=False)[0]
         rows.append((f"Gauss-Newton, max_iters={mi}", t_med, t_nodec, its, lmk, surf, args.faces))
     gn_ref = rows[0]
+    # the one-fit path: the noise given, no posterior blend (0.5.0's default)
+    one = {} if args.reg is not None else {"noise_mm": args.noise_mm, "posterior": False}
+    if one:
+        t_med, its, lmk, surf = time_single(args.faces, max_iters=args.max_iters[0], **one)
+        t_nodec = time_single(args.faces, max_iters=args.max_iters[0], decode=False, **one)[0]
+        rows.append((f"Gauss-Newton, noise_mm={args.noise_mm:g}, posterior=False (one MAP fit), max_iters="
+                     f"{args.max_iters[0]}", t_med, t_nodec, its, lmk, surf, args.faces))  # fmt: skip
     t_med, its, lmk, surf = time_single(args.faces, max_iters=args.max_iters[0], reg=args.reg, init="mean")
     rows.append((f"Gauss-Newton, init=mean, max_iters={args.max_iters[0]}", t_med, float("nan"), its, lmk, surf, args.faces))
     t_med, its, lmk, surf = time_single(args.faces, solver="lbfgs", reg=args.reg)
@@ -128,12 +135,14 @@ def main() -> None:
     batch = {}
     for mi in args.max_iters:
         for decode in (False, True):
-            fit_landmarks(model, pts[:8], max_iters=mi, decode=decode)
-            t0 = time.perf_counter()
-            res = fit_landmarks(model, pts[: args.batch], max_iters=mi, decode=decode, reg=args.reg)
-            _ = res.vertices
-            dt = time.perf_counter() - t0
-            batch[(mi, decode)] = (args.batch / dt, float(res.iterations.float().mean()), float(res.converged.float().mean()))
+            for kind, kw in (("default", {"reg": args.reg}),) + ((("one MAP fit", one),) if one else ()):
+                fit_landmarks(model, pts[:8], max_iters=mi, decode=decode, **kw)
+                t0 = time.perf_counter()
+                res = fit_landmarks(model, pts[: args.batch], max_iters=mi, decode=decode, **kw)
+                _ = res.vertices
+                dt = time.perf_counter() - t0
+                batch[(mi, decode, kind)] = (args.batch / dt, float(res.iterations.float().mean()),
+                                             float(res.converged.float().mean()))  # fmt: skip
 
     print(_machine(args, source, torch, np))
     print()
@@ -152,8 +161,9 @@ def main() -> None:
     print()
     print(f"| batch of {args.batch} faces (one call) | fits/s | mean iterations | converged |")
     print("|---|---:|---:|---:|")
-    for (mi, decode), (fps, its, conv) in batch.items():
-        print(f"| Gauss-Newton, max_iters={mi}, {'with' if decode else 'without'} mesh decode | {fps:.0f} | {its:.1f} | {conv:.0%} |")
+    for (mi, decode, kind), (fps, its, conv) in batch.items():
+        print(f"| Gauss-Newton ({kind}), max_iters={mi}, {'with' if decode else 'without'} mesh decode | {fps:.0f} | "
+              f"{its:.1f} | {conv:.0%} |")  # fmt: skip
 
 
 def _paper_protocol(model, lm, verts, args):
@@ -225,7 +235,9 @@ def _machine(args, source, torch, np) -> str:
         "|---|---|",
         f"| CPU | {cpu} ({os.cpu_count()} logical cores), {args.threads} thread(s) |",
         f"| software | Python {sys.version.split()[0]}, torch {torch.__version__}, numpy {np.__version__} |",
-        f"| model | {source} |",
+        f"| model | {source}" + (f", weights {weights_version(args.model)}" if args.model else "") + " |",
+        f"| date | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} |",
+        f"| command | python {' '.join(sys.argv)} |",
     ])  # fmt: skip
 
 

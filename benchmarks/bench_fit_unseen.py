@@ -35,7 +35,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-from _machine import cpu_name  # noqa: E402
+from _machine import cpu_name, weights_version  # noqa: E402
 
 import argparse
 import datetime
@@ -172,6 +172,9 @@ def main() -> None:
     ap.add_argument("--calibrate-noise", type=float, nargs="*", default=None, metavar="MM",
                     help="instead: the residual levels behind noise_mm='auto' (facemodel.fitting_prior."
                          "NOISE_CALIBRATION) at these noise levels, on the validation faces")  # fmt: skip
+    ap.add_argument("--select-blend", action="store_true",
+                    help="instead: candidate rules of the posterior mean's share by noise (facemodel.fitting_posterior."
+                         "blend_weight) on the validation faces, at --select-noise")  # fmt: skip
     ap.add_argument("--select-noise", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0, 3.0],
                     help="--select: noise levels (mm) of the 3D weight sweep behind reg_for_noise")  # fmt: skip
     args = ap.parse_args()
@@ -191,7 +194,7 @@ def main() -> None:
     lmk = model.landmark_set("ibug68")
     lines, normals = contour_lines(model)
     print(f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {cpu_name()}, {torch.get_num_threads()} thread(s), "
-          f"model {args.model} (version {model.config.training.get('version', '?') if isinstance(model.config.training, dict) else '?'})")  # fmt: skip
+          f"model {args.model} (weights {weights_version(args.model)})")  # fmt: skip
     print("command: python " + " ".join(_sys.argv))
 
     def faces(seed):
@@ -235,6 +238,35 @@ def main() -> None:
         print("| its std. dev. |" + "".join(f" {x:.4f} |" for x in sds))
         print(f"NOISE_CALIBRATION = (\n    {tuple(float(x) for x in args.calibrate_noise)},\n"
               f"    {tuple(round(float(x), 4) for x in levels)},\n)")
+        return
+
+    if args.select_blend:
+        # the rule behind facemodel.fitting_posterior.blend_weight: candidate shares of the posterior
+        # mean by noise, on the validation faces (the default fit otherwise)
+        import facemodel.fitting as fitting_module
+
+        rules = {"1 - 1/(1 + 4 s^2)": lambda s: 1 - 1 / (1 + 4 * s * s),
+                 "clip(s, 0, 1)": lambda s: np.clip(s, 0.0, 1.0),
+                 "1 - 1/(1 + 2 s^2) (the default)": lambda s: 1 - 1 / (1 + 2 * s * s),
+                 "1 - 1/(1 + 8 s^2)": lambda s: 1 - 1 / (1 + 8 * s * s),
+                 "1 (the posterior mean alone)": lambda s: np.where(np.asarray(s) > 0.17, 1.0, 0.0)}  # fmt: skip
+        v, lm = faces(args.seed + 1)
+        rng = np.random.default_rng(args.seed + 1)
+        pts_by_noise = {noise: posed_points(lm, noise, rng) for noise in args.select_noise}
+        print(f"\nposterior blend rules ({len(v)} validation faces, seed {args.seed + 1}): mean dense RMSE (mm); "
+              "share of the posterior mean by the estimated noise s")  # fmt: skip
+        print("| rule |" + "".join(f" {n:g} mm |" for n in args.select_noise))
+        print("|---|" + "---:|" * len(args.select_noise))
+        print("| MAP only (posterior=False) |" + "".join(
+            f" {procrustes_rmse(ours3d(p, posterior=False)[0], v).mean():.3f} |" for p in pts_by_noise.values()))
+        original = fitting_module.blend_weight
+        try:
+            for name, rule in rules.items():
+                fitting_module.blend_weight = rule
+                print(f"| {name} |" + "".join(f" {procrustes_rmse(ours3d(p)[0], v).mean():.3f} |"
+                                              for p in pts_by_noise.values()), flush=True)  # fmt: skip
+        finally:
+            fitting_module.blend_weight = original
         return
 
     if args.select:
@@ -316,8 +348,9 @@ def main() -> None:
             print(f"linear {key}: validation RMSE per lambda {({k: round(s, 3) for k, s in scores.items()})}")
     def table3d(title, v, lm, rng, mean_rmse):
         print(f"\n3D, {title}: dense face-area RMSE after Procrustes (mm)")
-        head = ("| noise (mm) | ours (defaults: noise estimated) | its estimate (mean) | ours, noise_mm = noise | "
-                "ours, noise_mm = 1 (0.5.0's default) | ours, old default (l2, 0.01) |")  # fmt: skip
+        head = ("| noise (mm) | ours (defaults: noise estimated, posterior blended) | its estimate (mean) | "
+                "ours, noise_mm = noise | ours, MAP only (posterior=False) | ours, MAP at noise_mm = 1 (0.5.0's "
+                "default) | ours, old default (l2, 0.01) |")  # fmt: skip
         head += "".join(f" linear {di}+{de} |" for di, de in lins) + " mean face | ours: median plausibility | ms / face |"
         print(head)
         print("|---" * (head.count("|") - 1) + "|")
@@ -325,11 +358,12 @@ def main() -> None:
             pts = posed_points(lm, noise, rng)
             fv, r, dt = ours3d(pts)
             fn, _, _ = ours3d(pts, noise_mm=noise)
-            f1, _, _ = ours3d(pts, noise_mm=1.0)
+            fm, _, _ = ours3d(pts, posterior=False)
+            f1, _, _ = ours3d(pts, noise_mm=1.0, posterior=False)
             fo, _, _ = ours3d(pts, reg=0.01)
             row = (f"| {noise} | {procrustes_rmse(fv, v).mean():.3f} | {r.noise_mm.mean():.2f} | "
-                   f"{procrustes_rmse(fn, v).mean():.3f} | {procrustes_rmse(f1, v).mean():.3f} | "
-                   f"{procrustes_rmse(fo, v).mean():.3f} |")  # fmt: skip
+                   f"{procrustes_rmse(fn, v).mean():.3f} | {procrustes_rmse(fm, v).mean():.3f} | "
+                   f"{procrustes_rmse(f1, v).mean():.3f} | {procrustes_rmse(fo, v).mean():.3f} |")  # fmt: skip
             for key, lin in lins.items():
                 idx = model.landmarks.numpy() if lmk.is_vertex_set else lmk.vertex_indices[:, 0].numpy()
                 row += f" {procrustes_rmse(linear_fit(lin, pts, idx, lin_reg[key]), v).mean():.3f} |"

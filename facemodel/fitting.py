@@ -2034,8 +2034,8 @@ def fit_landmarks(
         posterior: blend the posterior-mean shape into the fit (:mod:`facemodel.fitting_posterior`):
             the mean of the faces that explain the points under a Gaussian approximation of the
             model's own faces, which with noisy points is closer to the truth than the MAP code's
-            mesh. Its share grows with the noise (``blend_weight``: none below ~0.17 mm, 0.8 at
-            1 mm, 0.94 at 2 mm); the codes are then re-fitted to the blended shape at 314 vertices,
+            mesh. Its share grows with the noise (``blend_weight``: none below ~0.24 mm, 0.67 at
+            1 mm, 0.89 at 2 mm); the codes are then re-fitted to the blended shape at 157 vertices,
             so ``vertices`` stay the codes' mesh. ``objective`` and ``iterations`` are the MAP
             fit's. Default (``None``): on for the model prior at a known or estimated noise, the
             l2 loss and all 68 iBUG points at equal weights; ``False``: the MAP fit alone (faster);

@@ -33,8 +33,9 @@ __all__ = ["ShapePosterior", "shape_posterior", "blend_weight", "BLEND_MIN_SHARE
 
 #: prior draws behind the Gaussian (its mean and covariance over 3 (K + |S|) coordinates)
 SAMPLES = 4000
-#: every how many-th vertex the blended target holds (9,409 face vertices -> 314)
-SUBSET_STEP = 30
+#: every how many-th vertex the blended target holds (9,409 face vertices -> 157); on validation
+#: faces at 1 mm every 30th / 60th / 90th gave 2.571 / 2.573 / 2.577 mm at 11.5 / 8.7 / 8.2 ms a face
+SUBSET_STEP = 60
 #: the posterior mean's share below which a fit keeps its MAP mesh unchanged (exact points)
 BLEND_MIN_SHARE = 0.1
 #: noise variance floor of the conditional mean (mm^2): the model's own mismatch to real faces
@@ -45,11 +46,12 @@ _ROUNDS = 6
 
 def blend_weight(noise_mm: np.ndarray) -> np.ndarray:
     """(B,) landmark noise per coordinate (mm) -> (B,) share of the posterior mean in the fit's
-    mesh, ``1 - 1 / (1 + 4 noise^2)``: 0 for exact points, 0.5 at 0.5 mm, 0.8 at 1 mm, 0.94 at
-    2 mm. Chosen on validation faces (upstream ICT, seed 2027; docs/benchmarks.md) among three
-    rules; the MAP mesh is better for exact points, the posterior mean for noisy ones."""
+    mesh, ``1 - 1 / (1 + 2 noise^2)``: 0 for exact points, 0.33 at 0.5 mm, 0.67 at 1 mm, 0.89 at
+    2 mm. Chosen on validation faces (upstream ICT, seed 2027) among five rules by
+    ``benchmarks/bench_fit_unseen.py --select-blend`` (docs/benchmarks.md): the MAP mesh is better
+    for exact points, the posterior mean for noisy ones."""
     s = np.asarray(noise_mm, np.float64)
-    return 1.0 - 1.0 / (1.0 + 4.0 * s * s)
+    return 1.0 - 1.0 / (1.0 + 2.0 * s * s)
 
 
 @dataclass(frozen=True, eq=False)

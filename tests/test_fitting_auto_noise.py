@@ -168,7 +168,7 @@ def test_posterior_blend_beats_the_map_mesh_on_noisy_points(released, unseen):
     assert map_only.posterior_share is None
     share = blended.posterior_share.numpy()
     np.testing.assert_allclose(share, blend_weight(blended.noise_mm.numpy()))
-    assert (share > 0.8).all()
+    assert (share > 0.7).all()
     e_blend, e_map = _dense(blended, v), _dense(map_only, v)
     # 100 test faces (docs/benchmarks.md): 2.56 vs 2.85 mm at 1 mm, 2.96 vs 3.37 at 2 mm
     assert e_blend < 0.95 * e_map, (e_blend, e_map)
@@ -213,7 +213,7 @@ def test_posterior_where_it_does_not_apply_is_refused(released, unseen, kw, matc
 
 def test_blend_weight_grows_with_the_noise():
     s = blend_weight(np.array([0.0, 0.1, 0.5, 1.0, 2.0]))
-    np.testing.assert_allclose(s, [0.0, 1 - 1 / 1.04, 0.5, 0.8, 1 - 1 / 17])
+    np.testing.assert_allclose(s, [0.0, 1 - 1 / 1.02, 1 / 3, 2 / 3, 8 / 9])
     assert np.all(np.diff(s) > 0) and s[-1] < 1
 
 
