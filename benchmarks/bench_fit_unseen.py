@@ -194,7 +194,7 @@ def main() -> None:
     lmk = model.landmark_set("ibug68")
     lines, normals = contour_lines(model)
     print(f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {cpu_name()}, {torch.get_num_threads()} thread(s), "
-          f"model {args.model} (weights {weights_version(args.model)})")  # fmt: skip
+          f"model {args.model}, weights {weights_version(args.model)}")  # fmt: skip
     print("command: python " + " ".join(_sys.argv))
 
     def faces(seed):
