@@ -106,6 +106,8 @@ def test_fit_bad_landmark_files(tmp_path, capsys, files):
                               outputs=[out])  # fmt: skip
     assert "not both" in _run(["fit", tmp_path / "ok.npy", "--noise-mm", "1", "--reg", "3", "--out", out], capsys,
                               tmp_path, outputs=[out])  # fmt: skip
+    assert "'auto'" in _run(["fit", tmp_path / "ok.npy", "--noise-mm", "autox", "--out", out], capsys, tmp_path,
+                            outputs=[out])  # fmt: skip
     np.save(tmp_path / "ok2d.npy", np.random.default_rng(0).normal(size=(68, 2)))
     assert "--noise-mm" in _run(["fit", tmp_path / "ok2d.npy", "--noise-mm", "1", "--out", out], capsys, tmp_path,
                                 outputs=[out])  # fmt: skip

@@ -42,6 +42,10 @@ def test_transfer_add_encode_fit_render(random_model, random_model_dir, tmp_path
     assert main(["fit", *m, str(tmp_path / "lm.npy"), "--out", str(tmp_path / "fit.obj")]) == 0
     out = capsys.readouterr().out
     assert "rmse" in out and "plausibility" in out and "prior weight" in out and (tmp_path / "fit.obj").is_file()
+    assert "landmark noise" in out and "(estimated)" in out  # the default estimates the points' noise
+    assert main(["fit", *m, str(tmp_path / "lm.npy"), "--noise-mm", "auto", "--out", str(tmp_path / "fita.obj")]) == 0
+    assert "(estimated)" in capsys.readouterr().out
+    assert (tmp_path / "fita.obj").read_bytes() == (tmp_path / "fit.obj").read_bytes()  # what the default does
     assert main(["fit", *m, str(tmp_path / "lm.npy"), "--noise-mm", "0.2", "--out", str(tmp_path / "fit02.obj")]) == 0
     assert (tmp_path / "fit02.obj").read_bytes() != (tmp_path / "fit.obj").read_bytes()  # another prior weight
     assert main(["fit", *m, str(tmp_path / "lm.json"), "--png", str(tmp_path / "fit2d.png")]) == 0
