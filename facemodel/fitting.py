@@ -1779,7 +1779,7 @@ def _posterior_refit(model, lmk, pm, P, w, z, noise, cp, dtype):
                  solver="gauss-newton", max_iters=None, tol=None, generator=None, device=None, solver_options=None,
                  decode=False, prior="model", noise_mm=0.0, posterior=False)  # fmt: skip
     z = z.copy()
-    z[todo] = refit.codes.numpy().astype(z.dtype)
+    z[todo] = refit.codes.detach().cpu().numpy().astype(z.dtype)
     return z, share
 
 

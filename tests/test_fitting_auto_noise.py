@@ -70,6 +70,17 @@ def test_auto_weighs_each_face_of_a_batch_for_its_own_noise(released, unseen):
     torch.testing.assert_close(alone.noise_mm, res.noise_mm[6:], atol=1e-3, rtol=0)
 
 
+def test_auto_from_given_codes_warm_starts_the_second_fit(released, unseen):
+    """With ``init`` codes the second fit starts from the first one (no regression restart)."""
+    v, lm = unseen
+    pts = posed_points(lm[:4], 2.0, np.random.default_rng(18)).astype(np.float32)
+    mean_start = fit_landmarks(released, pts, init=torch.as_tensor(code_prior(released).mean, dtype=torch.float32),
+                               posterior=False)  # fmt: skip
+    assert float(mean_start.noise_mm.min()) > 1.2 and mean_start.converged.all()
+    assumed = fit_landmarks(released, pts, noise_mm=1.0, posterior=False)
+    assert _dense(mean_start, v[:4]) < _dense(assumed, v[:4])
+
+
 def test_explicit_weights_and_other_landmark_sets_keep_their_fixed_weight(released, unseen):
     _, lm = unseen
     pts = posed_points(lm[:2], 1.0, np.random.default_rng(14)).astype(np.float32)
