@@ -1762,7 +1762,8 @@ def _posterior_refit(model, lmk, pm, P, w, z, noise, cp, dtype):
     V = int(model.template.shape[0])
     subset = np.arange(0, V, SUBSET_STEP)
     head_l = _head(model, lmk, np.dtype(np.float64))
-    head_s = _head(model, _landmarks(model, subset), np.dtype(np.float64))
+    subset_set = _landmarks(model, subset)  # built once: the re-fit below takes the same set
+    head_s = _head(model, subset_set, np.dtype(np.float64))
     g, t = model.generator, model.template
     key = (lmk.vertex_indices.numpy().tobytes(), lmk.barycentrics.numpy().tobytes(), SUBSET_STEP, g.weights_stamp(),
            (t.data_ptr(), t._version), id(cp))  # fmt: skip
@@ -1775,7 +1776,7 @@ def _posterior_refit(model, lmk, pm, P, w, z, noise, cp, dtype):
     v_map = head_s.forward(z[todo].astype(np.float64)).reshape(len(todo), -1, 3)
     a = share[todo, None, None]
     target = (a * v_post + (1 - a) * v_map).astype(dtype)
-    refit = _fit(model, target, _Pose3D("none"), landmarks=subset, weights=None, reg=None, init=z[todo].astype(dtype),
+    refit = _fit(model, target, _Pose3D("none"), landmarks=subset_set, weights=None, reg=None, init=z[todo].astype(dtype),
                  solver="gauss-newton", max_iters=None, tol=None, generator=None, device=None, solver_options=None,
                  decode=False, prior="model", noise_mm=0.0, posterior=False)  # fmt: skip
     z = z.copy()

@@ -52,7 +52,8 @@ def reg_for_noise(noise_mm: float | np.ndarray) -> float | np.ndarray:
 
 
 #: ``noise_mm="auto"``: each face's landmark noise is estimated from the residuals of a first fit
-#: at the 1 mm weight, then the face is re-fitted (warm-started) at ``reg_for_noise`` of that estimate
+#: at the 1 mm weight, then the face is fitted again (from the landmark regression at its weight, or
+#: warm-started from the first fit when ``init`` codes were given) at ``reg_for_noise`` of the estimate
 AUTO = "auto"
 #: the landmark set the estimate is calibrated for, and the fewest usable points it needs
 AUTO_LANDMARKS = "ibug68"
@@ -79,7 +80,7 @@ def residual_level(norms: np.ndarray, valid: np.ndarray) -> np.ndarray:
     d = np.sort(d, axis=1)
     keep = np.maximum(1, np.ceil(_LEVEL_KEEP * valid.sum(1))).astype(np.int64)
     take = np.arange(d.shape[1])[None, :] < keep[:, None]
-    return np.sqrt(np.where(take, d, 0.0).__pow__(2).sum(1) / keep)
+    return np.sqrt((np.where(take, d, 0.0) ** 2).sum(1) / keep)
 
 
 def noise_from_level(level: np.ndarray) -> np.ndarray:
