@@ -29,6 +29,21 @@ def _output_error(exc: OSError, what: str) -> OutputPathError:
     return cls(f"cannot write {what}: {exc.strerror or exc}. Choose an output path in a writable location.")
 
 
+def refuse_existing(paths, overwrite: bool = False) -> None:
+    """The CLI's one policy for outputs (files and folders): an existing path is kept unless
+    ``overwrite``; checked before any work is done, so a refusal wastes nothing.
+
+    Raises:
+        OutputPathError: naming every path that exists and the two ways on.
+    """
+    if overwrite:
+        return
+    taken = [str(p) for p in paths if p is not None and Path(p).exists()]
+    if taken:
+        raise OutputPathError(f"{', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; "
+                              "choose another --out/--png or pass --overwrite to replace")  # fmt: skip
+
+
 def check_writable_parent(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path after checking that its parent folder can be written.
 

@@ -93,18 +93,10 @@ def _load_model(args: argparse.Namespace):
 
 
 def _refuse_existing(paths, args: argparse.Namespace) -> None:
-    """One policy for every output of the CLI (files and folders): an existing path is kept
-    unless ``--overwrite`` is given; checked before anything is written."""
-    from pathlib import Path
+    """:func:`facemodel._fs.refuse_existing` with the command's ``--overwrite``."""
+    from ._fs import refuse_existing
 
-    from .errors import OutputPathError
-
-    if getattr(args, "overwrite", False):
-        return
-    taken = [str(p) for p in paths if p is not None and Path(p).exists()]
-    if taken:
-        raise OutputPathError(f"{', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; "
-                              "choose another --out/--png or pass --overwrite to replace")  # fmt: skip
+    refuse_existing(paths, getattr(args, "overwrite", False))
 
 
 def _write_outputs(faces, args: argparse.Namespace) -> None:
@@ -214,6 +206,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .io_points import load_points
+    from .outputs import export_paths
     from .photo import is_image
 
     if is_image(args.points):
@@ -223,8 +216,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise FaceModelError("--noise-mm sets the prior weight of 3D fits; a photo gives 2D points (use --reg)")
 
         return cmd_fit_photo(_load_model(args), args)
-    model = _load_model(args)
     points = load_points(args.points)
+    _refuse_existing((export_paths(args.out, 1) if args.out else []) + [args.png], args)  # before the fit
+    model = _load_model(args)
     kwargs = {"reg": args.reg}
     if points.shape[1] == 2:
         if args.noise_mm is not None:

@@ -12,7 +12,7 @@ import torch
 
 from .errors import FaceModelError, MeshFormatError
 
-__all__ = ["Faces"]
+__all__ = ["Faces", "export_paths"]
 
 
 @dataclass(frozen=True)
@@ -91,27 +91,9 @@ class Faces:
         return trimesh.Trimesh(v[0 if index is None else index], f, process=False)
 
     def export_paths(self, path: str | os.PathLike, format: str | None = None) -> list[Path]:
-        """The files :meth:`export` would write for ``path``, without writing anything.
-
-        Raises:
-            MeshFormatError: a format other than obj, ply or glb.
-            ArgumentTypeError: ``path`` is not a str or path-like.
-        """
-        from ._validate import check_path
-
-        path = Path(check_path("path", path))
-        if format is not None and not isinstance(format, str):
-            raise MeshFormatError(f"format must be 'obj', 'ply', 'glb' or None, got {type(format).__name__} {format!r}")
-        fmt = (format or path.suffix.lstrip(".")).lower()
-        if fmt not in {"obj", "ply", "glb"}:
-            raise MeshFormatError(f"unknown export format {fmt!r} of {str(path)!r}; use a .obj, .ply or .glb path")
-        if path.suffix.lower() != f".{fmt}":
-            path = path.with_name(path.name + f".{fmt}") if "{i}" not in path.name else path
-        if (fmt == "glb" and len(self) > 1) or (len(self) == 1 and "{i}" not in str(path)):
-            return [path]
-        if "{i}" in str(path):
-            return [Path(str(path).format(i=i)) for i in range(len(self))]
-        return [path.with_name(f"{path.stem}_{i:03d}{path.suffix}") for i in range(len(self))]
+        """The files :meth:`export` would write for ``path``, without writing anything
+        (:func:`export_paths` for ``len(self)`` faces)."""
+        return export_paths(path, len(self), format)
 
     def export(self, path: str | os.PathLike, format: str | None = None) -> list[Path]:
         """Write the faces as OBJ, PLY or GLB (atomically), in mm.
@@ -152,3 +134,28 @@ class Faces:
         if len(self) == 1 and "{i}" not in str(path):
             return [save_mesh(path, v[0], f)]
         return [save_mesh(p, x, f) for p, x in zip(paths, v)]
+
+
+def export_paths(path: str | os.PathLike, n: int, format: str | None = None) -> list[Path]:
+    """The files :meth:`Faces.export` writes for ``n`` faces at ``path``, without writing anything
+    (for checking outputs before the faces exist, e.g. before a fit).
+
+    Raises:
+        MeshFormatError: a format other than obj, ply or glb.
+        ArgumentTypeError: ``path`` is not a str or path-like.
+    """
+    from ._validate import check_path
+
+    path = Path(check_path("path", path))
+    if format is not None and not isinstance(format, str):
+        raise MeshFormatError(f"format must be 'obj', 'ply', 'glb' or None, got {type(format).__name__} {format!r}")
+    fmt = (format or path.suffix.lstrip(".")).lower()
+    if fmt not in {"obj", "ply", "glb"}:
+        raise MeshFormatError(f"unknown export format {fmt!r} of {str(path)!r}; use a .obj, .ply or .glb path")
+    if path.suffix.lower() != f".{fmt}":
+        path = path.with_name(path.name + f".{fmt}") if "{i}" not in path.name else path
+    if (fmt == "glb" and n > 1) or (n == 1 and "{i}" not in str(path)):
+        return [path]
+    if "{i}" in str(path):
+        return [Path(str(path).format(i=i)) for i in range(n)]
+    return [path.with_name(f"{path.stem}_{i:03d}{path.suffix}") for i in range(n)]

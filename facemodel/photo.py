@@ -287,7 +287,7 @@ def cmd_fit_photo(model, args) -> int:
 
     from PIL import Image
 
-    from ._fs import atomic_file, check_writable_parent
+    from ._fs import atomic_file, check_writable_parent, refuse_existing
     from .geometry.mesh_io import save_mesh
 
     codes_path = args.codes
@@ -299,6 +299,7 @@ def cmd_fit_photo(model, args) -> int:
         raise PhotoError("nothing to write: pass --out face.obj and/or --png overlay.png (and --codes codes.json)")
     if args.out and Path(args.out).suffix.lower() not in (".obj", ".ply", ".glb", ".off", ".stl"):
         raise PhotoError(f"--out must end in .obj, .ply, .glb, .off or .stl, got {args.out!r}")
+    refuse_existing([args.out, args.png, codes_path], getattr(args, "overwrite", False))  # before detecting
     for p in (args.out, args.png, codes_path):
         if p:
             check_writable_parent(p)

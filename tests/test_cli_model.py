@@ -49,6 +49,16 @@ def test_transfer_add_encode_fit_render(random_model, random_model_dir, tmp_path
     assert main(["fit", *m, str(tmp_path / "lm.npy"), "--noise-mm", "0.2", "--out", str(tmp_path / "fit02.obj")]) == 0
     assert (tmp_path / "fit02.obj").read_bytes() != (tmp_path / "fit.obj").read_bytes()  # another prior weight
     assert main(["fit", *m, str(tmp_path / "lm.json"), "--png", str(tmp_path / "fit2d.png")]) == 0
+    before = (tmp_path / "fit.obj").read_bytes()
+    import facemodel.model as model_module
+
+    with pytest.MonkeyPatch.context() as mp:  # an existing output is refused before the model loads or fits
+        mp.setattr(model_module.FaceModel, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("loaded")))
+        for extra in (["--out", str(tmp_path / "fit.obj")], ["--png", str(tmp_path / "fit2d.png")]):
+            assert main(["fit", *m, str(tmp_path / "lm.npy"), *extra]) == 2
+            assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "fit.obj").read_bytes() == before
+    assert main(["fit", *m, str(tmp_path / "lm.npy"), "--out", str(tmp_path / "fit.obj"), "--overwrite"]) == 0
     assert main(["render", str(src), str(tgt), "--png", str(tmp_path / "r.png"), "--labels"]) == 0
     assert (tmp_path / "r.png").is_file()
 

@@ -65,6 +65,27 @@ def test_cli_fit_photo_writes_mesh_codes_overlay(model, astronaut, tmp_path):
         assert z["codes"].shape == (158,) and z["blendshapes"].shape == (53,)
 
 
+def test_cli_fit_photo_keeps_existing_outputs(astronaut, tmp_path, capsys, monkeypatch):
+    """An existing --out / --png / codes file is kept unless --overwrite, refused before the
+    detector runs (the points path has the same rule: tests/test_cli_model.py)."""
+    import facemodel.photo as photo
+
+    img = tmp_path / "astro.png"
+    Image.fromarray(astronaut).save(img)
+    (tmp_path / "face.obj").write_text("mine")
+    calls = []
+    monkeypatch.setattr(photo, "fit_photo", lambda *a, **k: calls.append(1) or pytest.fail("fitted anyway"))
+    assert main(["fit", str(img), "--out", str(tmp_path / "face.obj"), "--png", str(tmp_path / "ov.png")]) == 2
+    err = capsys.readouterr().err
+    assert "face.obj already exists" in err and "--overwrite" in err
+    assert (tmp_path / "face.obj").read_text() == "mine" and not (tmp_path / "ov.png").exists()
+    assert not (tmp_path / "face.json").exists() and not calls
+    (tmp_path / "face.obj").unlink()
+    (tmp_path / "face.json").write_text("{}")  # the codes written beside --out count too
+    assert main(["fit", str(img), "--out", str(tmp_path / "face.obj")]) == 2
+    assert "face.json already exists" in capsys.readouterr().err and not (tmp_path / "face.obj").exists()
+
+
 def test_bad_images_raise_and_write_nothing(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
