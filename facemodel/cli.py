@@ -223,38 +223,50 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if points.shape[1] == 2:
         if args.noise_mm is not None:
             raise FaceModelError("--noise-mm sets the prior weight of 3D fits; for 2D points use --reg")
-        result = model.fit_landmarks_2d(points, **kwargs, **_camera_kwargs(args))
+        result = model.fit_landmarks_2d(points, **kwargs, **_camera_kwargs(args), **_noise_px_kwargs(args))
     else:
+        if args.noise_px is not None:
+            raise FaceModelError("--noise-px is for 2D points and photos; for 3D points use --noise-mm")
         if args.camera != "scaled_orthographic" or args.focal_length is not None:
             raise FaceModelError("--camera / --focal-length are for 2D landmarks or photos; these points are 3D")
         result = model.fit_landmarks(points, align=args.align, noise_mm=args.noise_mm, **kwargs)
     lo, _, hi = result.typical_range
     print(f"rmse {float(result.rmse.mean()):.3f} (input units), converged {bool(result.converged.all())}, "
           f"iterations {int(result.iterations.max())}, plausibility {float(result.plausibility.max()):.2f} "
-          f"(prior's 1-99 %: {lo:.1f}-{hi:.1f}; {_prior_weight_text(result)})")  # fmt: skip
+          f"(prior's 1-99 %: {lo:.1f}-{hi:.1f}; {_prior_weight_text(result, args.noise_px)})")  # fmt: skip
     from .outputs import Faces
 
     _write_outputs(Faces(result.vertices, result.codes, model.faces, model.code_slices), args)
     return 0
 
 
-def _prior_weight_text(result) -> str:
-    """'prior weight W[, landmark noise N mm [estimated]]' of a fit (the largest over its faces)."""
-    per_face = hasattr(result.reg, "max")  # a (B,) tensor: the noise was estimated per face
+def _prior_weight_text(result, noise_px=None) -> str:
+    """'prior weight W[, landmark noise N mm / image noise N px [(estimated)]]' of a fit (the
+    largest over its faces); ``noise_px``: what a 2D fit was given (``"auto"``: estimated)."""
+    per_face = hasattr(result.reg, "max")  # a (B,) tensor: the weight followed each face's noise
     text = f"prior weight {float(result.reg.max() if per_face else result.reg):.2f}"
-    if result.noise_mm is not None:
-        text += f", landmark noise {float(result.noise_mm.max()):.2f} mm" + (" (estimated)" if per_face else "")
-    return text
+    if result.noise_mm is None:
+        return text
+    if result.align in ("scaled_orthographic", "pinhole"):  # 2D: the noise in pixels, given or estimated
+        if noise_px != "auto":  # as given (noise_mm is it over the first fit's camera scale)
+            return text + f", image noise {float(noise_px):.2f} px"
+        return text + f", image noise {float((result.noise_mm * result.scale).max()):.2f} px (estimated)"
+    return text + f", landmark noise {float(result.noise_mm.max()):.2f} mm" + (" (estimated)" if per_face else "")
 
 
 def _noise_mm(text: str) -> float | str:
-    """``--noise-mm``: a number of mm, or ``auto``."""
+    """``--noise-mm`` / ``--noise-px``: a number (mm / pixels), or ``auto``."""
     if text.strip().lower() == "auto":
         return "auto"
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of mm or 'auto', got {text!r}") from None
+
+
+def _noise_px_kwargs(args: argparse.Namespace) -> dict:
+    """fit_landmarks_2d's ``noise_px`` of ``fit --noise-px PX|auto`` (none when not given)."""
+    return {} if getattr(args, "noise_px", None) is None else {"noise_px": args.noise_px}
 
 
 def _camera_kwargs(args: argparse.Namespace) -> dict:
@@ -585,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-mm", type=_noise_mm, default=None, metavar="MM|auto",
                    help="3D points: their expected noise per coordinate in mm of the face, or 'auto' (sets the "
                    "prior weight; default: estimated per face for the 68 iBUG points, else 1)")  # fmt: skip
+    p.add_argument("--noise-px", type=_noise_mm, default=None, metavar="PX|auto",
+                   help="2D points and photos: their expected noise per coordinate in pixels, or 'auto' (sets the "
+                   "prior weight per face; default: the fixed weight chosen for ~2 px)")  # fmt: skip
     p.add_argument("--face", type=int, default=0, help="photos: which detected face (0: the largest)")
     p.add_argument("--codes", default=None, help="photos: write codes, camera, landmarks (and blendshape weights) to "
                    "this .json or .npz (default: next to --out)")  # fmt: skip

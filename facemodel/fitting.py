@@ -66,9 +66,10 @@ import torch
 from scipy.linalg import lapack as _lapack
 
 from .errors import FaceModelError, FittingError, NumericalError
-from .fitting_prior import (AUTO, AUTO_LANDMARKS, AUTO_MIN_POINTS, DEFAULT_LOSS_SCALE_MM, DEFAULT_NOISE_MM, LOSSES, PRIOR_MAX_ITERS_GN,
-                            PRIOR_TOL, PRIORS, ROBUST_ROUNDS, irls_weights, noise_from_level, reg_for_noise,
-                            residual_level, resolve_prior, whitened_head)  # fmt: skip
+from .fitting_prior import (AUTO, AUTO_LANDMARKS, AUTO_MIN_INNER_POINTS_2D, AUTO_MIN_POINTS, DEFAULT_LOSS_SCALE_MM,
+                            DEFAULT_NOISE_MM, LOSSES, PRIOR_MAX_ITERS_GN, PRIOR_TOL, PRIORS, ROBUST_ROUNDS,
+                            irls_weights, noise_from_level, noise_from_level_2d, off_frontal_deg, reg_for_noise,
+                            reg_for_noise_2d, residual_level, resolve_prior, whitened_head)  # fmt: skip
 from .fitting_posterior import BLEND_MIN_SHARE, SUBSET_STEP, blend_weight, shape_posterior
 from .landmarks import LandmarkSet, landmark_set
 from .networks.interface import GeneratorInterface
@@ -130,11 +131,14 @@ class FitResult:
         typical_range: (lo, median, hi) of that norm over codes drawn from the prior (1st,
             50th, 99th percentile): a fit above ``hi`` is less typical than 99 % of them.
         prior: ``"model"`` (Mahalanobis prior) or ``"l2"`` (``reg ||z||^2``); ``reg``: its weight,
-            a float, or (B,) float64 per face when the noise was estimated (``noise_mm="auto"``).
+            a float, or (B,) float64 per face when it followed each face's noise (3D
+            ``noise_mm="auto"``, 2D ``noise_px``).
         noise_mm: (B,) float64, 3D fits under the model prior: the landmark noise per coordinate
             (model-space mm) whose weight the fit used: estimated from each face's residuals
             for ``noise_mm="auto"`` (the default for ``"ibug68"`` points), else the given one;
-            ``None`` for 2D fits and explicit ``reg``.
+            2D fits with ``noise_px``: the image noise divided by the first (jaw-free) fit's
+            camera scale (model-space mm; times ``scale``: the pixels to within a few %);
+            ``None`` for explicit ``reg`` and 2D fits without ``noise_px``.
         posterior_share: (B,) float64 in [0, 1): the share of the posterior-mean shape in the
             fitted mesh (``posterior``; 0: the MAP fit alone, e.g. for exact points); ``None``
             where no posterior mean was blended in.
@@ -1786,7 +1790,7 @@ def _posterior_refit(model, lmk, pm, P, w, z, noise, cp, dtype):
 
 def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters, tol, generator, device,
          solver_options, decode, prior=None, loss="l2", loss_scale=None, noise_mm=None, posterior=None,
-         _union=None) -> FitResult:  # fmt: skip
+         _union=None, _regs=None) -> FitResult:  # fmt: skip
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise FittingError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     if prior is not None and (not isinstance(prior, str) or prior not in PRIORS):
@@ -1860,12 +1864,13 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
     if _union is not None:
         head = _row_head(head, _union[1])
     if isinstance(z0, str):  # "linear"
-        z0 = _linear_init(head, pm, P, w, reg=float(reg))
+        z0 = _linear_init(head, pm, P, w, reg=float(reg) if _regs is None else _regs)
         restart = True  # noise_mm="auto": the second fit starts from the regression at its own weights
     else:
         restart = False
     w_in, lw = w, np.ones_like(w)
-    reg, noise_used = float(reg), None
+    # _regs: (B,) per-face weights of the model prior (a 2D fit's noise_px), replacing reg
+    reg, noise_used = float(reg) if _regs is None else np.asarray(_regs, np.float64), None
     if pm.dim == 3 and prior == "model" and not reg_explicit and not auto:  # the noise the weight assumes
         noise_used = np.full(B, DEFAULT_NOISE_MM if noise_mm is None else float(noise_mm))
     try:
@@ -2113,6 +2118,7 @@ def fit_landmarks_2d(
     weights: torch.Tensor | np.ndarray | None = None,
     reg: float | None = None,
     prior: str | None = None,
+    noise_px: float | str | None = None,
     loss: str = "huber",
     loss_scale: float | None = None,
     camera: str = "scaled_orthographic",
@@ -2174,6 +2180,22 @@ def fit_landmarks_2d(
             (:func:`facemodel.photo.fit_photo` does).
         contour: slide the jaw points to the silhouette (ibug68 only; the re-fits run face
             by face).
+        noise_px: the image points' noise per coordinate in pixels, to set the model prior's
+            weight for it: :func:`facemodel.fitting_prior.reg_for_noise_2d` of the noise in
+            model-space mm (the pixels divided by the first fit's camera scale) and of how far
+            the face is turned (1 for exact points and frontal faces, 8.6 at 2 px on a face of
+            1.5 px/mm, at least ~4 for faces turned 25 degrees or more); the jaw-free first fit
+            is repeated at that weight (about 1.3x the time of a fit). ~0.5-1 px for hand-placed
+            or high-resolution landmarks, 2-3 px for a detector on a face ~150 px wide. Or
+            ``"auto"``: estimated per face from the residuals of the first fit
+            (:data:`facemodel.fitting_prior.NOISE_CALIBRATION_2D`; at least 45 of the 51 inner
+            points usable); on faces the model never saw this helps at 0-1 px and 3 px or more and
+            loses up to 0.05 mm at ~2 px, where the default weight was chosen (docs/benchmarks.md
+            "Choosing the 2D weight"). Default ``None``: the fixed weight ``DEFAULT_REG["2d"]`` (8,
+            the best at 2 px). ``result.noise_mm`` (B,) then holds each face's noise in model-space
+            mm (``* result.scale``: the pixels to within a few %) and ``result.reg`` (B,) its weight. Needs
+            ``landmarks="ibug68"``, ``contour=True`` and the Gauss-Newton solver; not with ``reg``
+            or ``prior="l2"``.
         loss: ``"huber"`` (default here: detector points have outliers) or ``"l2"``.
         others: as :func:`fit_landmarks`.
 
@@ -2217,10 +2239,11 @@ def fit_landmarks_2d(
         dist = None if res is None or focal is not None else float(res.translation[b, 2])
         return _Pinhole2D(focal, c, dist)
 
-    kw = dict(weights=weights, reg=reg, solver=solver, max_iters=max_iters, tol=tol, generator=generator,
-              device=device, solver_options=solver_options, prior=prior, loss=loss, loss_scale=loss_scale)  # fmt: skip
     if contour not in (True, False):
         raise FittingError(f"contour must be True or False, got {contour!r}")
+    noise_px = _noise_px_2d(noise_px, reg, prior, solver, landmarks, contour, weights, points2d)
+    kw = dict(weights=weights, reg=reg, solver=solver, max_iters=max_iters, tol=tol, generator=generator,
+              device=device, solver_options=solver_options, prior=prior, loss=loss, loss_scale=loss_scale)  # fmt: skip
     use_contour = contour and isinstance(landmarks, str) and landmarks == "ibug68"
     if not use_contour:
         return _fit(model, points2d, make_pm(), landmarks=landmarks, init=init, decode=decode, **kw)
@@ -2240,7 +2263,72 @@ def fit_landmarks_2d(
         w0 = wu * w0 if wu is not None and wu.ndim in (1, 2) and wu.shape[-1] == 68 else weights
     res = _fit(model, points2d, make_pm(), landmarks=landmarks, init=init, decode=False,
                **{**kw, "loss": "l2", "weights": w0, "max_iters": kw["max_iters"] or _CONTOUR_ITERS})  # fmt: skip
-    return _contour_rounds(model, points2d, res, kw, decode, make_pm)
+    noise = None
+    if noise_px is not None:  # each face's weight from its noise; the jaw-free fit again at it, from the start
+        noise = _noise_2d(res, noise_px, w0)
+        regs = reg_for_noise_2d(noise, off_frontal_deg(res.rotation.double().cpu().numpy()))
+        first = res.iterations
+        res = _fit(model, points2d, make_pm(), landmarks=landmarks, init=init, decode=False, _regs=regs,
+                   **{**kw, "prior": "model", "loss": "l2", "weights": w0, "max_iters": kw["max_iters"] or _CONTOUR_ITERS})  # fmt: skip
+        res.iterations = res.iterations + first
+    out = _contour_rounds(model, points2d, res, kw, decode, make_pm, None if noise is None else regs)
+    if noise is not None:
+        out.reg = torch.as_tensor(regs, dtype=torch.float64, device=out.codes.device)
+        out.noise_mm = torch.as_tensor(noise, dtype=torch.float64, device=out.codes.device)
+    return out
+
+
+def _noise_px_2d(noise_px, reg, prior, solver, landmarks, contour, weights, points2d):
+    """``noise_px`` checked: a number (px), ``"auto"``, or None (the fixed default weight);
+    refuses what cannot be honoured (see :func:`fit_landmarks_2d`)."""
+    if noise_px is None:
+        return None
+    if isinstance(noise_px, str):
+        if noise_px != AUTO:
+            raise FittingError(f"noise_px must be a number >= 0 (pixels per coordinate) or {AUTO!r}, got {noise_px!r}")
+    elif isinstance(noise_px, bool) or not isinstance(noise_px, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(noise_px) or noise_px < 0:  # fmt: skip
+        raise FittingError(f"noise_px must be a finite number >= 0 (pixels per coordinate) or {AUTO!r}, "
+                           f"got {noise_px!r}")  # fmt: skip
+    if reg is not None or prior == "l2":
+        raise FittingError("noise_px sets the model prior's weight: give either noise_px or reg (and prior='l2' "
+                           "has no noise model), not both")  # fmt: skip
+    needs = []
+    if not (isinstance(landmarks, str) and landmarks == AUTO_LANDMARKS and contour is True):
+        needs.append(f"landmarks={AUTO_LANDMARKS!r} with contour=True")
+    if solver != "gauss-newton":
+        needs.append("solver='gauss-newton'")
+    if needs:
+        raise FittingError("noise_px needs " + " and ".join(needs) + "; give reg (with prior='model') instead")
+    if noise_px != AUTO:
+        return float(noise_px)
+    try:  # the estimate needs most inner points
+        a = points2d.detach().cpu().double().numpy() if isinstance(points2d, torch.Tensor) else \
+            np.asarray(points2d, np.float64)  # fmt: skip
+        ok = np.isfinite(a).all(-1)
+        if weights is not None:
+            wa = weights.detach().cpu().double().numpy() if isinstance(weights, torch.Tensor) else \
+                np.asarray(weights, np.float64)  # fmt: skip
+            ok = ok & (np.broadcast_to(wa, ok.shape) > 0)
+        n_inner = ok.reshape(-1, ok.shape[-1])[:, 17:].sum(1)
+    except (TypeError, ValueError, RuntimeError, IndexError):
+        return AUTO  # the first fit names the problem
+    if n_inner.size and int(n_inner.min()) < AUTO_MIN_INNER_POINTS_2D:
+        b = int(np.argmin(n_inner))
+        raise FittingError(f"noise_px='auto' needs at least {AUTO_MIN_INNER_POINTS_2D} usable inner points (of the 51 "
+                           f"after the jaw), got {int(n_inner[b])} (face {b}); give noise_px in pixels instead")  # fmt: skip
+    return AUTO
+
+
+def _noise_2d(res: FitResult, noise_px, w0) -> np.ndarray:
+    """(B,) image noise in model-space mm of the faces of a jaw-free first fit: estimated from its
+    residuals (``"auto"``) or the given pixels divided by each face's camera scale."""
+    scale = res.scale.double().cpu().numpy()
+    if noise_px != AUTO:
+        return np.full(scale.shape, float(noise_px)) / scale
+    d = res.residuals.double().cpu().numpy() / scale[:, None]  # model-space mm, NaN where missing
+    valid = np.isfinite(d) & (np.broadcast_to(np.asarray(w0, np.float64), d.shape) > 0)
+    return noise_from_level_2d(residual_level(np.where(valid, d, 0.0), valid))
 
 
 def _check_focal(focal_length) -> float | None:
@@ -2285,9 +2373,10 @@ def _check_principal(principal_point, points2d) -> np.ndarray:
     return pp
 
 
-def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, make_pm=None) -> FitResult:
+def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, make_pm=None, regs=None) -> FitResult:
     """Re-fit each face with its jaw points moved to the silhouette of the last fit (see
-    :mod:`facemodel.contour`), warm-started from its codes."""
+    :mod:`facemodel.contour`), warm-started from its codes; ``regs`` (B,): each face's weight of
+    the model prior (``noise_px``), else ``kw``'s."""
     from .contour import CONTOUR_ROUNDS, choose_contour, contour_specs
 
     P = points2d if isinstance(points2d, torch.Tensor) else np.asarray(points2d, np.float64)
@@ -2310,9 +2399,10 @@ def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, mak
         rows = np.where(choice >= 0, 68 + choice, np.arange(17))  # (B, 17) rows of the jaw points in the union
         kr = kw if rnd == CONTOUR_ROUNDS - 1 else {**kw, "loss": "l2", "max_iters": kw["max_iters"] or _CONTOUR_ITERS}
         make_pm = make_pm or (lambda b, r: _Camera2D())
+        per_face = (lambda b: kr) if regs is None else (lambda b: {**kr, "reg": float(regs[b]), "prior": "model"})
         parts = [_fit(model, P[b : b + 1], make_pm(b, res), landmarks=specs[b], init=res.codes[b : b + 1], decode=False,
                       weights=None if w is None else (w if w.ndim == 1 else w[b : b + 1]),
-                      _union=(union, np.concatenate([rows[b], np.arange(17, 68)])), **kr)
+                      _union=(union, np.concatenate([rows[b], np.arange(17, 68)])), **per_face(b))
                  for b in range(P.shape[0])]  # fmt: skip
         res = _cat_results(parts)
         iters += res.iterations

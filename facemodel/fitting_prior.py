@@ -25,7 +25,8 @@ from .prior import CodePrior
 
 __all__ = ["PRIORS", "LOSSES", "DEFAULT_REG", "DEFAULT_NOISE_MM", "reg_for_noise", "AUTO", "AUTO_LANDMARKS",
            "AUTO_MIN_POINTS", "NOISE_CALIBRATION", "residual_level", "noise_from_level", "PRIOR_MAX_ITERS_GN", "PRIOR_TOL", "DEFAULT_LOSS_SCALE_MM", "resolve_prior", "whitened_head",
-           "irls_weights"]  # fmt: skip
+           "irls_weights", "NOISE_CALIBRATION_2D", "AUTO_MIN_INNER_POINTS_2D", "noise_from_level_2d", "reg_for_noise_2d",
+           "off_frontal_deg"]  # fmt: skip
 
 PRIORS = ("model", "l2")
 LOSSES = ("l2", "huber")
@@ -83,16 +84,64 @@ def residual_level(norms: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.sqrt((np.where(take, d, 0.0) ** 2).sum(1) / keep)
 
 
-def noise_from_level(level: np.ndarray) -> np.ndarray:
+def noise_from_level(level: np.ndarray, calibration: tuple = NOISE_CALIBRATION) -> np.ndarray:
     """(B,) :func:`residual_level` of a first fit at the 1 mm weight -> (B,) estimated landmark
-    noise per coordinate (mm): :data:`NOISE_CALIBRATION` inverted (linear between its points,
-    its last segment extended upwards), clipped to [0, 5] mm."""
-    sig, lev = (np.asarray(a, np.float64) for a in NOISE_CALIBRATION)
+    noise per coordinate (mm): :data:`NOISE_CALIBRATION` (or ``calibration``) inverted (linear
+    between its points, its last segment extended upwards), clipped to [0, 5] mm."""
+    sig, lev = (np.asarray(a, np.float64) for a in calibration)
     level = np.asarray(level, np.float64)
     out = np.interp(level, lev, sig)
     slope = (sig[-1] - sig[-2]) / (lev[-1] - lev[-2])
     out = np.where(level > lev[-1], sig[-1] + (level - lev[-1]) * slope, out)
     return np.clip(out, 0.0, AUTO_MAX_NOISE_MM)
+
+
+#: 2D fits (``fit_landmarks_2d(noise_px="auto")``, the default for contour-aware iBUG-68 fits): the
+#: same estimate from the first, jaw-free fit (the 51 inner points at ``DEFAULT_REG["2d"]``, residuals
+#: divided by the camera scale: model-space mm per image coordinate). (noise in model-space mm, mean
+#: level): measured on 60 validation faces (upstream ICT, seed 2027) at yaw 0-60 degrees, 1.5 px/mm
+#: (0 / 0.5 / 1 / 2 / 3 / 4 / 6 px), 0.5.0 weights (docs/benchmarks.md "Choosing the 2D weight")
+NOISE_CALIBRATION_2D = (
+    (0.0, 0.3333, 0.6667, 1.3333, 2.0, 2.6667, 4.0),
+    (0.887, 0.956, 1.128, 1.629, 2.123, 2.615, 3.458),
+)
+#: the fewest usable inner (non-jaw) points of the 51 for the 2D estimate
+AUTO_MIN_INNER_POINTS_2D = 45
+#: the 2D weight per noise ``s`` (model-space mm) and off-frontal angle ``a`` (degrees):
+#: ``max(_REG2D_MIN, _REG2D_FLOOR + _REG2D_PER_MM2 s^2, _REG2D_SIDE (1 + _REG2D_SIDE_PER_MM2 s^2) ramp(a))``,
+#: ``ramp`` rising linearly from 0 at ``_SIDE_FROM_DEG`` to 1 at ``_SIDE_FULL_DEG``
+_REG2D_MIN, _REG2D_FLOOR, _REG2D_PER_MM2 = 1.0, 0.1, 4.5
+_REG2D_SIDE, _REG2D_SIDE_PER_MM2, _SIDE_FROM_DEG, _SIDE_FULL_DEG = 4.0, 0.5, 5.0, 25.0
+
+
+def noise_from_level_2d(level: np.ndarray) -> np.ndarray:
+    """(B,) :func:`residual_level` of the jaw-free first 2D fit (model-space mm) -> (B,) estimated
+    image noise per coordinate in model-space mm (pixels / camera scale), via
+    :data:`NOISE_CALIBRATION_2D`, clipped to [0, 5] mm."""
+    return noise_from_level(level, NOISE_CALIBRATION_2D)
+
+
+def off_frontal_deg(rotation: np.ndarray) -> np.ndarray:
+    """(B, 3, 3) rotations taking model space to the camera (model +z: out of the face) -> (B,)
+    angle in degrees between the face's forward axis and the viewing axis (0: frontal, 90:
+    profile), whatever the image's y convention."""
+    c = np.abs(np.asarray(rotation, np.float64)[:, 2, 2])
+    return np.degrees(np.arccos(np.clip(c, 0.0, 1.0)))
+
+
+def reg_for_noise_2d(noise_mm: np.ndarray, angle_deg: np.ndarray) -> np.ndarray:
+    """(B,) image noise in model-space mm (pixels / camera scale) and (B,) off-frontal angle
+    (degrees, :func:`off_frontal_deg`) -> (B,) weight of the Mahalanobis prior for a
+    contour-aware 2D fit: ``max(0.5, 0.1 + 2.5 noise^2)`` for frontal faces (0.5 up to 0.4 mm,
+    2.6 at 1 mm, 10.1 at 2 mm), and for faces turned 25 degrees or more at least
+    ``4 (1 + 0.5 noise^2)`` (rising from nothing at 5 degrees): with the jaw on the silhouette a
+    turned face's depth is less constrained, and on validation faces weights below ~4 lost up to
+    2 mm there even for exact points. Chosen on 60 validation faces at 46 views and noise levels
+    (``benchmarks/bench_fit_unseen.py --select-2d``, docs/benchmarks.md "Choosing the 2D weight")."""
+    s = np.asarray(noise_mm, np.float64)
+    ramp = np.clip((np.asarray(angle_deg, np.float64) - _SIDE_FROM_DEG) / (_SIDE_FULL_DEG - _SIDE_FROM_DEG), 0.0, 1.0)
+    frontal = np.maximum(_REG2D_MIN, _REG2D_FLOOR + _REG2D_PER_MM2 * s * s)
+    return np.maximum(frontal, _REG2D_SIDE * (1.0 + _REG2D_SIDE_PER_MM2 * s * s) * ramp)
 
 
 #: default weight of the Mahalanobis prior, per kind of fit (see the module docstring)

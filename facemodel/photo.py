@@ -304,6 +304,8 @@ def cmd_fit_photo(model, args) -> int:
         if p:
             check_writable_parent(p)
     kwargs = {} if args.reg is None else {"reg": args.reg, "prior": "model"}
+    if getattr(args, "noise_px", None) is not None:
+        kwargs["noise_px"] = args.noise_px
     camera = getattr(args, "camera", "scaled_orthographic")
     focal = getattr(args, "focal_length", None)
     if camera == "pinhole":
