@@ -177,6 +177,11 @@ def main() -> None:
                          "blend_weight) on the validation faces, at --select-noise")  # fmt: skip
     ap.add_argument("--select-noise", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0, 3.0],
                     help="--select: noise levels (mm) of the 3D weight sweep behind reg_for_noise")  # fmt: skip
+    ap.add_argument("--select-2d", action="store_true",
+                    help="instead: the 2D weight rule behind fit_landmarks_2d(noise_px=...) (facemodel.fitting_prior."
+                         "reg_for_noise_2d, NOISE_CALIBRATION_2D): a weight sweep on the validation faces at 46 views "
+                         "and noise levels, the rule with the noise given and estimated, then the real fits on the "
+                         "test faces (--seed)")  # fmt: skip
     args = ap.parse_args()
 
     import numpy as np
@@ -267,6 +272,10 @@ def main() -> None:
                                               for p in pts_by_noise.values()), flush=True)  # fmt: skip
         finally:
             fitting_module.blend_weight = original
+        return
+
+    if args.select_2d:
+        select_2d(args, model, faces, lines, normals, nle)
         return
 
     if args.select:
@@ -398,6 +407,82 @@ def main() -> None:
             fo, ro = ours2d(ln, reg=0.01, loss="l2", contour=False)
             print(f"| {yaw:.0f} | {procrustes_rmse(fv, v).mean():.2f} / {nle(r, lt).mean():.4f} | "
                   f"{procrustes_rmse(fo, v).mean():.2f} / {nle(ro, lt).mean():.4f} | {np.median(r.plausibility.numpy()):.2f} |")  # fmt: skip
+
+
+
+def select_2d(args, model, faces, lines, normals, nle) -> None:
+    """``--select-2d``: the evidence behind ``reg_for_noise_2d`` / ``NOISE_CALIBRATION_2D``."""
+    import numpy as np
+
+    from facemodel.fitting import fit_landmarks_2d
+    from facemodel.fitting_prior import NOISE_CALIBRATION_2D, noise_from_level_2d, reg_for_noise_2d, residual_level
+
+    regs = np.array([0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64])
+    views = [(y, 0, px) for y in (0, 30, 45, 60) for px in (0, 0.5, 1, 2, 3, 4, 6)]
+    views += [(y, 0, px) for y in (5, 10, 20) for px in (0, 0.5, 1, 2)]
+    views += [(0, p, px) for p in (-15, 15) for px in (0, 1)] + [(20, 15, 0), (20, 15, 1)]
+    v, lm = faces(args.seed + 1)
+    rng = np.random.default_rng(args.seed + 1)
+    w0 = np.ones(68)
+    w0[:17] = 0.0
+    rows = []
+    for yaw, pitch, px in views:
+        x = project(v, lm, yaw, rng, lines, normals, noise_px=px, pitch_deg=pitch)[1].astype(np.float32)
+        first = fit_landmarks_2d(model, x, reg=8.0, prior="model", contour=False, weights=w0, decode=False)
+        d = (first.residuals / first.scale[:, None]).double().numpy()
+        ok = np.isfinite(d) & (w0 > 0)
+        level = residual_level(np.where(ok, d, 0.0), ok)
+        angle = off_frontal(first.rotation.double().numpy())
+        E = np.stack([procrustes_rmse(fit_landmarks_2d(model, x, reg=float(r), prior="model").vertices.double().numpy(), v)
+                      for r in regs])  # fmt: skip
+        rows.append((yaw, pitch, px, level, angle, E, first.scale.double().numpy()))
+        print(f"  yaw {yaw} pitch {pitch} {px} px: level {level.mean():.3f}, weights " +
+              " ".join(f"{e:.3f}" for e in E.mean(1)), flush=True)  # fmt: skip
+
+    def at(E, reg):  # each face's error at its weight, interpolated in log weight over the sweep
+        x = np.clip(np.log(reg), np.log(regs[0]), np.log(regs[-1]))
+        return np.mean([np.interp(x[f], np.log(regs), E[:, f]) for f in range(E.shape[1])])
+
+    print(f"\n2D weight rule ({len(v)} validation faces, seed {args.seed + 1}, 1.5 px/mm, contour-aware fits): "
+          "mean dense RMSE (mm)")
+    print("| yaw | pitch | noise (px) | mean level (mm) | fixed 8 (default) | best weight of the sweep | "
+          "rule, noise given | rule, noise estimated |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    tot = np.zeros(4)
+    for yaw, pitch, px, level, angle, E, scale in rows:
+        fixed = at(E, np.full(E.shape[1], 8.0))
+        best = E.mean(1).min()
+        given = at(E, reg_for_noise_2d(px / scale, angle))
+        est = at(E, reg_for_noise_2d(noise_from_level_2d(level), angle))
+        tot += (fixed, best, given, est)
+        print(f"| {yaw} | {pitch} | {px:g} | {level.mean():.3f} | {fixed:.3f} | {best:.3f} ({regs[E.mean(1).argmin()]:g}) "
+              f"| {given:.3f} | {est:.3f} |")  # fmt: skip
+    tot /= len(rows)
+    print(f"| mean of the {len(rows)} views | | | | {tot[0]:.3f} | {tot[1]:.3f} | {tot[2]:.3f} | {tot[3]:.3f} |")
+    print("NOISE_CALIBRATION_2D in use:", NOISE_CALIBRATION_2D, "; measured mean levels at yaw 0-60, pitch 0:",
+          {px: round(float(np.mean([r[3].mean() for r in rows if r[2] == px and r[1] == 0 and r[0] in (0, 30, 45, 60)])), 3)
+           for px in (0, 0.5, 1, 2, 3, 4, 6)})  # fmt: skip
+
+    v, lm = faces(args.seed)
+    rng = np.random.default_rng(args.seed)
+    print(f"\nThe real fits on the test faces ({len(v)}, seed {args.seed}): mean dense RMSE (mm) / NLE against the "
+          "noise-free points / mean estimated noise (px)")
+    print("| yaw | noise (px) | default (fixed 8) | noise_px given | noise_px='auto' | estimated (px) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for yaw in (0, 30, 60):
+        for px in (0, 1, 2, 3):
+            xt, xn = project(v, lm, yaw, rng, lines, normals, noise_px=px)
+            cells = []
+            for kw in ({}, {"noise_px": float(px)}, {"noise_px": "auto"}):
+                r = fit_landmarks_2d(model, xn.astype(np.float32), **kw)
+                cells.append(f"{procrustes_rmse(r.vertices.double().numpy(), v).mean():.3f} / {nle(r, xt).mean():.4f}")
+            print(f"| {yaw} | {px} | " + " | ".join(cells) + f" | {float((r.noise_mm * r.scale).mean()):.2f} |", flush=True)
+
+
+def off_frontal(rotation):
+    from facemodel.fitting_prior import off_frontal_deg
+
+    return off_frontal_deg(rotation)
 
 
 if __name__ == "__main__":
