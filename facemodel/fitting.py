@@ -1145,7 +1145,9 @@ def _ray_search(head: _LReLUHead, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3,
     """Step t in [0, 1] minimising the objective along ``z + t dz`` with the pose linearised
     (``up``: slope of the residual from the pose step). The landmarks are piecewise linear in
     t with a kink where a hidden unit changes sign: exact minimisation over the pieces when
-    the ray crosses few kinks, else the best step of a grid (one batched forward).
+    the ray crosses few kinks, else the best step of a grid (one batched forward). The choice
+    is made per face, so a face's step does not depend on the other faces of its chunk (as
+    :func:`_ray_search_single` for a single fit).
 
     rw: weighted residual at t = 0; uz: its slope from z at t = 0+."""
     n, D = z.shape
@@ -1153,7 +1155,17 @@ def _ray_search(head: _LReLUHead, pm, P, X, pre, mask, d, rw, uz, up, sw_m, sw3,
     # reach it at tj = -pre / d; 2 marks the others
     moving = (mask ^ (d > 0)) & (d != 0)
     tj = np.divide(-pre, d, out=np.full(pre.shape, 2.0, pre.dtype), where=moving)
-    nf = int((tj < 1.0).sum(1).max())
+    nfi = (tj < 1.0).sum(1)
+    nf = int(nfi.max())
+    many = nfi > _EXACT_MAX_BREAKS
+    if many.any() and not many.all():  # the grid for those faces, the exact search for the others
+        t = np.empty(n, z.dtype)
+        for sel in (np.flatnonzero(many), np.flatnonzero(~many)):
+            sub = lambda a: None if a is None else a[sel]  # noqa: E731
+            t[sel] = _ray_search(head, pm, P[sel], X[sel], pre[sel], mask[sel], d[sel], rw[sel], uz[sel], up[sel],
+                                 sw_m[sel], sub(sw3), z[sel], dz[sel], reg if np.ndim(reg) == 0 else np.asarray(reg)[sel],
+                                 sub(m))  # fmt: skip
+        return t
     rc = _reg_column(reg)
     lz = rc * np.einsum("nd,nd->n", z, dz)[:, None]  # reg z.dz, (n, 1)
     ld = rc * np.einsum("nd,nd->n", dz, dz)[:, None]  # reg dz.dz
