@@ -165,6 +165,7 @@ def main() -> None:
 
                 pf = fit_photo(model, img)
                 out = _Path(args.overlays) / f"fit_{name}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(pf.overlay()).save(out)
                 print(f"overlay: {out}")
 

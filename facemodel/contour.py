@@ -111,26 +111,48 @@ def choose_contour(model: torch.nn.Module, cand: np.ndarray, rotation: np.ndarra
     lines, normals = contour_lines(model)
     R = np.asarray(rotation, np.float64)
     R2 = R[:, :2]  # (B, 2, 3)
-    out = np.full((len(cand), 17), -1, np.int64)
-    for b_ in range(len(cand)):
-        if translation is not None:  # camera-frame positions; the image positions are q_xy / q_z (up to f > 0 and c)
-            q = cand[b_] @ R[b_].T + translation[b_]
-            proj = q[:, :2] / np.maximum(q[:, 2:3], 1e-9)
-        else:
-            proj = cand[b_] @ R2[b_].T  # (C, 2)
-        start = 0
-        for k, ln in enumerate(lines):
-            if ln.size == 0:
-                continue
-            seg = slice(start, start + ln.size)
-            start += ln.size
-            d = R2[b_] @ normals[k]
-            if translation is not None:  # the image direction of the normal at the line (d (q_xy / q_z) along n, times q_z)
-                d = d - proj[seg].mean(0) * (R[b_, 2] @ normals[k])
-            if np.linalg.norm(d) < 1e-6:  # the normal points at the camera: keep the point
-                continue
-            out[b_, k] = seg.start + int(np.argmax(proj[seg] @ d))
+    idx, valid, used = _padded_lines(lines)  # (L, W) candidate positions of each non-empty line
+    B = len(cand)
+    if translation is not None:  # camera-frame positions; the image positions are q_xy / q_z (up to f > 0 and c)
+        q = np.einsum("bcj,bij->bci", cand, R) + np.asarray(translation, np.float64)[:, None]
+        proj = q[..., :2] / np.maximum(q[..., 2:3], 1e-9)
+    else:
+        proj = np.einsum("bcj,bij->bci", cand, R2)  # (B, C, 2)
+    n = normals[used]  # (L, 3)
+    d = np.einsum("bij,lj->bli", R2, n)  # (B, L, 2): each line's outward direction in the image
+    P = proj[:, idx]  # (B, L, W, 2)
+    if translation is not None:  # the image direction of the normal at the line (d (q_xy / q_z) along n, times q_z)
+        mean = (P * valid[..., None]).sum(2) / valid.sum(1)[:, None]
+        d = d - mean * np.einsum("bj,lj->bl", R[:, 2], n)[..., None]
+    score = np.where(valid, np.einsum("blwi,bli->blw", P, d), -np.inf)
+    best = idx[np.arange(len(idx))[None], score.argmax(-1)]  # (B, L): the first of equal maxima, as argmax
+    best = np.where(np.linalg.norm(d, axis=-1) < 1e-6, -1, best)  # the normal points at the camera: keep the point
+    out = np.full((B, 17), -1, np.int64)
+    out[:, used] = best
     return out
+
+
+def _padded_lines(lines: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The contour lines as a padded index matrix (cached per line list): (L, W) positions in
+    :func:`contour_candidates` of the L non-empty lines' vertices, (L, W) bool real entries, (L,)
+    which of the 17 jaw points each line belongs to."""
+    key = id(lines)
+    hit = _PADDED.get(key)
+    if hit is not None and hit[0] is lines:
+        return hit[1]
+    used = np.asarray([k for k, ln in enumerate(lines) if ln.size], np.int64)
+    sizes = np.asarray([lines[k].size for k in used], np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    W = int(sizes.max()) if sizes.size else 1
+    col = np.arange(W)[None]
+    valid = col < sizes[:, None]
+    idx = np.where(valid, starts[:, None] + col, starts[:, None])
+    _PADDED.clear()
+    _PADDED[key] = (lines, (idx, valid, used))
+    return idx, valid, used
+
+
+_PADDED: dict = {}
 
 
 def contour_specs(model: torch.nn.Module, choice: np.ndarray, base: LandmarkSet | None = None) -> list[tuple]:

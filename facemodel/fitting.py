@@ -1892,6 +1892,8 @@ def _fit(model, points, pm, *, landmarks, weights, reg, init, solver, max_iters,
                     rn = np.linalg.norm(pm.residual(P, out["m"], out["X"]).reshape(B, K, pm.dim), axis=-1)
                 if kind == "irls":  # Huber factors of the last fit's residuals
                     lw = irls_weights(rn, float(loss_scale)).astype(P.dtype)
+                    if (lw == 1).all():  # no residual past the threshold: the problem just solved again
+                        continue
                     w = np.ascontiguousarray(w_in * lw)
                 elif kind == "fit" and auto:  # each face at the weight of its estimated noise
                     noise_used = noise_from_level(residual_level(rn, w_in > 0))
@@ -2405,7 +2407,7 @@ def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, mak
         pinhole = getattr(res, "focal_length", None) is not None
         choice = choose_contour(model, cand, res.rotation.double().cpu().numpy(),
                                 res.translation.double().cpu().numpy() if pinhole else None)  # fmt: skip
-        specs = contour_specs(model, choice)
+        specs = contour_specs(model, choice, _landmarks(model, "ibug68"))  # the cached set
         rows = np.where(choice >= 0, 68 + choice, np.arange(17))  # (B, 17) rows of the jaw points in the union
         kr = kw if rnd == CONTOUR_ROUNDS - 1 else {**kw, "loss": "l2", "max_iters": kw["max_iters"] or _CONTOUR_ITERS}
         make_pm = make_pm or (lambda b, r: _Camera2D())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from facemodel import FaceModel
-from facemodel.contour import contour_landmarks, contour_lines
+from facemodel.contour import choose_contour, contour_candidates, contour_landmarks, contour_lines
 from facemodel.fitting import FittingError, fit_landmarks, fit_landmarks_2d
 from facemodel.fitting_prior import DEFAULT_REG, reg_for_noise
 from facemodel.landmarks import landmark_positions
@@ -136,6 +136,31 @@ def test_contour_lines_cover_the_jaw(released):
         assert np.linalg.norm(t[ln] - lm[k], axis=1).min() < 5.0
         assert t[ln, 2].min() < lm[k, 2] - 5.0 and np.ptp(t[ln, 2]) > 15.0
     assert np.allclose(np.linalg.norm(normals[:, :2], axis=1), 1.0)
+
+
+@pytest.mark.parametrize("pinhole", [False, True])
+def test_choose_contour_takes_each_lines_outermost_vertex(released, pinhole):
+    """The batched choice equals the definition, line by line and face by face: the candidate
+    of each jaw point's line that projects furthest along the line's normal in the image
+    (through the camera centre for a pinhole)."""
+    from facemodel.fitting import _so3_exp
+
+    lines, normals = contour_lines(released)
+    rng = np.random.default_rng(1)
+    flat = contour_candidates(released)
+    cand = released.template.double().numpy()[flat][None] + rng.normal(0, 2.0, (12, len(flat), 3))
+    R = _so3_exp(rng.normal(0, 0.6, (12, 3)))
+    tr = np.c_[rng.normal(0, 20, (12, 2)), rng.uniform(300, 800, 12)] if pinhole else None
+    got = choose_contour(released, cand, R, tr)
+    for b in range(12):
+        start = 0
+        for k, ln in enumerate(lines):
+            seg = np.arange(start, start + ln.size)
+            start += ln.size
+            q = cand[b, seg] @ R[b].T + (tr[b] if pinhole else 0.0)
+            proj = q[:, :2] / q[:, 2:] if pinhole else q[:, :2]
+            d = R[b, :2] @ normals[k] - (proj.mean(0) * (R[b, 2] @ normals[k]) if pinhole else 0.0)
+            assert got[b, k] == seg[np.argmax(proj @ d)]
 
 
 def test_contour_fit_survives_60_degrees_of_yaw(released):
