@@ -91,6 +91,9 @@ _REGRESSION_SAMPLES = 4096
 #: took 3-4 at the prior's tolerance): on 100 validation faces 2 give the same dense error within
 #: 0.001 mm at 0.5 / 1 / 2 mm of noise (2.2533 / 2.5673 / 2.9665 against 2.2527 / 2.5664 / 2.9667), 1 up to 0.033 mm more
 _REFIT_MAX_ITERS = 2
+#: a scaled-orthographic contour round starts from the round before's camera (on 60 validation
+#: faces at yaw 0-60 and 1 / 3 px: the same dense error and NLE within 0.013 mm / 0.0002, 14 % faster)
+_CAMERA_FROM_LAST_ROUND = True
 _CONTOUR_ITERS = 6  # Gauss-Newton iterations of the rounds that only place a 2D fit's jaw points
 _MAX_COORD = 1e12  # |points| above this overflow float32 sums of squares (and are a unit error)
 _TRI = np.tril(np.ones((_EXACT_MAX_BREAKS, _EXACT_MAX_BREAKS), np.float32))
@@ -916,6 +919,17 @@ class _Camera2D:
     def to_input(self, X):
         n = X.shape[0]
         return X[:, 0], X[:, 1:10].reshape(n, 3, 3), X[:, 10:12], X[:, 0]
+
+
+class _Camera2DFrom(_Camera2D):
+    """:class:`_Camera2D` started from a known camera ``X`` (12,) (a contour round: the round
+    before's) instead of the affine fit at the initial code."""
+
+    def __init__(self, start: np.ndarray) -> None:
+        self._start = np.asarray(start, np.float64)
+
+    def init(self, ctx, P, w, m):
+        return np.broadcast_to(self._start, (P.shape[0], self.size)).astype(P.dtype)
 
 
 class _Pinhole2D(_Camera2D):
@@ -2245,8 +2259,12 @@ def fit_landmarks_2d(
         focal = centre = None
 
     def make_pm(b=None, res=None):
-        if camera != "pinhole":
-            return _Camera2D()
+        if camera != "pinhole":  # a contour round starts from the round before's camera
+            if res is None or not _CAMERA_FROM_LAST_ROUND:
+                return _Camera2D()
+            return _Camera2DFrom(np.concatenate([res.scale[b : b + 1].double().cpu().numpy(),
+                                                 res.rotation[b].double().cpu().numpy().reshape(9),
+                                                 res.translation[b].double().cpu().numpy()]))  # fmt: skip
         c = centre if b is None or centre.ndim == 1 else centre[b]
         dist = None if res is None or focal is not None else float(res.translation[b, 2])
         return _Pinhole2D(focal, c, dist)
