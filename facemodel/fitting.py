@@ -2120,16 +2120,7 @@ def fit_landmarks(
     if not isinstance(align, str) or align not in ALIGNMENTS:
         raise FittingError(f"unknown align {align!r}; choose one of {list(ALIGNMENTS)}")
     if noise_mm is not None:
-        if isinstance(noise_mm, str):
-            if noise_mm != AUTO:
-                raise FittingError(f"noise_mm must be a number >= 0 (mm per coordinate) or {AUTO!r}, got {noise_mm!r}")
-        elif isinstance(noise_mm, bool) or not isinstance(noise_mm, (int, float, np.floating, np.integer)) \
-                or not math.isfinite(noise_mm) or noise_mm < 0:  # fmt: skip
-            raise FittingError(f"noise_mm must be a finite number >= 0 (mm per coordinate) or {AUTO!r}, "
-                               f"got {noise_mm!r}")  # fmt: skip
-        if reg is not None or prior == "l2":
-            raise FittingError("noise_mm sets the model prior's weight: give either noise_mm or reg (and prior='l2' "
-                               "has no noise model), not both")  # fmt: skip
+        _check_noise("noise_mm", noise_mm, "mm", reg, prior)
     return _fit(model, points, _Pose3D(align), landmarks=landmarks, weights=weights, reg=reg, init=init,
                 solver=solver, max_iters=max_iters, tol=tol, generator=generator, device=device,
                 solver_options=solver_options, decode=decode, prior=prior, loss=loss, loss_scale=loss_scale,
@@ -2308,21 +2299,26 @@ def fit_landmarks_2d(
     return out
 
 
+def _check_noise(name: str, value, unit: str, reg, prior) -> None:
+    """A noise argument (``noise_mm`` / ``noise_px``): a finite number >= 0 or ``"auto"``, and
+    not beside ``reg`` or ``prior="l2"``; a :class:`FittingError` naming the fix otherwise."""
+    if isinstance(value, str):
+        if value != AUTO:
+            raise FittingError(f"{name} must be a number >= 0 ({unit} per coordinate) or {AUTO!r}, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(value) or value < 0:  # fmt: skip
+        raise FittingError(f"{name} must be a finite number >= 0 ({unit} per coordinate) or {AUTO!r}, got {value!r}")
+    if reg is not None or prior == "l2":
+        raise FittingError(f"{name} sets the model prior's weight: give either {name} or reg (and prior='l2' has no "
+                           "noise model), not both")  # fmt: skip
+
+
 def _noise_px_2d(noise_px, reg, prior, solver, landmarks, contour, weights, points2d):
     """``noise_px`` checked: a number (px), ``"auto"``, or None (the fixed default weight);
     refuses what cannot be honoured (see :func:`fit_landmarks_2d`)."""
     if noise_px is None:
         return None
-    if isinstance(noise_px, str):
-        if noise_px != AUTO:
-            raise FittingError(f"noise_px must be a number >= 0 (pixels per coordinate) or {AUTO!r}, got {noise_px!r}")
-    elif isinstance(noise_px, bool) or not isinstance(noise_px, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(noise_px) or noise_px < 0:  # fmt: skip
-        raise FittingError(f"noise_px must be a finite number >= 0 (pixels per coordinate) or {AUTO!r}, "
-                           f"got {noise_px!r}")  # fmt: skip
-    if reg is not None or prior == "l2":
-        raise FittingError("noise_px sets the model prior's weight: give either noise_px or reg (and prior='l2' "
-                           "has no noise model), not both")  # fmt: skip
+    _check_noise("noise_px", noise_px, "pixels", reg, prior)
     needs = []
     if not (isinstance(landmarks, str) and landmarks == AUTO_LANDMARKS and contour is True):
         needs.append(f"landmarks={AUTO_LANDMARKS!r} with contour=True")
