@@ -254,14 +254,18 @@ def _prior_weight_text(result, noise_px=None) -> str:
     return text + f", landmark noise {float(result.noise_mm.max()):.2f} mm" + (" (estimated)" if per_face else "")
 
 
-def _noise_mm(text: str) -> float | str:
-    """``--noise-mm`` / ``--noise-px``: a number (mm / pixels), or ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of mm or 'auto', got {text!r}") from None
+def _noise_arg(unit: str):
+    """The argparse type of ``--noise-mm`` / ``--noise-px``: a number (of ``unit``), or ``auto``."""
+
+    def parse(text: str) -> float | str:
+        if text.strip().lower() == "auto":
+            return "auto"
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of {unit} or 'auto', got {text!r}") from None
+
+    return parse
 
 
 def _noise_px_kwargs(args: argparse.Namespace) -> dict:
@@ -594,10 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(.jpg, .png, ...: needs the photo extra)")  # fmt: skip
     p.add_argument("--reg", type=float, default=None, help="weight of the code prior (default: the model prior at its "
                    "validated weight; an explicit value alone uses the paper's lambda ||z||^2)")  # fmt: skip
-    p.add_argument("--noise-mm", type=_noise_mm, default=None, metavar="MM|auto",
+    p.add_argument("--noise-mm", type=_noise_arg("mm"), default=None, metavar="MM|auto",
                    help="3D points: their expected noise per coordinate in mm of the face, or 'auto' (sets the "
                    "prior weight; default: estimated per face for the 68 iBUG points, else 1)")  # fmt: skip
-    p.add_argument("--noise-px", type=_noise_mm, default=None, metavar="PX|auto",
+    p.add_argument("--noise-px", type=_noise_arg("pixels"), default=None, metavar="PX|auto",
                    help="2D points and photos: their expected noise per coordinate in pixels, or 'auto' (sets the "
                    "prior weight per face; default: the fixed weight chosen for ~2 px)")  # fmt: skip
     p.add_argument("--face", type=int, default=0, help="photos: which detected face (0: the largest)")

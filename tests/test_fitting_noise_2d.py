@@ -116,6 +116,8 @@ def test_cli_noise_px(released, unseen, tmp_path, capsys):
     assert main(["fit", str(tmp_path / "p2.npy"), "--noise-px", "1.5"]) == 0
     out = capsys.readouterr().out
     assert "image noise 1.50 px" in out and "estimated" not in out
+    assert main(["fit", str(tmp_path / "p2.npy"), "--noise-px", "lots"]) == 2  # a usage error naming the unit
+    assert "number of pixels or 'auto'" in capsys.readouterr().err
     np.save(tmp_path / "p3.npy", unseen[1][0])
     assert main(["fit", str(tmp_path / "p3.npy"), "--noise-px", "1"]) == 2
     assert "--noise-mm" in capsys.readouterr().err
