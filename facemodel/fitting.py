@@ -492,10 +492,31 @@ def _head(model: torch.nn.Module, lmk: LandmarkSet, dtype: np.dtype) -> _Head:
     return head
 
 
+_ROW_HEADS: "weakref.WeakKeyDictionary[_Head, dict]" = weakref.WeakKeyDictionary()
+
+
 def _row_head(head: _Head, idx: np.ndarray) -> _Head:
     """The head of landmarks ``idx`` (K',) of ``head``'s set: its rows, and the cached Jacobians'
-    rows (the same numbers a head built for those landmarks would have)."""
-    rows = (3 * np.asarray(idx, np.int64)[:, None] + np.arange(3)).reshape(-1)
+    rows (the same numbers a head built for those landmarks would have). The last few per head
+    are cached (a face's contour rounds often choose the same jaw points)."""
+    idx = np.asarray(idx, np.int64)
+    try:
+        cache = _ROW_HEADS.setdefault(head, {})
+    except TypeError:
+        cache = {}
+    key = idx.tobytes()
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    out = _build_row_head(head, idx)
+    if len(cache) >= 16:
+        cache.pop(next(iter(cache)))
+    cache[key] = out
+    return out
+
+
+def _build_row_head(head: _Head, idx: np.ndarray) -> _Head:
+    rows = (3 * idx[:, None] + np.arange(3)).reshape(-1)
     out = copy.copy(head)
     out.A = np.ascontiguousarray(head.A[rows])
     out.At = np.ascontiguousarray(out.A.T)
@@ -533,17 +554,25 @@ _LMKS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDicti
 
 
 def _landmarks(model: torch.nn.Module, spec: Any) -> LandmarkSet:
-    """:func:`landmark_set`, cached for the built-in names (``"ibug68"``, ``"ibug51"``) and for
-    NumPy vertex-index arrays (the posterior re-fit's subset) while the model's stored landmarks
-    and vertex count stay the same."""
+    """:func:`landmark_set`, cached for the built-in names (``"ibug68"``, ``"ibug51"``), NumPy
+    vertex-index arrays (the posterior re-fit's subset) and NumPy (triangles, barycentrics) pairs
+    (the contour rounds' sets) while the model's stored landmarks and vertex count stay the same."""
     lm = getattr(model, "landmarks", None)
     named = isinstance(spec, str) and spec in ("ibug68", "ibug51")
     indices = isinstance(spec, np.ndarray) and spec.ndim == 1 and spec.dtype.kind == "i"
-    if not ((named or indices) and isinstance(lm, torch.Tensor)):
+    # (triangles, barycentrics) NumPy pairs: a 2D fit's contour rounds (facemodel.contour.contour_specs)
+    bary = isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(a, np.ndarray) for a in spec)
+    if not ((named or indices or bary) and isinstance(lm, torch.Tensor)):
         return landmark_set(model, spec)
     tmpl = getattr(model, "template", None)
-    key = (spec if named else ("indices", spec.dtype.str, spec.tobytes()), lm.data_ptr(), lm._version, tuple(lm.shape),
-           lm.dtype, str(lm.device), getattr(model, "num_vertices", None), None if tmpl is None else tuple(tmpl.shape))  # fmt: skip
+    if named:
+        name = spec
+    elif indices:
+        name = ("indices", spec.dtype.str, spec.tobytes())
+    else:
+        name = ("bary",) + tuple((a.dtype.str, a.shape, a.tobytes()) for a in spec)
+    key = (name, lm.data_ptr(), lm._version, tuple(lm.shape), lm.dtype, str(lm.device),
+           getattr(model, "num_vertices", None), None if tmpl is None else tuple(tmpl.shape))  # fmt: skip
     try:
         cache = _LMKS.setdefault(model, {})
     except TypeError:  # not weak-referenceable
@@ -551,8 +580,8 @@ def _landmarks(model: torch.nn.Module, spec: Any) -> LandmarkSet:
     lmk = cache.get(key)
     if lmk is None:
         lmk = landmark_set(model, spec)  # errors are raised here, never cached
-        if len(cache) >= 8:
-            cache.clear()
+        if len(cache) >= 32:
+            cache.pop(next(iter(cache)))  # the oldest
         cache[key] = lmk
     return lmk
 
