@@ -2233,14 +2233,14 @@ def fit_landmarks_2d(
         noise_px: the image points' noise per coordinate in pixels, to set the model prior's
             weight for it: :func:`facemodel.fitting_prior.reg_for_noise_2d` of the noise in
             model-space mm (the pixels divided by the first fit's camera scale) and of how far
-            the face is turned (1 for exact points and frontal faces, 8.6 at 2 px on a face of
+            the face is turned (1 for exact points and frontal faces, 8.1 at 2 px on a face of
             1.5 px/mm, at least ~4 for faces turned 25 degrees or more); the jaw-free first fit
             is repeated at that weight (about 1.3x the time of a fit). ~0.5-1 px for hand-placed
             or high-resolution landmarks, 2-3 px for a detector on a face ~150 px wide. Or
             ``"auto"``: estimated per face from the residuals of the first fit
             (:data:`facemodel.fitting_prior.NOISE_CALIBRATION_2D`; at least 45 of the 51 inner
             points usable); on faces the model never saw this helps at 0-1 px and 3 px or more and
-            loses up to 0.05 mm at ~2 px, where the default weight was chosen (docs/benchmarks.md
+            loses 0.02-0.03 mm at ~2 px, where the default weight was chosen (docs/benchmarks.md
             "Choosing the 2D weight"). Default ``None``: the fixed weight ``DEFAULT_REG["2d"]`` (8,
             the best at 2 px). ``result.noise_mm`` (B,) then holds each face's noise in model-space
             mm (``* result.scale``: the pixels to within a few %) and ``result.reg`` (B,) its weight. Needs

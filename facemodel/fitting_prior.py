@@ -96,7 +96,7 @@ def noise_from_level(level: np.ndarray, calibration: tuple = NOISE_CALIBRATION) 
     return np.clip(out, 0.0, AUTO_MAX_NOISE_MM)
 
 
-#: 2D fits (``fit_landmarks_2d(noise_px="auto")``, the default for contour-aware iBUG-68 fits): the
+#: 2D fits (``fit_landmarks_2d(noise_px="auto")``, an option of contour-aware iBUG-68 fits): the
 #: same estimate from the first, jaw-free fit (the 51 inner points at ``DEFAULT_REG["2d"]``, residuals
 #: divided by the camera scale: model-space mm per image coordinate). (noise in model-space mm, mean
 #: level): measured on 60 validation faces (upstream ICT, seed 2027) at yaw 0-60 degrees, 1.5 px/mm
@@ -132,8 +132,8 @@ def off_frontal_deg(rotation: np.ndarray) -> np.ndarray:
 def reg_for_noise_2d(noise_mm: np.ndarray, angle_deg: np.ndarray) -> np.ndarray:
     """(B,) image noise in model-space mm (pixels / camera scale) and (B,) off-frontal angle
     (degrees, :func:`off_frontal_deg`) -> (B,) weight of the Mahalanobis prior for a
-    contour-aware 2D fit: ``max(0.5, 0.1 + 2.5 noise^2)`` for frontal faces (0.5 up to 0.4 mm,
-    2.6 at 1 mm, 10.1 at 2 mm), and for faces turned 25 degrees or more at least
+    contour-aware 2D fit: ``max(1, 0.1 + 4.5 noise^2)`` for frontal faces (1 up to 0.44 mm,
+    4.6 at 1 mm, 18.1 at 2 mm), and for faces turned 25 degrees or more at least
     ``4 (1 + 0.5 noise^2)`` (rising from nothing at 5 degrees): with the jaw on the silhouette a
     turned face's depth is less constrained, and on validation faces weights below ~4 lost up to
     2 mm there even for exact points. Chosen on 60 validation faces at 46 views and noise levels
