@@ -415,7 +415,8 @@ def select_2d(args, model, faces, lines, normals, nle) -> None:
     import numpy as np
 
     from facemodel.fitting import fit_landmarks_2d
-    from facemodel.fitting_prior import NOISE_CALIBRATION_2D, noise_from_level_2d, reg_for_noise_2d, residual_level
+    from facemodel.fitting_prior import (NOISE_CALIBRATION_2D, noise_from_level_2d, off_frontal_deg, reg_for_noise_2d,
+                                        residual_level)
 
     regs = np.array([0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64])
     views = [(y, 0, px) for y in (0, 30, 45, 60) for px in (0, 0.5, 1, 2, 3, 4, 6)]
@@ -432,7 +433,7 @@ def select_2d(args, model, faces, lines, normals, nle) -> None:
         d = (first.residuals / first.scale[:, None]).double().numpy()
         ok = np.isfinite(d) & (w0 > 0)
         level = residual_level(np.where(ok, d, 0.0), ok)
-        angle = off_frontal(first.rotation.double().numpy())
+        angle = off_frontal_deg(first.rotation.double().numpy())
         E = np.stack([procrustes_rmse(fit_landmarks_2d(model, x, reg=float(r), prior="model").vertices.double().numpy(), v)
                       for r in regs])  # fmt: skip
         rows.append((yaw, pitch, px, level, angle, E, first.scale.double().numpy()))
@@ -477,12 +478,6 @@ def select_2d(args, model, faces, lines, normals, nle) -> None:
                 r = fit_landmarks_2d(model, xn.astype(np.float32), **kw)
                 cells.append(f"{procrustes_rmse(r.vertices.double().numpy(), v).mean():.3f} / {nle(r, xt).mean():.4f}")
             print(f"| {yaw} | {px} | " + " | ".join(cells) + f" | {float((r.noise_mm * r.scale).mean()):.2f} |", flush=True)
-
-
-def off_frontal(rotation):
-    from facemodel.fitting_prior import off_frontal_deg
-
-    return off_frontal_deg(rotation)
 
 
 if __name__ == "__main__":

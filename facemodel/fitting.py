@@ -91,9 +91,6 @@ _REGRESSION_SAMPLES = 4096
 #: took 3-4 at the prior's tolerance): on 100 validation faces 2 give the same dense error within
 #: 0.001 mm at 0.5 / 1 / 2 mm of noise (2.2533 / 2.5673 / 2.9665 against 2.2527 / 2.5664 / 2.9667), 1 up to 0.033 mm more
 _REFIT_MAX_ITERS = 2
-#: a scaled-orthographic contour round starts from the round before's camera (on 60 validation
-#: faces at yaw 0-60 and 1 / 3 px: the same dense error and NLE within 0.013 mm / 0.0002, 14 % faster)
-_CAMERA_FROM_LAST_ROUND = True
 _CONTOUR_ITERS = 6  # Gauss-Newton iterations of the rounds that only place a 2D fit's jaw points
 #: Gauss-Newton iterations of the middle contour round (it moves the jaw points to the silhouette for
 #: the last round, which converges): on 60 validation faces at yaw 0 / 30 / 60 and 1 / 3 px, 1 instead
@@ -2283,8 +2280,9 @@ def fit_landmarks_2d(
         focal = centre = None
 
     def make_pm(b=None, res=None):
-        if camera != "pinhole":  # a contour round starts from the round before's camera
-            if res is None or not _CAMERA_FROM_LAST_ROUND:
+        if camera != "pinhole":  # a contour round starts from the round before's camera (on 60 validation
+            # faces at yaw 0-60 and 1 / 3 px: the same dense error and NLE within 0.013 mm / 0.0002, 14 % faster)
+            if res is None:
                 return _Camera2D()
             return _Camera2DFrom(np.concatenate([res.scale[b : b + 1].double().cpu().numpy(),
                                                  res.rotation[b].double().cpu().numpy().reshape(9),
@@ -2432,7 +2430,7 @@ def _check_principal(principal_point, points2d) -> np.ndarray:
     return pp
 
 
-def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, make_pm=None, regs=None) -> FitResult:
+def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, make_pm, regs=None) -> FitResult:
     """Re-fit each face with its jaw points moved to the silhouette of the last fit (see
     :mod:`facemodel.contour`), warm-started from its codes; ``regs`` (B,): each face's weight of
     the model prior (``noise_px``), else ``kw``'s."""
@@ -2457,7 +2455,6 @@ def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, mak
         specs = contour_specs(model, choice, _landmarks(model, "ibug68"))  # the cached set
         rows = np.where(choice >= 0, 68 + choice, np.arange(17))  # (B, 17) rows of the jaw points in the union
         kr = kw if rnd == CONTOUR_ROUNDS - 1 else {**kw, "loss": "l2", "max_iters": kw["max_iters"] or _MIDDLE_ITERS}
-        make_pm = make_pm or (lambda b, r: _Camera2D())
         per_face = (lambda b: kr) if regs is None else (lambda b: {**kr, "reg": float(regs[b]), "prior": "model"})
         parts = [_fit(model, P[b : b + 1], make_pm(b, res), landmarks=specs[b], init=res.codes[b : b + 1], decode=False,
                       weights=None if w is None else (w if w.ndim == 1 else w[b : b + 1]),
