@@ -49,7 +49,6 @@ import json
 import math
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys

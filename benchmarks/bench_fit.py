@@ -25,7 +25,6 @@ from _machine import cpu_name, weights_version  # noqa: E402
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path

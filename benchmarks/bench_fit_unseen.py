@@ -82,7 +82,6 @@ def procrustes_rmse(a, b):
 
 
 def random_similarity(n, rng):
-    import numpy as np
     import torch
 
     from facemodel.fitting import _so3_exp

@@ -319,7 +319,6 @@ def save_animation_glb(path, vertices, faces, base=None, *, fps: float = 60.0, n
     The glTF holds N morph targets and an N x N weight track, so it suits clips of up to a
     few thousand frames; longer takes are better written as an OBJ/PLY sequence.
     """
-    import json
     import struct
 
     import numpy as np

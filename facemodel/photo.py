@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import FaceModelError, NoFaceError, PhotoError, PhotoExtraMissingError
+from .errors import NoFaceError, PhotoError, PhotoExtraMissingError
 
 __all__ = ["PhotoError", "NoFaceError", "PhotoExtraMissingError", "load_image", "detect_landmarks", "fit_photo",
            "PhotoFit", "IMAGE_SUFFIXES"]  # fmt: skip

@@ -83,3 +83,11 @@ def random_model(template):
 def random_model_dir(random_model, tmp_path_factory):
     """``random_model`` saved with save_pretrained."""
     return random_model.save_pretrained(tmp_path_factory.mktemp("model") / "random")
+
+
+@pytest.fixture(scope="session")
+def released():
+    """The released model (``weights/``), loaded once; tests must not modify it."""
+    from facemodel import FaceModel
+
+    return FaceModel.from_pretrained()

@@ -17,12 +17,6 @@ from PIL import Image
 gradio_client = pytest.importorskip("gradio_client", reason='needs the demo extra: pip install ".[demo]"')
 
 from facemodel.demo import SLIDER_NAMES, build_demo  # noqa: E402
-from facemodel.model import FaceModel  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def released():
-    return FaceModel.from_pretrained()
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,10 @@ on faces the model never saw (upstream ICT faces, drawn with other seeds than th
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from facemodel import FaceModel
 from facemodel.fitting import FittingError, _gn_chunk, _head, _Pose3D, fit_landmarks
 from facemodel.fitting_prior import (AUTO_MAX_NOISE_MM, DEFAULT_NOISE_MM, NOISE_CALIBRATION, noise_from_level,
                                      reg_for_noise, residual_level, whitened_head)  # fmt: skip
@@ -19,13 +15,7 @@ from facemodel.fitting_posterior import BLEND_MIN_SHARE, blend_weight
 from facemodel.landmarks import landmark_positions
 from facemodel.prior import code_prior
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_fit_unseen import ict_faces, posed_points, procrustes_rmse  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def released():
-    return FaceModel.from_pretrained().eval()
+from bench_fit_unseen import ict_faces, posed_points, procrustes_rmse
 
 
 @pytest.fixture(scope="module")

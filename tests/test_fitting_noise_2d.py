@@ -4,14 +4,10 @@ points' noise (given in pixels, or estimated per face), checked on faces the mod
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from facemodel import FaceModel
 from facemodel.cli import main
 from facemodel.contour import contour_lines
 from facemodel.errors import FaceModelError
@@ -19,13 +15,7 @@ from facemodel.fitting import FittingError, fit_landmarks_2d
 from facemodel.fitting_prior import DEFAULT_REG, NOISE_CALIBRATION_2D, noise_from_level_2d, off_frontal_deg, reg_for_noise_2d
 from facemodel.landmarks import landmark_positions
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_fit_unseen import ict_faces, procrustes_rmse, project  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def released():
-    return FaceModel.from_pretrained().eval()
+from bench_fit_unseen import ict_faces, procrustes_rmse, project
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,6 @@ from facemodel.landmarks import landmark_positions
 from facemodel.prior import code_prior
 
 
-@pytest.fixture(scope="module")
-def released():
-    return FaceModel.from_pretrained().eval()
-
-
 def _posed(model, n, seed, noise=0.0):
     faces = model.sample(n, seed=seed)
     g = torch.Generator().manual_seed(seed)
@@ -199,7 +194,6 @@ def test_contour_flag_is_checked(released):
 ])  # fmt: skip
 def test_contour_fit_refuses_malformed_arguments_clearly(kwargs, match):
     """The contour path reads weights and max_iters before the fit's own checks (fuzz seed 3)."""
-    from facemodel import FaceModel
     from facemodel.errors import FittingError
 
     model = FaceModel.from_pretrained()
@@ -210,12 +204,9 @@ def test_contour_fit_refuses_malformed_arguments_clearly(kwargs, match):
 def test_noise_mm_sets_the_prior_weight_and_helps_on_noisy_unseen_faces(released, ict):
     """The weight follows the stated noise (reg_for_noise) and, on upstream ICT faces the model
     never saw, stating the real 2 mm of noise fits them better than claiming exact points."""
-    import sys
-    from pathlib import Path
 
     from facemodel.fitting_prior import DEFAULT_NOISE_MM, reg_for_noise
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from bench_fit_unseen import ict_faces, posed_points, procrustes_rmse
 
     assert reg_for_noise(0.0) < reg_for_noise(1.0) < reg_for_noise(2.0)

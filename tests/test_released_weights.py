@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from facemodel import FaceModel
@@ -27,11 +26,6 @@ def test_released_weights_load_offline_and_work(monkeypatch):
 ONCE_UNTRAINED = ["eyeLookDown_L", "eyeLookDown_R", "eyeLookIn_L", "eyeLookIn_R", "eyeLookOut_L", "eyeLookOut_R",
                   "eyeLookUp_L", "eyeLookUp_R", "jawForward", "jawLeft", "jawRight", "mouthLeft", "mouthRight",
                   "cheekPuff_L", "cheekPuff_R"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def released():
-    return FaceModel.from_pretrained().eval()
 
 
 def test_every_tracker_shape_moves_the_face_through_the_code_like_icts_shape(released, ict):

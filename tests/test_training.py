@@ -8,7 +8,7 @@ import torch
 from facemodel.cli import main as cli_main
 from facemodel.model import FaceModel, WeightsFormatError, WeightsNotFoundError
 from facemodel.training import Trainer, load_config
-from facemodel.training.config import ConfigError, TrainConfig
+from facemodel.training.config import ConfigError
 
 REPO_CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 
