@@ -18,8 +18,8 @@ skdata = pytest.importorskip("skimage.data")  # in the test extra: CI has it
 
 
 @pytest.fixture(scope="module")
-def model():
-    return FaceModel.from_pretrained().eval()
+def model(released):
+    return released
 
 
 @pytest.fixture(scope="module")
