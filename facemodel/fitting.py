@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import threading
 import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -367,6 +368,8 @@ class _LReLUHead(_Head):
         self.slope = float(layer.negative_slope)
         self.D = self.W1.shape[1]
         self._bases: tuple[np.ndarray, np.ndarray] | None = None
+        self._parent: _LReLUHead | None = None  # a row head's full head, and the rows it keeps
+        self._rows: np.ndarray | None = None
 
     def pre(self, z: np.ndarray) -> np.ndarray:
         return z @ self.W1t + self.b1
@@ -407,6 +410,9 @@ class _LReLUHead(_Head):
 
     def bases(self) -> tuple[np.ndarray, np.ndarray]:
         """The cached Jacobians of :meth:`jacobian_init`: masks (3, H), Jacobians (3, 3K, D)."""
+        if self._bases is None and self._parent is not None:  # a row head: its parent's rows
+            masks, Js = self._parent.bases()
+            self._bases = (masks, np.ascontiguousarray(Js[:, self._rows]))
         if self._bases is None:
             A64, W64 = self.A.astype(np.float64), self.W1.astype(np.float64)
             P = A64 @ W64
@@ -423,10 +429,22 @@ class _LReLUHead(_Head):
         H / 2 terms instead of H."""
         if mask.shape[0] > 1:  # several faces: one matrix product for all (faster than their rank-1 terms)
             return self.dense_jacobian(mask)
-        masks, Js = self.bases()
-        flips = (mask[:, None, :] != masks[None]).sum(2)  # (n, 3)
-        k = flips.argmin(1)
-        return self.update_jacobian(Js[k], masks[k], mask)
+        masks = self.basis_masks()
+        k = int((mask[0] != masks).sum(1).argmin())
+        return self.update_jacobian(self.basis(k)[None], masks[k : k + 1], mask)
+
+    def basis_masks(self) -> np.ndarray:
+        """(3, H) bool unit signs of the cached Jacobians of :meth:`bases`."""
+        if self._parent is not None:
+            return self._parent.basis_masks()
+        return self.bases()[0]
+
+    def basis(self, k: int) -> np.ndarray:
+        """A copy of the ``k``-th cached Jacobian (3K, D) of :meth:`bases` (a row head reads
+        only that one of its parent's three: its rows)."""
+        if self._parent is not None:
+            return self._parent.basis(k)[self._rows]
+        return self.bases()[1][k].copy()
 
     def update_jacobian(self, J, old, new, rows=None):
         """The Jacobian at mask ``new`` from the one at ``old`` (rows scaled by ``rows``
@@ -524,9 +542,8 @@ def _build_row_head(head: _Head, idx: np.ndarray) -> _Head:
     out.c = head.c[rows]
     out.K = len(idx)
     out._m0, out._reg = None, None
-    if isinstance(head, _LReLUHead):
-        masks, Js = head.bases()
-        out._bases = (masks, np.ascontiguousarray(Js[:, rows]))
+    if isinstance(head, _LReLUHead):  # the cached Jacobians' rows, read when needed
+        out._bases, out._parent, out._rows = None, head, rows
     return out
 
 
@@ -1655,17 +1672,33 @@ def _solve_gn(head, pm, P, w, z0, reg, max_iters, tol, opts):
 
 
 _BLAS_CONTROLLER = None
+_BLAS_HELD = threading.local()  # .depth: how many _one_blas_thread contexts this thread is inside
 
 
+@contextlib.contextmanager
 def _one_blas_thread():
     """A context holding NumPy's BLAS to one thread (threadpoolctl; the controller is built once,
-    ~1 ms, and each limit costs ~20 us)."""
+    ~1 ms, and each limit costs ~50 us). Nested contexts of one thread reuse the outer limit (a
+    2D fit's rounds run several solves inside one)."""
     global _BLAS_CONTROLLER
+    depth = getattr(_BLAS_HELD, "depth", 0)
+    if depth:
+        _BLAS_HELD.depth = depth + 1
+        try:
+            yield
+        finally:
+            _BLAS_HELD.depth = depth
+        return
     if _BLAS_CONTROLLER is None:
         from threadpoolctl import ThreadpoolController
 
         _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
+        _BLAS_HELD.depth = 1
+        try:
+            yield
+        finally:
+            _BLAS_HELD.depth = 0
 
 
 # ---- first-order solvers (torch autograd on the landmark rows) ----------------------------------
@@ -2323,7 +2356,8 @@ def fit_landmarks_2d(
         res = _fit(model, points2d, make_pm(), landmarks=landmarks, init=init, decode=False, _regs=regs,
                    **{**kw, "prior": "model", "loss": "l2", "weights": w0, "max_iters": kw["max_iters"] or _CONTOUR_ITERS})  # fmt: skip
         res.iterations = res.iterations + first
-    out = _contour_rounds(model, points2d, res, kw, decode, make_pm, None if noise is None else regs)
+    with _one_blas_thread():  # one limit for every round's solves
+        out = _contour_rounds(model, points2d, res, kw, decode, make_pm, None if noise is None else regs)
     if noise is not None:
         out.reg = torch.as_tensor(regs, dtype=torch.float64, device=out.codes.device)
         out.noise_mm = torch.as_tensor(noise, dtype=torch.float64, device=out.codes.device)

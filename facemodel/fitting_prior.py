@@ -202,6 +202,7 @@ def whitened_head(head, prior: CodePrior):
     out.W1t = np.ascontiguousarray(out.W1.T)
     out.b1 = (head.b1.astype(np.float64) + W1 @ prior.mean).astype(head.dtype)
     out._bases, out._m0, out._reg = None, None, None  # caches that depend on the first layer
+    out._parent = out._rows = None  # (a row head's Jacobians come from its own rows from now on)
     try:
         _WHITE[head] = (prior, out)
     except TypeError:
