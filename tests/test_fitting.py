@@ -368,6 +368,37 @@ def test_incremental_jacobian_matches_full(model):
         assert np.abs(Jw - full(new) * rows[..., None]).max() <= 1e-5 * scale * rows.max()
 
 
+def test_row_head_jacobians_equal_a_head_built_for_its_landmarks(released):
+    """A contour round's head (rows of the iBUG-68 + contour-candidate head, read lazily from its
+    parent's cached Jacobians) starts one face's Jacobian from the same numbers as a head built
+    for those landmarks directly, plain and whitened by the model prior (the released model's:
+    a random model's prior is close to N(0, I), where whitening changes little)."""
+    model = released
+    from facemodel import fitting as F
+    from facemodel.fitting_prior import whitened_head
+    from facemodel.prior import code_prior
+
+    union = F._contour_union(model)
+    rows = np.concatenate([np.arange(68, 85), np.arange(17, 68)])  # 17 contour candidates, the 51 inner points
+    tri, bar = union.vertex_indices.numpy()[rows], union.barycentrics.numpy()[rows]
+    direct = F._head(model, landmark_set(model, (tri, bar)), np.dtype(np.float32))
+    parent = F._head(model, union, np.dtype(np.float32))
+    rng = np.random.default_rng(1)
+    for wrap in (lambda h: h, lambda h: whitened_head(h, code_prior(model))):
+        sub, ref = F._build_row_head(wrap(parent), rows), wrap(direct)
+        assert sub._bases is None  # nothing copied until a fit needs it
+        for _ in range(3):
+            mask = sub.pre(rng.standard_normal((1, sub.D)).astype(np.float32)) > 0
+            J, Jref = sub.jacobian_init(mask), ref.jacobian_init(mask)
+            assert np.abs(J - Jref).max() <= 1e-5 * np.abs(Jref).max()
+        assert np.allclose(sub.bases()[1], ref.bases()[1], rtol=0, atol=1e-5 * np.abs(ref.bases()[1]).max())
+    # whitening a row head gives it its own Jacobians (its parent's are of the plain codes)
+    white = whitened_head(F._build_row_head(parent, rows), code_prior(model))
+    ref = whitened_head(direct, code_prior(model))
+    mask = white.pre(rng.standard_normal((1, white.D)).astype(np.float32)) > 0
+    assert np.abs(white.jacobian_init(mask) - ref.jacobian_init(mask)).max() <= 1e-5 * np.abs(ref.bases()[1]).max()
+
+
 def test_pose3d_one_face_fast_path_matches_batched():
     """The one-face closed-form pose (plain-Python determinant) equals the batched Umeyama
     fit, reflections included, for both alignments and dtypes."""
@@ -416,3 +447,8 @@ def test_one_chunk_fits_hold_numpys_blas_to_one_thread(model, monkeypatch):
     fit_landmarks(model, pts[0], decode=False)
     assert seen and all(n == 1 for n in seen[0]) and seen[0]
     assert blas_threads() == before
+    # a contour-aware 2D fit holds one limit around all its rounds (nested limits reuse it)
+    seen.clear()
+    fit_landmarks_2d(model, pts[0, :, :2] * 3.0, decode=False)
+    assert len(seen) >= 3 and all(n and all(k == 1 for k in n) for n in seen)
+    assert blas_threads() == before and fitting._BLAS_HELD.depth == 0
