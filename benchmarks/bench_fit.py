@@ -10,9 +10,9 @@ array, decoding the mesh at the end, and without the decode), landmark RMSE (mm,
 space), RMSE of the whole fitted mesh against the ground-truth mesh (mm: the paper's
 metric), and the throughput of one call on a batch. Single thread by default.
 
-The model: ``--model DIR`` (a ``save_pretrained`` folder), else the trained model at
-~/.cache/facemodel/runs/cpu-v1/model when present, else the ICT template with a randomly
-initialised generator whose output layer is scaled x10 (codes move vertices by mm).
+The model: ``--model DIR`` (a ``save_pretrained`` folder; default the repository's released
+``weights/``), or ``--model random``: the ICT template with a randomly initialised generator at
+the paper's sizes whose output layer is scaled x10 (codes move vertices by mm).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_MODEL = Path.home() / ".cache" / "facemodel" / "runs" / "cpu-v1" / "model"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights"  # the released weights of this checkout
 
 
 def _threads(n: int) -> None:
@@ -39,7 +39,8 @@ def _threads(n: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="FaceModel folder (default: trained cpu-v1 model if present)")
+    p.add_argument("--model", default=str(DEFAULT_MODEL),
+                   help="FaceModel folder (default: this checkout's weights/), or 'random' (a random generator)")
     p.add_argument("--ict", default=None, help="ICT-FaceKit folder for the random model (default: FACEMODEL_ICT_DIR)")
     p.add_argument("--faces", type=int, default=50, help="single-face fits timed per solver (Adam: --adam-faces)")
     p.add_argument("--adam-faces", type=int, default=10)
@@ -205,8 +206,8 @@ def _load_model(args, FaceModel):
     import numpy as np
     import torch
 
-    path = Path(args.model).expanduser() if args.model else (DEFAULT_MODEL if DEFAULT_MODEL.is_dir() else None)
-    if path is not None:
+    if args.model != "random":
+        path = Path(args.model).expanduser()
         return FaceModel.from_pretrained(path).eval(), f"trained model {path}"
     from facemodel.data.ict import ICTSource
     from facemodel.model import FaceModelConfig
@@ -234,7 +235,7 @@ def _machine(args, source, torch, np) -> str:
         "|---|---|",
         f"| CPU | {cpu} ({os.cpu_count()} logical cores), {args.threads} thread(s) |",
         f"| software | Python {sys.version.split()[0]}, torch {torch.__version__}, numpy {np.__version__} |",
-        f"| model | {source}" + (f", weights {weights_version(args.model)}" if args.model else "") + " |",
+        f"| model | {source}" + (f", weights {weights_version(args.model)}" if args.model != "random" else "") + " |",
         f"| date | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} |",
         f"| command | python {' '.join(sys.argv)} |",
     ])  # fmt: skip

@@ -152,7 +152,7 @@ def _umeyama(p, m):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=str(REPO.parent / "main" / "weights"))
+    ap.add_argument("--model", default=str(REPO / "weights"))
     ap.add_argument("--faces", type=int, default=100)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--noise", type=float, nargs="*", default=[0.0, 1.0, 2.0])

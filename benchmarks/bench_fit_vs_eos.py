@@ -70,7 +70,7 @@ def run_pair(model, fitter, pts_fit, pts_true, w, h):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=str(_Path(__file__).resolve().parents[2] / "main" / "weights"))
+    ap.add_argument("--model", default=str(_Path(__file__).resolve().parents[1] / "weights"))
     ap.add_argument("--sfm", default=str(bench_eos.DEFAULT_SFM))
     ap.add_argument("--faces", type=int, default=30)
     ap.add_argument("--seed", type=int, default=2026)
