@@ -9,7 +9,8 @@
 #
 # Environment: OUT (required; replaced only with FORCE=1), DATA (ICT 4D dataset, default
 # ~/.cache/facemodel/ict4d-tracker25), ICT (ICT-FaceKit, default ../shared/data/ict-facekit),
-# RUN (the training run, default: the snapshot's grandparent), THREADS (per job, default 1: run it
+# RUN (the training run, default: the snapshot's grandparent), CARD_NOTES (the model card notes,
+# default docs/model_card_notes.md: a copy with the candidate's version keeps the tree clean), THREADS (per job, default 1: run it
 # beside a one-thread training run, or give it 2 alone), QUICK=1 (a smoke test: few meshes, the
 # evaluation's --quick, minutes). The staging card carries the version named first in
 # docs/model_card_notes.md: benchmarks print it, so edit the notes first for a real release.
@@ -22,10 +23,12 @@ OUT=${OUT:?set OUT}
 DATA=${DATA:-$HOME/.cache/facemodel/ict4d-tracker25}
 ICT=${ICT:-../shared/data/ict-facekit}
 RUN=${RUN:-$(dirname "$(dirname "$SNAP")")}
+CARD_NOTES=${CARD_NOTES:-docs/model_card_notes.md}
 THREADS=${THREADS:-1}
 QUICK=${QUICK:-0}
 [ -f "$SNAP/model.safetensors" ] || { echo "error: $SNAP has no model.safetensors (a snapshot folder of a run)" >&2; exit 2; }
 [ -f "$DATA/manifest.json" ] || { echo "error: $DATA is not an ICT 4D dataset: facemodel data build-ict --source $ICT --out $DATA --tracker-fraction 0.25" >&2; exit 2; }
+[ -f "$CARD_NOTES" ] || { echo "error: card notes $CARD_NOTES not found: set CARD_NOTES=..." >&2; exit 2; }
 [ -d "$ICT" ] || { echo "error: ICT-FaceKit folder $ICT not found: set ICT=..." >&2; exit 2; }
 if [ -e "$OUT" ] && [ "${FORCE:-0}" != 1 ]; then
   echo "error: $OUT exists: choose another OUT or set FORCE=1 to replace it" >&2; exit 2
@@ -59,16 +62,19 @@ fi
 step map python -m facemodel.training.blendshape_map --model "$SNAP" --data "$DATA" --out "$OUT/bs" \
   "${MAP_SIZES[@]}" --anchor-init --epochs 0 --kind linear --fallback none --ict "$ICT" --quiet
 step export python -m facemodel.training.release --model "$OUT/bs" --out "$OUT/weights" --run "$RUN" \
-  --card-notes docs/model_card_notes.md
-step evaluate facemodel evaluate --model "$OUT/weights" --data "$DATA" --ict "$ICT" --out "$OUT/eval" "${EVAL_ARGS[@]}"
+  --card-notes "$CARD_NOTES"
+# the figures most likely to rule a candidate out come first: label strength, blendshape drive
 step labels python benchmarks/label_strength.py --model "$OUT/weights" --data "$DATA"
+if [ "$QUICK" != 1 ]; then
+  step animate python benchmarks/bench_animate.py --models "candidate=$OUT/weights" --data "$DATA" --ict "$ICT" \
+    --skip-throughput --cache "$OUT/animate-encoded.pt"
+fi
 step unseen_codes python benchmarks/bench_unseen_codes.py --model "$OUT/weights" --faces "$FACES"
+step evaluate facemodel evaluate --model "$OUT/weights" --data "$DATA" --ict "$ICT" --out "$OUT/eval" "${EVAL_ARGS[@]}"
 if [ "$QUICK" = 1 ]; then
   step unseen_fits python benchmarks/bench_fit_unseen.py --model "$OUT/weights" --faces "$FACES" --linear --data "$DATA"
 else
   step unseen_fits python benchmarks/bench_fit_unseen.py --model "$OUT/weights" --linear --test-split 100 --data "$DATA"
-  step animate python benchmarks/bench_animate.py --models "candidate=$OUT/weights" --data "$DATA" --ict "$ICT" \
-    --skip-throughput --cache "$OUT/animate-encoded.pt"
 fi
 step pinhole python benchmarks/bench_fit_pinhole.py --model "$OUT/weights" --faces 30
 echo "done: $OUT (times in $OUT/times.txt)"
