@@ -110,7 +110,7 @@ def main() -> None:
         t_nodec = time_single(args.faces, max_iters=mi, reg=args.reg, decode=False)[0]
         rows.append((f"Gauss-Newton, max_iters={mi}", t_med, t_nodec, its, lmk, surf, args.faces))
     gn_ref = rows[0]
-    # the one-fit path: the noise given, no posterior blend (0.5.0's default)
+    # the one-fit path: the noise given, no posterior blend (the default until 0.5.0)
     one = {} if args.reg is not None else {"noise_mm": args.noise_mm, "posterior": False}
     if one:
         t_med, its, lmk, surf = time_single(args.faces, max_iters=args.max_iters[0], **one)

@@ -21,7 +21,7 @@ def tiny(small_dataset, **overrides):
 
 def test_config_files_round_trip(tmp_path):
     for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "release-0.1.yaml", "release-0.2.yaml",
-                 "release-0.3.yaml", "release-0.4.yaml"):
+                 "release-0.3.yaml", "release-0.4.yaml", "release-0.5.yaml"):
         cfg = load_config(REPO_CONFIGS / name)
         cfg.to_file(tmp_path / f"{name}.json")
         assert load_config(tmp_path / f"{name}.json") == cfg
@@ -417,13 +417,25 @@ def test_release_04_is_the_03_recipe_with_issue_22s_changes_only():
 
 
 def test_release_05_is_the_04_recipe_with_anchored_pairs_and_a_longer_run():
-    """0.5.0's recipe: 0.4.0's with two changes (configs/release.yaml's header), nothing else."""
-    old, new = load_config(REPO_CONFIGS / "release-0.4.yaml"), load_config(REPO_CONFIGS / "release.yaml")
+    """0.5.0's recipe: 0.4.0's with two changes (configs/release-0.5.yaml's header), nothing else."""
+    old, new = load_config(REPO_CONFIGS / "release-0.4.yaml"), load_config(REPO_CONFIGS / "release-0.5.yaml")
     a, b = old.model_dump(), new.model_dump()
     assert {k for k in a if a[k] != b[k]} == {"expression_anchor", "max_steps"}
     assert {k for k, v in a["expression_anchor"].items() if b["expression_anchor"][k] != v} == {"identity"}
     assert (old.expression_anchor.identity, new.expression_anchor.identity) == ("random", "anchored")
     assert new.max_steps > old.max_steps == 2000
+
+
+def test_release_06_is_the_05_recipe_with_a_stronger_rigidity_term_past_step_9100():
+    """0.6.0's recipe (configs/release.yaml's header): 0.5.0's with the rigidity weight 4x and 10,000
+    steps, nothing else; its run warm-starts from step 9,100 of 0.5.0's recipe."""
+    old, new = load_config(REPO_CONFIGS / "release-0.5.yaml"), load_config(REPO_CONFIGS / "release.yaml")
+    a, b = old.model_dump(), new.model_dump()
+    assert {k for k in a if a[k] != b[k]} == {"rigidity", "max_steps"}
+    assert (old.rigidity.weight, new.rigidity.weight) == (100.0, 400.0)
+    assert old.rigidity.scale_mm == new.rigidity.scale_mm
+    assert (old.max_steps, new.max_steps) == (5500, 10000)
+    assert "max_steps=9100" in (REPO_CONFIGS / "release.yaml").read_text()  # the warm start's first stage
 
 
 # ---- snapshots and checkpoint selection (facemodel.training.select) --------------------------
