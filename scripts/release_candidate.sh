@@ -2,7 +2,9 @@
 # The unattended part of a weights release (docs/releasing.md steps 2-4 and 6) for one snapshot
 # of a training run: blendshape map, a staging export (float16, model card), the full evaluation
 # and the measurement benchmarks that need no idle machine, each logged with its wall time. The
-# fit calibration (step 5), the timed benchmarks (step 7), renders and docs stay by hand.
+# fit calibration (step 5), the timed benchmarks (step 7), renders and docs stay by hand. The
+# last two steps (unseen_fits, pinhole) fit with the calibration constants in the tree, which
+# step 5 re-measures for new weights: re-run them after it for the published figures.
 #
 # Usage (repository root, venv active):
 #     OUT=~/.cache/facemodel/rc/v060 bash scripts/release_candidate.sh RUN/snapshots/step0009000
@@ -10,10 +12,10 @@
 # Environment: OUT (required; replaced only with FORCE=1), DATA (ICT 4D dataset, default
 # ~/.cache/facemodel/ict4d-tracker25), ICT (ICT-FaceKit, default ../shared/data/ict-facekit),
 # RUN (the training run, default: the snapshot's grandparent), CARD_NOTES (the model card notes,
-# default docs/model_card_notes.md: a copy with the candidate's version keeps the tree clean), THREADS (per job, default 1: run it
-# beside a one-thread training run, or give it 2 alone), QUICK=1 (a smoke test: few meshes, the
-# evaluation's --quick, minutes). The staging card carries the version named first in
-# docs/model_card_notes.md: benchmarks print it, so edit the notes first for a real release.
+# default docs/model_card_notes.md; a copy with the candidate's version keeps the tree clean),
+# THREADS (per job, default 1: run it beside a one-thread training run, or give it 2 alone),
+# QUICK=1 (a smoke test: few meshes, the evaluation's --quick, minutes). The staging card carries
+# the version named first in CARD_NOTES: benchmarks print it, so set it before a real release.
 #
 # Writes to OUT: bs/ (the model with its map), weights/ (the staging release), eval/ (report.md,
 # results.json, figures/), logs/*.log (one per step, the command first) and times.txt.
