@@ -831,3 +831,105 @@ def test_anchored_label_codes_are_the_anchors(small_dataset, tmp_path):
     with pytest.raises(ConfigError, match="anchored"):
         Trainer(load_config(REPO_CONFIGS / "tiny.yaml", base[:5] + ['classification.label_codes="anchored"']),
                 tmp_path / "x", progress=False)  # fmt: skip
+
+
+class _LinearIdentities:
+    """A stand-in training split for :func:`identity_anchor_basis`: ``n`` identities whose neutral
+    shapes lie on a 5-d linear model (one mesh each, no blendshape weights)."""
+
+    def __init__(self, basis, mean, w):
+        self._shapes = (mean + w @ basis).astype(np.float32)
+
+    def identity_classes(self):
+        return np.arange(len(self._shapes))
+
+    def meta(self, key):
+        raise KeyError(key)
+
+    def offsets(self, rows):
+        return self._shapes[rows].reshape(len(rows), -1, 3)
+
+
+def test_reanchor_maps_are_exact_where_both_anchors_span_the_same_space():
+    from facemodel.training.anchoring import ExpressionAnchor, identity_anchor_basis
+    from facemodel.training.reanchor import expression_map, identity_map
+
+    rng = np.random.default_rng(0)
+    basis, mean = rng.normal(size=(5, 30)), rng.normal(size=30)
+    old = _LinearIdentities(basis, mean, rng.normal(size=(12, 5)))
+    new = _LinearIdentities(basis, mean, rng.normal(size=(40, 5)) * 1.5 + 0.3)  # other faces, other spread
+    m = identity_map(old, new, 5)
+    assert m.residual < 1e-4
+    # the map holds for faces neither anchor saw: old code == new code @ R + c
+    unseen = (mean + rng.normal(size=(7, 5)) @ basis)
+    code = lambda ds: (unseen - identity_anchor_basis(ds, 5)[2]) @ identity_anchor_basis(ds, 5)[3]  # noqa: E731
+    assert np.abs(code(new) @ m.matrix + m.offset - code(old)).max() < 1e-4 * np.abs(code(old)).max()
+    assert np.abs(m.matrix - np.eye(5)).max() > 0.1  # a real change of coordinates, not the identity
+    # expression: z = (w - mean) @ A, square A -> exact
+    a_old = ExpressionAnchor(rng.uniform(0, 0.3, 6), rng.normal(size=(6, 6)))
+    a_new = ExpressionAnchor(rng.uniform(0, 0.3, 6), rng.normal(size=(6, 6)))
+    e = expression_map(a_old, a_new)
+    w = torch.rand(9, 6)
+    assert e.residual < 1e-9
+    np.testing.assert_allclose(a_new(w).double().numpy() @ e.matrix + e.offset, a_old(w).double().numpy(), atol=1e-4)
+
+
+def test_reanchor_first_layer_keeps_the_function():
+    from facemodel.networks import Factor, Generator, GeneratorConfig
+    from facemodel.training.reanchor import CodeMap, reanchor_first_layer
+
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(num_vertices=50, factors=(Factor(name="identity", code_dim=6, num_labels=3),
+                                                    Factor(name="expression", code_dim=4, num_labels=2)),
+                          noise_dim=2, hidden=32, factor_hidden=(12, 8))  # fmt: skip
+    old = Generator(cfg)
+    rng = np.random.default_rng(1)
+    sl = cfg.code_slices()
+    maps = [(sl["identity"], CodeMap(rng.normal(size=(6, 6)), rng.normal(size=6), 0.0)),
+            (sl["expression"], CodeMap(rng.normal(size=(4, 4)), rng.normal(size=4), 0.0))]
+    new = Generator(cfg)
+    new.load_state_dict(reanchor_first_layer(old.state_dict(), maps))
+    z = torch.randn(5, cfg.code_dim, dtype=torch.float64)
+    z_old = z.clone()
+    for cols, m in maps:
+        z_old[:, cols] = z[:, cols] @ torch.from_numpy(m.matrix) + torch.from_numpy(m.offset)
+    with torch.no_grad():
+        a, b = new(z.float()), old(z_old.float())
+    assert torch.allclose(a, b, atol=1e-4 * float(b.abs().max()))
+    assert not torch.allclose(new(z_old.float()), b, atol=1e-2 * float(b.abs().max()))
+    # the factorised layer's zeros stay zeros (the identity block does not start reading the expression)
+    assert torch.equal(new.fc1.weight != 0, old.fc1.weight != 0)
+
+
+def test_warm_start_onto_another_build_needs_reanchor(small_dataset, ict, tmp_path, capsys):
+    from facemodel.data.builder import ICTDatasetConfig, build_ict_dataset
+    from facemodel.training.checkpoint import CheckpointError
+
+    other = tmp_path / "other-build"
+    build_ict_dataset(ict, other, ICTDatasetConfig(seed=8, size=1000, identities=20), progress=False)
+    anchored = {"lambda_identity_anchor": 1.0, "lambda_expression_anchor": 1.0}
+    base = Trainer(tiny(small_dataset, max_steps=3, **anchored), tmp_path / "base", progress=False)
+    base.train()
+    ckpt = tmp_path / "base" / "checkpoint.pt"
+    t = Trainer(tiny(other, max_steps=6, **anchored), tmp_path / "new", progress=False)
+    own_codes = {k: v.clone() for k, v in t.codes.state_dict().items()}
+    with pytest.raises(CheckpointError, match="--reanchor"):
+        t.warm_start(ckpt)
+    fresh = t.warm_start(ckpt, reanchor=True)
+    assert t.step == 3 and any(k.startswith("heads.identity") for k in fresh)  # 8 -> 16 training identities
+    assert all(torch.equal(v, own_codes[k]) for k, v in t.codes.state_dict().items())  # this data's label codes
+    assert not torch.equal(t.G.fc1.weight, base.G.fc1.weight) and torch.equal(t.G.fc2.weight, base.G.fc2.weight)
+    logs = [t.train_step() for _ in range(2)]
+    assert all(np.isfinite(s["g_loss"]) for s in logs)
+    # without the anchoring terms there is nothing to re-express
+    plain = Trainer(tiny(other, max_steps=6), tmp_path / "plain", progress=False)
+    with pytest.raises(ConfigError, match="identity_anchor and expression_anchor"):
+        plain.warm_start(ckpt, reanchor=True)
+    # the checkpoint's own dataset must still be there
+    state = torch.load(ckpt, weights_only=False)
+    state["config"]["data"] = str(tmp_path / "gone")
+    torch.save(state, tmp_path / "moved.pt")
+    with pytest.raises(CheckpointError, match="needs the dataset"):
+        t.warm_start(tmp_path / "moved.pt", reanchor=True)
+    assert cli_main(["train", "--out", str(tmp_path / "y"), "--reanchor"]) == 2
+    assert "add --init-from" in capsys.readouterr().err

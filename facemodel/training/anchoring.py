@@ -39,7 +39,7 @@ from ..data.dataset import FaceDataset
 from ..errors import DatasetFormatError
 from .rigidity import same_identity_differences
 
-__all__ = ["FACE_VERTICES", "ExpressionAnchor", "anchor_loss", "fit_expression_anchor", "fit_identity_anchor"]
+__all__ = ["FACE_VERTICES", "ExpressionAnchor", "anchor_loss", "fit_expression_anchor", "fit_identity_anchor", "identity_anchor_basis"]
 
 #: ICT's face area (vertices 0-9408): where the anchoring term compares displacements
 FACE_VERTICES = 9409
@@ -129,13 +129,45 @@ def fit_expression_anchor(
     return ExpressionAnchor(mean, matrix), stats
 
 
+def identity_anchor_basis(dataset: FaceDataset, code_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """The affine map behind :func:`fit_identity_anchor`: ``code = (shape - mean) @ proj``.
+
+    Args:
+        dataset: the training split (identity labels needed; blendshape weights used if present).
+        code_dim: the identity code size.
+
+    Returns:
+        ``classes`` (C,) identity labels, ``rows`` (C,) each identity's most neutral mesh (rows
+        of ``dataset``), ``mean`` (3V,) their mean shape (offsets from the template, mm),
+        ``proj`` (3V, code_dim) float64 (columns past the ``C - 1`` components that exist are
+        0), and the figures of :func:`fit_identity_anchor`.
+    """
+    labels = dataset.identity_classes()
+    classes = np.unique(labels)
+    try:
+        strength = np.asarray(dataset.meta("blendshapes"), dtype=np.float64).sum(1)
+    except (KeyError, DatasetFormatError):
+        strength = np.zeros(len(labels))
+    rows = np.array([np.flatnonzero(labels == k)[np.argmin(strength[labels == k])] for k in classes], dtype=np.int64)
+    shapes = dataset.offsets(rows).reshape(len(rows), -1).astype(np.float64)
+    mean = shapes.mean(0)
+    _, s, vt = np.linalg.svd(shapes - mean, full_matrices=False)
+    r = min(code_dim, len(rows) - 1)
+    proj = np.zeros((shapes.shape[1], code_dim))
+    proj[:, :r] = vt[:r].T * (np.sqrt(len(rows)) / np.maximum(s[:r], 1e-12))  # unit variance per dimension
+    V = shapes.shape[1] // 3
+    stats = {"identities": float(len(rows)), "shape_mm": float(np.sqrt((s**2).sum() / len(rows) / V)),
+             "kept": float((s[:r] ** 2).sum() / max((s**2).sum(), 1e-12)), "whitened": float(r)}  # fmt: skip
+    return classes, rows, mean, proj, stats
+
+
 def fit_identity_anchor(dataset: FaceDataset, code_dim: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Fixed identity codes of the training identities for identity anchoring.
 
     Each identity's most neutral mesh (smallest sum of blendshape weights; the identity's first
     mesh where the dataset has no weights) is its shape; the whitened first ``code_dim``
     principal components of those shapes (zero mean, unit variance over the identities, like
-    the prior) are the codes.
+    the prior) are the codes (:func:`identity_anchor_basis` gives the map itself).
 
     Args:
         dataset: the training split (identity labels needed; blendshape weights used if present).
@@ -147,25 +179,14 @@ def fit_identity_anchor(dataset: FaceDataset, code_dim: int) -> tuple[np.ndarray
         ``kept`` (fraction of its variance the components hold), ``whitened`` (their number).
 
     With C identities at most C - 1 components exist: the code dimensions past them are 0 for
-    every identity (left to the prior and the adversarial terms).
+    every identity (left to the prior and the adversarial terms). With few identities for the
+    code size the whitening is a noisy estimate: 240 identities drawn on ICT's 100 modes give
+    an unseen identity a code of mean squared norm ~172 where the prior expects 100 (800
+    identities: ~115; docs/training.md, session 23).
     """
-    labels = dataset.identity_classes()
-    classes = np.unique(labels)
-    try:
-        strength = np.asarray(dataset.meta("blendshapes"), dtype=np.float64).sum(1)
-    except (KeyError, DatasetFormatError):
-        strength = np.zeros(len(labels))
-    rows = np.array([np.flatnonzero(labels == k)[np.argmin(strength[labels == k])] for k in classes], dtype=np.int64)
+    classes, rows, mean, proj, stats = identity_anchor_basis(dataset, code_dim)
     shapes = dataset.offsets(rows).reshape(len(rows), -1).astype(np.float64)
-    centred = shapes - shapes.mean(0)
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    r = min(code_dim, len(rows) - 1)
-    codes = np.zeros((len(rows), code_dim), dtype=np.float32)
-    codes[:, :r] = u[:, :r] * np.sqrt(len(rows))  # unit variance per dimension
-    V = shapes.shape[1] // 3
-    stats = {"identities": float(len(rows)), "shape_mm": float(np.sqrt((s**2).sum() / len(rows) / V)),
-             "kept": float((s[:r] ** 2).sum() / max((s**2).sum(), 1e-12)), "whitened": float(r)}  # fmt: skip
-    return classes, codes, stats
+    return classes, ((shapes - mean) @ proj).astype(np.float32), stats
 
 
 def anchor_loss(generated: torch.Tensor, data: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="warm start: weights, data order and step of another run's checkpoint.pt, this run's recipe")
+    p.add_argument("--reanchor", action="store_true",
+                   help="with --init-from: the checkpoint was trained on another build of the data (e.g. fewer identities); "
+                        "re-express its codes in this dataset's anchors and carry on (its dataset must still be on disk)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many more generator steps")
     p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
     p.add_argument("--export", default=None, help="model folder to export the EMA generator to (default OUT/model)")
@@ -34,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .loop import Trainer
 
+    if getattr(args, "reanchor", False) and not getattr(args, "init_from", None):
+        raise FaceModelError("--reanchor carries an --init-from checkpoint onto this dataset; add --init-from CHECKPOINT")
     if getattr(args, "init_from", None) and (args.resume or args.export_only):
         raise FaceModelError("--init-from starts a new run from another run's checkpoint; it cannot be combined with "
                              "--resume or --export-only (drop --init-from to continue OUT itself)")  # fmt: skip
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     trainer = Trainer(config, out, resume=args.resume, progress=not args.quiet)
     if args.init_from:
-        fresh = trainer.warm_start(Path(args.init_from).expanduser())
+        fresh = trainer.warm_start(Path(args.init_from).expanduser(), reanchor=getattr(args, "reanchor", False))
         print(f"warm start from step {trainer.step}" + (f"; new critic parameters: {', '.join(fresh)}" if fresh else ""))
     if args.export_only:
         path = trainer.export(args.export)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .._fs import atomic_dir
 from ..data.dataset import FaceDataset
+from ..errors import FaceModelError
 from ..model import FaceModel, FaceModelConfig
 from ..networks.config import Factor, GeneratorConfig
 from ..networks.generator import Generator
@@ -30,6 +31,7 @@ from .config import TrainConfig
 from .discriminator import Critic, critic_uv
 from .labels import factor_labels
 from .monitor import Monitor, append_record, truncate_records
+from .reanchor import reanchor_first_layer
 from .sampler import EpochSampler
 from .terms import TERMS, Contribution, CriticContext, GeneratorContext, Setup, Term
 
@@ -340,31 +342,53 @@ class Trainer:
         self.step = int(state["step"])
         self._resumed = True  # train() drops log lines written after this checkpoint
 
-    def warm_start(self, path: str | os.PathLike) -> list[str]:
+    def warm_start(self, path: str | os.PathLike, *, reanchor: bool = False) -> list[str]:
         """Start from another run's checkpoint with *this* run's recipe (a changed loss, say).
 
         Loads the generators, critic, label codes, generator optimiser, data order and step;
         critic heads this recipe adds (the regressors) start fresh, and so does the critic's
-        optimiser when the critic's parameters changed. The dataset must be the same.
+        optimiser when the critic's parameters changed. The dataset must be the same, unless
+        ``reanchor``.
+
+        Args:
+            path: the other run's ``checkpoint.pt``.
+            reanchor: the checkpoint was trained on another build of the data (more identities,
+                say; its folder, from the checkpoint's config, must still be on disk): the
+                generators' first layer is re-expressed in this dataset's identity and
+                expression anchors (:mod:`facemodel.training.reanchor`: what the generator
+                computes does not change, its codes now mean what this data's anchors say);
+                label codes, critic heads of another size and the data order start fresh, the
+                step carries on. Needs identity and expression anchoring on.
 
         Returns:
             the critic parameters that were not in the checkpoint (newly initialised).
 
         Raises:
-            CheckpointError: unreadable checkpoint, another dataset, or a generator of another shape.
+            CheckpointError: unreadable checkpoint, another dataset (without ``reanchor``), or a
+                generator of another shape; with ``reanchor``: the checkpoint's dataset missing
+                or changed.
+            ConfigError: ``reanchor`` without both anchoring terms on.
         """
         state = load_checkpoint(Path(path))
-        if state["dataset_checksum"] != self.data.manifest.checksum:
-            raise CheckpointError(f"checkpoint {str(path)!r} was trained on another dataset (checksum differs)")
+        same_data = state["dataset_checksum"] == self.data.manifest.checksum
+        if not same_data and not reanchor:
+            raise CheckpointError(f"checkpoint {str(path)!r} was trained on another dataset (checksum differs); to carry "
+                                  "it onto this dataset pass --reanchor (Trainer.warm_start(..., reanchor=True))")  # fmt: skip
+        if reanchor and not same_data:
+            maps = self._reanchor_maps(state, path)
+            for key in ("G", "G_ema"):
+                state[key] = reanchor_first_layer(state[key], [(self.gen_config.code_slices()[n], m) for n, m in maps.items()])
+            log.info("re-anchored onto %s: %s", self.data.root,
+                     "; ".join(f"{n} code map residual {m.residual:.3g}" for n, m in maps.items()))  # fmt: skip
         try:
             self.G.load_state_dict(state["G"])
             self.G_ema.load_state_dict(state["G_ema"])
             self.opt_G.load_state_dict(state["opt_G"])
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} has a generator of another shape: {exc}") from exc
-        # label codes and critic entries of another shape (a factor with more labels) start fresh
         own_codes = self.codes.state_dict()
-        self.codes.load_state_dict({k: v if v.shape == own_codes[k].shape else own_codes[k] for k, v in state["codes"].items()})
+        if same_data:  # label codes and critic entries of another shape (a factor with more labels) start fresh
+            self.codes.load_state_dict({k: v if v.shape == own_codes[k].shape else own_codes[k] for k, v in state["codes"].items()})
         own = self.D.state_dict()
         resized = [k for k, v in state["D"].items() if k in own and v.shape != own[k].shape]
         result = self.D.load_state_dict({k: v for k, v in state["D"].items() if k not in resized}, strict=False)
@@ -373,9 +397,36 @@ class Trainer:
                                   f"{result.unexpected_keys[:4]}; use the same factors and resolution")  # fmt: skip
         if not result.missing_keys:
             self.opt_D.load_state_dict(state["opt_D"])
-        self.sampler.load_state_dict(state["sampler"])
+        if same_data:
+            self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
         return list(result.missing_keys)  # includes the resized entries
+
+    def _reanchor_maps(self, state: dict, path) -> dict:
+        """Per factor name, the :class:`~facemodel.training.reanchor.CodeMap` from this dataset's
+        anchor codes to those of the checkpoint's dataset."""
+        from .anchoring import fit_expression_anchor
+        from .config import ConfigError
+        from .reanchor import expression_map, identity_map
+
+        ident, expr = self.terms.get("identity_anchor"), self.terms.get("expression_anchor")
+        if ident is None or expr is None or not (ident.on and expr.on):
+            raise ConfigError("--reanchor re-expresses the identity and expression anchors' codes; this recipe needs "
+                              "identity_anchor and expression_anchor on (weight > 0)")  # fmt: skip
+        root = Path(str(state["config"]["data"])).expanduser()
+        try:
+            old = FaceDataset(root, split="train")
+        except (OSError, FaceModelError) as exc:
+            raise CheckpointError(f"--reanchor needs the dataset checkpoint {str(path)!r} was trained on, at {str(root)!r} "
+                                  f"(its config's `data`): {exc}; rebuild it there with the same build command") from exc  # fmt: skip
+        if old.manifest.checksum != state["dataset_checksum"]:
+            raise CheckpointError(f"the dataset at {str(root)!r} is not the one checkpoint {str(path)!r} was trained on "
+                                  "(checksum differs); rebuild it with the run's build command")  # fmt: skip
+        name_id = self.config.require_role("identity", "--reanchor")
+        name_exp = self.config.require_role("expression", "--reanchor")
+        old_anchor, _ = fit_expression_anchor(old, self.gen_config.factor(name_exp).code_dim, seed=int(state["config"].get("seed", 0)))
+        return {name_id: identity_map(old, self.data, self.gen_config.factor(name_id).code_dim),
+                name_exp: expression_map(old_anchor, expr.fit.anchor)}
 
     def export(self, directory: str | os.PathLike | None = None, *, ema: bool = True) -> Path:
         """Save the (EMA) generator as a :class:`FaceModel` folder (config.json + safetensors)."""
