@@ -36,7 +36,7 @@ def _cmd_build_ict(args: argparse.Namespace) -> int:
         source = ICTSource(args.source)
     config = ICTDatasetConfig(
         seed=args.seed, size=args.size, identities=args.identities, offsets_dtype=args.dtype,
-        tracker_fraction=args.tracker_fraction,
+        tracker_fraction=args.tracker_fraction, split_base=args.split_base,
     )
     manifest = build_ict_dataset(source, args.out, config, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {manifest.num_meshes} meshes of {manifest.num_identities} identities to {args.out}")
@@ -533,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--identities", type=int, default=None, help="number of identities (default size/100)")
     b.add_argument("--tracker-fraction", type=float, default=0.0,
                    help="fraction of meshes that are tracker-like motion over all 53 shapes (default 0: the 0.3.x build)")
+    b.add_argument("--split-base", type=int, default=None, metavar="N",
+                   help="grow an N-identity build (same seed): its identities keep their train/val/test split, so a run "
+                        "on it can continue here without having trained on this build's val/test identities")
     b.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage of vertex offsets")
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     b.add_argument("--quiet", action="store_true", help="no progress bar")

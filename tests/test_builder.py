@@ -244,3 +244,28 @@ def test_sparse_weights_are_tracker_like_and_reproducible():
         sparse_weights(1, np.random.default_rng(0), max_shapes=0)
     with pytest.raises(InvalidArgumentError, match="n must be"):
         sparse_weights(-1, np.random.default_rng(0))
+
+
+def test_a_grown_build_keeps_the_smaller_builds_split():
+    """``split_base``: a run on a 300-identity build can continue on a 1,000-identity one without
+    having trained on any of its val / test identities (session 23: without it, 24 of the 30 test
+    identities of the 300 build landed in the 1,000 build's training split)."""
+    small = plan_ict_dataset(ICTDatasetConfig(size=3000, identities=30))
+    grown = plan_ict_dataset(ICTDatasetConfig(size=6000, identities=100, split_base=30))
+    plain = plan_ict_dataset(ICTDatasetConfig(size=6000, identities=100))
+    assert np.array_equal(grown.identity_weights[:30], small.identity_weights)  # the same 30 faces first
+    assert np.array_equal(grown.identity_split[:30], small.identity_split)
+    assert not np.array_equal(plain.identity_split[:30], small.identity_split)  # what it guards against
+    assert np.bincount(grown.identity_split[30:], minlength=3).tolist() == [56, 7, 7]  # the added 70: 80/10/10
+    with pytest.raises(ValueError, match="split_base"):
+        ICTDatasetConfig(size=3000, identities=30, split_base=40)
+
+
+def test_split_base_on_the_command_line(ict, tmp_path, capsys):
+    from facemodel.cli import main as cli_main
+
+    out = tmp_path / "grown"
+    rc = cli_main(["data", "build-ict", "--source", str(ict.root), "--out", str(out), "--size", "3000",
+                   "--identities", "30", "--split-base", "40", "--quiet"])  # fmt: skip
+    assert rc == 2 and "split_base (40) must not exceed the number of identities (30)" in capsys.readouterr().err
+    assert not out.exists()

@@ -72,6 +72,10 @@ class ICTDatasetConfig(BaseModel):
     identities: int | None = Field(None, ge=10, description="number of identities (default size // 100)")
     identity_modes: int = Field(100, ge=1, le=100, description="ICT identity PCA modes used")
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_base: int | None = Field(None, ge=10, description="grow a smaller build: its first `split_base` identities "
+                                   "keep the split they have in a build of `split_base` identities (same seed), so "
+                                   "that a run on the smaller build never trained on this build's val/test identities; "
+                                   "the added identities are split by `split_fractions`")
     label_fraction: float = Field(0.07, gt=0, lt=0.5, description="target fraction of expression-labelled meshes")
     static_fraction: float = Field(0.08, ge=0, le=1, description="fraction of identities with static scans")
     emotion_frames: int = Field(25, ge=5, description="frames per neutral->apex->neutral sequence")
@@ -85,6 +89,8 @@ class ICTDatasetConfig(BaseModel):
     def _check(self) -> "ICTDatasetConfig":
         if abs(sum(self.split_fractions) - 1.0) > 1e-6 or min(self.split_fractions) <= 0:
             raise ValueError("split_fractions must be three positive numbers summing to 1")
+        if self.split_base is not None and self.split_base > self.num_identities:
+            raise ValueError(f"split_base ({self.split_base}) must not exceed the number of identities ({self.num_identities})")
         return self
 
     @property
@@ -126,6 +132,15 @@ def _allocate(total: int, fractions: tuple[float, ...]) -> list[int]:
     return out.tolist()
 
 
+def _split(order: np.ndarray, fractions) -> np.ndarray:
+    """(n,) int8 split (0 train, 1 val, 2 test) of n identities taken in ``order`` by the fractions."""
+    per_split = _allocate(len(order), fractions)
+    split = np.zeros(len(order), np.int8)
+    split[order[per_split[0] : per_split[0] + per_split[1]]] = 1
+    split[order[per_split[0] + per_split[1] :]] = 2
+    return split
+
+
 def plan_ict_dataset(config: ICTDatasetConfig) -> _Plan:
     """Draw every random choice of the dataset (identities, roles, expression weights).
 
@@ -135,11 +150,15 @@ def plan_ict_dataset(config: ICTDatasetConfig) -> _Plan:
     n_id = config.num_identities
     sampler = ExpressionSampler(np.random.default_rng(rng.integers(2**63)))
     weights = rng.standard_normal((n_id, config.identity_modes)).astype(np.float32)
-    order = rng.permutation(n_id)
-    per_split = _allocate(n_id, config.split_fractions)
-    split = np.zeros(n_id, np.int8)
-    split[order[per_split[0] : per_split[0] + per_split[1]]] = 1
-    split[order[per_split[0] + per_split[1] :]] = 2
+    split = _split(rng.permutation(n_id), config.split_fractions)
+    if config.split_base is not None and config.split_base < n_id:
+        # the smaller build's identities (the same weights: the draw above extends its draw) keep
+        # their split; the added ones are split by the fractions
+        base = np.random.default_rng(config.seed)
+        base.integers(2**63)
+        base.standard_normal((config.split_base, config.identity_modes))
+        split[: config.split_base] = _split(base.permutation(config.split_base), config.split_fractions)
+        split[config.split_base :] = _split(rng.permutation(n_id - config.split_base), config.split_fractions)
 
     n_static_mesh = 1 + len(EMOTIONS) * len(STATIC_INTENSITIES)  # 25 per static subject
     n_static = round(config.static_fraction * n_id)
