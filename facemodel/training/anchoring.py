@@ -129,19 +129,8 @@ def fit_expression_anchor(
     return ExpressionAnchor(mean, matrix), stats
 
 
-def identity_anchor_basis(dataset: FaceDataset, code_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
-    """The affine map behind :func:`fit_identity_anchor`: ``code = (shape - mean) @ proj``.
-
-    Args:
-        dataset: the training split (identity labels needed; blendshape weights used if present).
-        code_dim: the identity code size.
-
-    Returns:
-        ``classes`` (C,) identity labels, ``rows`` (C,) each identity's most neutral mesh (rows
-        of ``dataset``), ``mean`` (3V,) their mean shape (offsets from the template, mm),
-        ``proj`` (3V, code_dim) float64 (columns past the ``C - 1`` components that exist are
-        0), and the figures of :func:`fit_identity_anchor`.
-    """
+def _identity_anchor(dataset: FaceDataset, code_dim: int):
+    """:func:`identity_anchor_basis` and the identities' shapes (C, 3V) float64, read once."""
     labels = dataset.identity_classes()
     classes = np.unique(labels)
     try:
@@ -158,6 +147,23 @@ def identity_anchor_basis(dataset: FaceDataset, code_dim: int) -> tuple[np.ndarr
     V = shapes.shape[1] // 3
     stats = {"identities": float(len(rows)), "shape_mm": float(np.sqrt((s**2).sum() / len(rows) / V)),
              "kept": float((s[:r] ** 2).sum() / max((s**2).sum(), 1e-12)), "whitened": float(r)}  # fmt: skip
+    return classes, rows, shapes, mean, proj, stats
+
+
+def identity_anchor_basis(dataset: FaceDataset, code_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """The affine map behind :func:`fit_identity_anchor`: ``code = (shape - mean) @ proj``.
+
+    Args:
+        dataset: the training split (identity labels needed; blendshape weights used if present).
+        code_dim: the identity code size.
+
+    Returns:
+        ``classes`` (C,) identity labels, ``rows`` (C,) each identity's most neutral mesh (rows
+        of ``dataset``), ``mean`` (3V,) their mean shape (offsets from the template, mm),
+        ``proj`` (3V, code_dim) float64 (columns past the ``C - 1`` components that exist are
+        0), and the figures of :func:`fit_identity_anchor`.
+    """
+    classes, rows, _, mean, proj, stats = _identity_anchor(dataset, code_dim)
     return classes, rows, mean, proj, stats
 
 
@@ -184,8 +190,7 @@ def fit_identity_anchor(dataset: FaceDataset, code_dim: int) -> tuple[np.ndarray
     an unseen identity a code of mean squared norm ~172 where the prior expects 100 (800
     identities: ~115; docs/training.md, session 23).
     """
-    classes, rows, mean, proj, stats = identity_anchor_basis(dataset, code_dim)
-    shapes = dataset.offsets(rows).reshape(len(rows), -1).astype(np.float64)
+    classes, _, shapes, mean, proj, stats = _identity_anchor(dataset, code_dim)
     return classes, ((shapes - mean) @ proj).astype(np.float32), stats
 
 

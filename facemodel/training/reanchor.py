@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import FaceDataset
-from .anchoring import ExpressionAnchor, identity_anchor_basis
+from .anchoring import ExpressionAnchor, _identity_anchor, identity_anchor_basis
 
 __all__ = ["CodeMap", "identity_map", "expression_map", "reanchor_first_layer"]
 
@@ -64,8 +64,7 @@ def identity_map(old: FaceDataset, new: FaceDataset, code_dim: int) -> CodeMap:
         code_dim: the identity code size.
     """
     _, _, mean_o, proj_o, _ = identity_anchor_basis(old, code_dim)
-    _, rows, mean_n, proj_n, _ = identity_anchor_basis(new, code_dim)
-    shapes = new.offsets(rows).reshape(len(rows), -1).astype(np.float64)
+    _, _, shapes, mean_n, proj_n, _ = _identity_anchor(new, code_dim)
     return _affine_fit((shapes - mean_n) @ proj_n, (shapes - mean_o) @ proj_o)
 
 
