@@ -1,6 +1,6 @@
 """Blendshape map acceptance figures (issue #8) and ``animate`` throughput.
 
-    python benchmarks/bench_animate.py --models NAME=DIR [NAME=DIR ...] --data ~/.cache/facemodel/ict4d-tracker25 \
+    python benchmarks/bench_animate.py --models NAME=DIR [NAME=DIR ...] --data ~/.cache/facemodel/ict4d-id1000 \
         [--ict ../shared/data/ict-facekit] [--test-meshes 600] [--cache FILE.pt] [--skip-throughput]
 
 On test-split meshes (identities never trained on), for each model with a blendshape map:
@@ -140,7 +140,7 @@ def per_shape(model, src, id_weights: np.ndarray, id_codes: torch.Tensor, generi
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", required=True, help="NAME=DIR of models with a blendshape map")
-    p.add_argument("--data", default=os.path.expanduser("~/.cache/facemodel/ict4d-tracker25"))
+    p.add_argument("--data", default=os.path.expanduser("~/.cache/facemodel/ict4d-id1000"))
     p.add_argument("--ict", default=os.environ.get("FACEMODEL_ICT_DIR", str(Path(__file__).resolve().parents[2] / "shared/data/ict-facekit")))
     p.add_argument("--test-meshes", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)

@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--noise-mm", type=float, default=1.0)
     p.add_argument("--targets", choices=("model", "dataset"), default="model",
                    help="model: meshes decoded at z ~ N(0, I); dataset: meshes of a dataset folder's test split")
-    p.add_argument("--data", default=str(Path.home() / ".cache" / "facemodel" / "ict4d-tracker25"), help="dataset for --targets dataset")
+    p.add_argument("--data", default=str(Path.home() / ".cache" / "facemodel" / "ict4d-id1000"), help="dataset for --targets dataset")
     p.add_argument("--reg", type=float, default=None,
                    help="prior weight (default: the fit's default, the model prior; a value: the paper's lambda ||z||^2)")
     p.add_argument("--max-iters", type=int, nargs="*", default=[6, 10], help="Gauss-Newton settings to time")

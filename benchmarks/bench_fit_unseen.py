@@ -1,7 +1,7 @@
 """Landmark fits of faces the model never saw: upstream ICT faces, 3D points and 2D projections.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_fit_unseen.py --model /work/main/weights \
-        [--faces 100] [--seed 2026] [--select] [--linear] [--test-split 100] [--data ~/.cache/facemodel/ict4d-tracker25]
+        [--faces 100] [--seed 2026] [--select] [--linear] [--test-split 100] [--data ~/.cache/facemodel/ict4d-id1000]
 
 Faces: the upstream ICT-FaceKit linear model (``../shared/data/ict-facekit``): identity
 weights N(0, 1) on all 100 identity modes, 2-6 of the 53 blendshapes at U(0.3, 1.0) each,
@@ -21,7 +21,8 @@ the table behind ``facemodel.fitting_prior.reg_for_noise``; 2D with 2 px detecto
 random yaw in +-60 deg: ``DEFAULT_REG["2d"]``).
 
 ``--test-split N``: the 3D table again on N meshes of the ICT 4D dataset's test split
-(``--data``; its 30 identities are never trained on), beside the same baselines.
+(``--data``; its test identities are never trained on: 100 in the 1,000-identity build
+of 0.7.0), beside the same baselines.
 
 2D: ``--yaws 0 30 45 60``: the same faces under a scaled-orthographic camera (1.5 px / mm,
 640 x 480, y down) at that yaw (pitch 0), 2D landmarks with 1 px noise; reported: the dense
@@ -161,7 +162,7 @@ def main() -> None:
     ap.add_argument("--select", action="store_true")
     ap.add_argument("--regs", type=float, nargs="*", default=[0.1, 0.3, 1, 3, 10, 30])
     ap.add_argument("--linear", action="store_true", help="also fit the linear baselines (needs the ICT 4D dataset)")
-    ap.add_argument("--data", default=str(Path.home() / ".cache" / "facemodel" / "ict4d-tracker25"))
+    ap.add_argument("--data", default=str(Path.home() / ".cache" / "facemodel" / "ict4d-id1000"))
     ap.add_argument("--encode-faces", type=int, default=20)
     ap.add_argument("--test-split", type=int, default=100, metavar="N",
                     help="also fit N meshes of the ICT 4D dataset's test split (--data; identities never trained "

@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--yaws", type=float, nargs="*", default=[0, 30, 45, 60])
     ap.add_argument("--photos", action="store_true")
     ap.add_argument("--overlays", default=None, help="write the photo overlays into this folder")
-    ap.add_argument("--data", default=str(_Path.home() / ".cache" / "facemodel" / "ict4d-tracker25"),
+    ap.add_argument("--data", default=str(_Path.home() / ".cache" / "facemodel" / "ict4d-id1000"),
                     help="ICT 4D dataset: its training split's roughness is the reference of the fits' roughness")
     args = ap.parse_args()
 

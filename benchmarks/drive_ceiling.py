@@ -1,6 +1,6 @@
 """How well *can* a blendshape drive match the test split? Least-squares ceilings (issue #8).
 
-    python benchmarks/drive_ceiling.py --model DIR [--data ~/.cache/facemodel/ict4d-tracker25] [--ict ../shared/data/ict-facekit]
+    python benchmarks/drive_ceiling.py --model DIR [--data ~/.cache/facemodel/ict4d-id1000] [--ict ../shared/data/ict-facekit]
         [--test-meshes 300] [--identity-dims 8]
 
 Every figure is the motion alone (the mesh minus its identity's exact neutral; face-area RMSE
@@ -42,7 +42,7 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model folder with a blendshape map")
-    p.add_argument("--data", default=os.path.expanduser("~/.cache/facemodel/ict4d-tracker25"))
+    p.add_argument("--data", default=os.path.expanduser("~/.cache/facemodel/ict4d-id1000"))
     p.add_argument("--ict", default=os.environ.get("FACEMODEL_ICT_DIR", str(Path(__file__).resolve().parents[2] / "shared/data/ict-facekit")))
     p.add_argument("--test-meshes", type=int, default=300)
     p.add_argument("--identity-dims", type=int, default=8)

@@ -1,6 +1,6 @@
 """Do the expression labels look like their names? Motion strength and read-back per label.
 
-    OMP_NUM_THREADS=1 python benchmarks/label_strength.py [--model DIR] [--data ~/.cache/facemodel/ict4d-tracker25]
+    OMP_NUM_THREADS=1 python benchmarks/label_strength.py [--model DIR] [--data ~/.cache/facemodel/ict4d-id1000]
         [--faces 64] [--seed 0]
 
 Data: the dataset's test split; each labelled mesh against a neutral-labelled mesh of the same
@@ -54,7 +54,7 @@ def data_motion(ds, labels):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(REPO / "weights"))
-    ap.add_argument("--data", default=str(_Path.home() / ".cache" / "facemodel" / "ict4d-tracker25"))
+    ap.add_argument("--data", default=str(_Path.home() / ".cache" / "facemodel" / "ict4d-id1000"))
     ap.add_argument("--faces", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -44,7 +44,7 @@ from .errors import (
 from .errors import ArgumentTypeError, BatchTooLargeError, InvalidArgumentError, NumericalError, OutputPermissionError
 from .errors import NoFaceError, PhotoError, PhotoExtraMissingError
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 from typing import TYPE_CHECKING  # noqa: E402
 

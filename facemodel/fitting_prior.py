@@ -60,12 +60,12 @@ AUTO = "auto"
 AUTO_LANDMARKS = "ibug68"
 AUTO_MIN_POINTS = 60
 #: (noise per coordinate in mm, the mean :func:`residual_level` of the first fit at that noise):
-#: measured on 200 validation faces (upstream ICT, seed 2027) with the 0.6.0 weights,
+#: measured on 200 validation faces (upstream ICT, seed 2027) with the 0.7.0 weights,
 #: ``benchmarks/bench_fit_unseen.py --calibrate-noise`` (docs/benchmarks.md); re-measure when the
 #: weights change (tests/test_fitting_auto_noise.py checks the estimate on other faces)
 NOISE_CALIBRATION = (
     (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
-    (0.7293, 0.7995, 0.9651, 1.1865, 1.4098, 1.8404, 2.1847, 2.6521, 2.8894),
+    (0.6826, 0.7555, 0.9280, 1.1490, 1.3754, 1.7919, 2.1154, 2.5308, 2.7200),
 )
 #: the estimate's upper bound (mm): beyond it the first fit's residuals stop growing with the noise
 AUTO_MAX_NOISE_MM = 5.0
@@ -100,10 +100,10 @@ def noise_from_level(level: np.ndarray, calibration: tuple = NOISE_CALIBRATION) 
 #: same estimate from the first, jaw-free fit (the 51 inner points at ``DEFAULT_REG["2d"]``, residuals
 #: divided by the camera scale: model-space mm per image coordinate). (noise in model-space mm, mean
 #: level): measured on 60 validation faces (upstream ICT, seed 2027) at yaw 0-60 degrees, 1.5 px/mm
-#: (0 / 0.5 / 1 / 2 / 3 / 4 / 6 px), 0.6.0 weights (docs/benchmarks.md "Choosing the 2D weight")
+#: (0 / 0.5 / 1 / 2 / 3 / 4 / 6 px), 0.7.0 weights (docs/benchmarks.md "Choosing the 2D weight")
 NOISE_CALIBRATION_2D = (
     (0.0, 0.3333, 0.6667, 1.3333, 2.0, 2.6667, 4.0),
-    (0.904, 0.972, 1.139, 1.632, 2.115, 2.594, 3.392),
+    (0.896, 0.964, 1.133, 1.625, 2.099, 2.568, 3.336),
 )
 #: the fewest usable inner (non-jaw) points of the 51 for the 2D estimate
 AUTO_MIN_INNER_POINTS_2D = 45

@@ -10,7 +10,7 @@
 #     OUT=~/.cache/facemodel/rc/v060 bash scripts/release_candidate.sh RUN/snapshots/step0009000
 #
 # Environment: OUT (required; replaced only with FORCE=1), DATA (ICT 4D dataset, default
-# ~/.cache/facemodel/ict4d-tracker25), ICT (ICT-FaceKit, default ../shared/data/ict-facekit),
+# ~/.cache/facemodel/ict4d-id1000), ICT (ICT-FaceKit, default ../shared/data/ict-facekit),
 # RUN (the training run, default: the snapshot's grandparent), CARD_NOTES (the model card notes,
 # default docs/model_card_notes.md; a copy with the candidate's version keeps the tree clean),
 # THREADS (per job, default 1: run it beside a one-thread training run, or give it 2 alone),
@@ -22,14 +22,14 @@
 set -euo pipefail
 SNAP=${1:?usage: OUT=... bash scripts/release_candidate.sh RUN/snapshots/stepNNNNNNN}
 OUT=${OUT:?set OUT}
-DATA=${DATA:-$HOME/.cache/facemodel/ict4d-tracker25}
+DATA=${DATA:-$HOME/.cache/facemodel/ict4d-id1000}
 ICT=${ICT:-../shared/data/ict-facekit}
 RUN=${RUN:-$(dirname "$(dirname "$SNAP")")}
 CARD_NOTES=${CARD_NOTES:-docs/model_card_notes.md}
 THREADS=${THREADS:-1}
 QUICK=${QUICK:-0}
 [ -f "$SNAP/model.safetensors" ] || { echo "error: $SNAP has no model.safetensors (a snapshot folder of a run)" >&2; exit 2; }
-[ -f "$DATA/manifest.json" ] || { echo "error: $DATA is not an ICT 4D dataset: facemodel data build-ict --source $ICT --out $DATA --tracker-fraction 0.25" >&2; exit 2; }
+[ -f "$DATA/manifest.json" ] || { echo "error: $DATA is not an ICT 4D dataset: facemodel data build-ict --source $ICT --out $DATA --tracker-fraction 0.25 --identities 1000 --size 40000 --split-base 300 (configs/release.yaml)" >&2; exit 2; }
 [ -f "$CARD_NOTES" ] || { echo "error: card notes $CARD_NOTES not found: set CARD_NOTES=..." >&2; exit 2; }
 [ -d "$ICT" ] || { echo "error: ICT-FaceKit folder $ICT not found: set ICT=..." >&2; exit 2; }
 if [ -e "$OUT" ] && [ "${FORCE:-0}" != 1 ]; then

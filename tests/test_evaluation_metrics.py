@@ -416,3 +416,31 @@ def test_bad_inputs_raise_evaluation_errors(small_dataset):
 
     with pytest.raises(EvaluationError, match="NaN"):
         model_diversity(Broken(), 3)
+
+
+def test_ict_ground_truth_transfers_each_identity_of_its_pool_once():
+    """A pool larger than the old fixed cache (64) must not evict identities that come back: the
+    0.7.0 evaluation's 100 test identities re-ran a ~0.3 s deformation transfer at every draw."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    def expression_basis(w):
+        calls.append(w.copy())
+        return np.full((5, 3), float(w[0])), np.ones((53, 5, 3))
+
+    gen = SimpleNamespace(template=SimpleNamespace(faces=np.zeros((1, 3), np.int64), num_vertices=5),
+                          expression_basis=expression_basis)  # fmt: skip
+    pool = np.random.default_rng(0).standard_normal((100, 100))
+    gt = ICTGroundTruth(gen, pool, np.zeros((4, 53)))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        out = gt.decode(gt.sample_codes(200, generator=g))
+        assert out.shape == (200, 5, 3)
+    assert len(calls) == len({c.tobytes() for c in calls}) <= 100
+    # an explicit smaller cache still bounds memory (and then recomputes)
+    calls.clear()
+    small = ICTGroundTruth(gen, pool, np.zeros((4, 53)), cache_size=10)
+    small.decode(small.sample_codes(200, generator=torch.Generator().manual_seed(0)))
+    small.decode(small.sample_codes(200, generator=torch.Generator().manual_seed(1)))
+    assert len(calls) > 100

@@ -21,7 +21,7 @@ def tiny(small_dataset, **overrides):
 
 def test_config_files_round_trip(tmp_path):
     for name in ("paper.yaml", "cpu.yaml", "tiny.yaml", "release.yaml", "release-0.1.yaml", "release-0.2.yaml",
-                 "release-0.3.yaml", "release-0.4.yaml", "release-0.5.yaml"):
+                 "release-0.3.yaml", "release-0.4.yaml", "release-0.5.yaml", "release-0.6.yaml"):
         cfg = load_config(REPO_CONFIGS / name)
         cfg.to_file(tmp_path / f"{name}.json")
         assert load_config(tmp_path / f"{name}.json") == cfg
@@ -427,15 +427,37 @@ def test_release_05_is_the_04_recipe_with_anchored_pairs_and_a_longer_run():
 
 
 def test_release_06_is_the_05_recipe_with_a_stronger_rigidity_term_past_step_9100():
-    """0.6.0's recipe (configs/release.yaml's header): 0.5.0's with the rigidity weight 4x and 10,000
-    steps, nothing else; its run warm-starts from step 9,100 of 0.5.0's recipe."""
-    old, new = load_config(REPO_CONFIGS / "release-0.5.yaml"), load_config(REPO_CONFIGS / "release.yaml")
+    """0.6.0's recipe (configs/release-0.6.yaml's header): 0.5.0's with the rigidity weight 4x and
+    10,000 steps, nothing else; its run warm-starts from step 9,100 of 0.5.0's recipe."""
+    old, new = load_config(REPO_CONFIGS / "release-0.5.yaml"), load_config(REPO_CONFIGS / "release-0.6.yaml")
     a, b = old.model_dump(), new.model_dump()
     assert {k for k in a if a[k] != b[k]} == {"rigidity", "max_steps"}
     assert (old.rigidity.weight, new.rigidity.weight) == (100.0, 400.0)
     assert old.rigidity.scale_mm == new.rigidity.scale_mm
     assert (old.max_steps, new.max_steps) == (5500, 10000)
-    assert "max_steps=9100" in (REPO_CONFIGS / "release.yaml").read_text()  # the warm start's first stage
+    assert "max_steps=9100" in (REPO_CONFIGS / "release-0.6.yaml").read_text()  # the warm start's first stage
+
+
+def test_release_07_is_the_06_recipe_on_the_larger_build_after_a_reanchored_warm_start():
+    """0.7.0's recipe (configs/release.yaml's header): 0.6.0's settings on the 1,000-identity build
+    (its first 300 identities and their splits the 300 build's), run past 0.6.0's steps; the stages
+    and the re-anchoring warm start are in the header, which `facemodel train` must accept."""
+    old, new = load_config(REPO_CONFIGS / "release-0.6.yaml"), load_config(REPO_CONFIGS / "release.yaml")
+    a, b = old.model_dump(), new.model_dump()
+    assert {k for k in a if a[k] != b[k]} == {"data", "max_steps"}
+    assert (old.data, new.data) == ("~/.cache/facemodel/ict4d-tracker25", "~/.cache/facemodel/ict4d-id1000")
+    assert new.max_steps > 10976 > old.max_steps
+    text = (REPO_CONFIGS / "release.yaml").read_text()
+    for part in ("max_steps=9100", "max_steps=10976", "--identities 1000", "--split-base 300", "--reanchor"):
+        assert part in text, part
+    # the third stage as written in the header parses: a re-anchoring warm start from stage 2
+    import argparse
+
+    from facemodel.training.cli import add_arguments
+
+    stage3 = text.split("facemodel train --config configs/release.yaml", 1)[1].split("\n# (", 1)[0]
+    args = add_arguments(argparse.ArgumentParser()).parse_args(["--config", "configs/release.yaml", *stage3.replace("#", " ").replace("\\", " ").split()])
+    assert args.reanchor and args.init_from.endswith("stage2/checkpoint.pt")
 
 
 # ---- snapshots and checkpoint selection (facemodel.training.select) --------------------------

@@ -163,19 +163,24 @@ class ICTGroundTruth(ShapeModel):
     Identity codes are ICT identity-PCA weights (100, N(0, I)); expression codes are the 53
     ICT blendshape weights, drawn by :meth:`sample_codes` from ``expression_pool`` (e.g. the
     training meshes' weights). Each distinct identity's deformation-transferred blendshapes
-    are computed once (~0.3 s) and cached (``cache_size`` identities), so sample identities
-    from a small pool (``identity_pool``) when decoding many faces.
+    are computed once (~0.3 s) and cached, so sample identities from a small pool
+    (``identity_pool``) when decoding many faces.
 
     Args:
         generator: an :class:`facemodel.data.builder.ICTFaceGenerator`.
         identity_pool: (P, 100) identity weights :meth:`sample_codes` draws from.
         expression_pool: (Q, 53) blendshape weights :meth:`sample_codes` draws from.
+        cache_size: identities whose blendshapes are kept (~6 MB each); default ``max(64, P)``,
+            the whole pool: with fewer, random draws from the pool evict identities that come
+            back, and each return costs a new transfer (a 100-identity test split made the
+            decoupling scores of this model take hours instead of a minute).
     """
 
     name = "ICT ground truth"
     noise_dim = 0
 
-    def __init__(self, generator, identity_pool: np.ndarray, expression_pool: np.ndarray, *, cache_size: int = 64) -> None:
+    def __init__(self, generator, identity_pool: np.ndarray, expression_pool: np.ndarray, *,
+                 cache_size: int | None = None) -> None:  # fmt: skip
         self.gen = generator
         self.identity_pool = torch.as_tensor(np.asarray(identity_pool, np.float32))
         self.expression_pool = torch.as_tensor(np.asarray(expression_pool, np.float32))
@@ -184,7 +189,7 @@ class ICTGroundTruth(ShapeModel):
         self.faces = np.asarray(generator.template.faces)
         self.num_vertices = int(generator.template.num_vertices)
         self._cache: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._cache_size = cache_size
+        self._cache_size = max(64, len(self.identity_pool)) if cache_size is None else int(cache_size)
 
     def sample_codes(self, n: int, *, generator: torch.Generator | None = None) -> Codes:
         i = torch.randint(len(self.identity_pool), (n,), generator=generator)
