@@ -456,7 +456,8 @@ def test_release_07_is_the_06_recipe_on_the_larger_build_after_a_reanchored_warm
     from facemodel.training.cli import add_arguments
 
     stage3 = text.split("facemodel train --config configs/release.yaml", 1)[1].split("\n# (", 1)[0]
-    args = add_arguments(argparse.ArgumentParser()).parse_args(["--config", "configs/release.yaml", *stage3.replace("#", " ").replace("\\", " ").split()])
+    words = stage3.replace("#", " ").replace("\\", " ").split()
+    args = add_arguments(argparse.ArgumentParser()).parse_args(["--config", "configs/release.yaml", *words])
     assert args.reanchor and args.init_from.endswith("stage2/checkpoint.pt")
 
 
