@@ -152,3 +152,17 @@ def test_sdk_does_not_import_training():
             "print(sorted(m for m in sys.modules if m.startswith('facemodel.training')))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_from_pretrained_stays_off_torch_compile_stack():
+    """The size check before loading builds the model on the meta device; a reduction there once
+    imported ``torch._dynamo`` (1.4 of a cold ``from_pretrained``'s 1.5 s). The released weights
+    have a factorised first layer, the path that did it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from facemodel import FaceModel; m = FaceModel.from_pretrained(); "
+            "assert m.generator.fc1_mask is not None; "
+            "print(sorted(k for k in sys.modules if k.startswith('torch._dynamo')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -83,9 +83,11 @@ class Generator(nn.Module):
         mask = first_layer_mask(config) if config.factor_hidden is not None else None
         self.register_buffer("fc1_mask", mask, persistent=False)
         if mask is not None:
-            with torch.no_grad():  # same pre-activation scale as the dense layer's units
-                fan_in = mask.sum(1, keepdim=True)
-                self.fc1.weight.mul_(mask * (config.code_dim / fan_in).sqrt())
+            if not mask.is_meta:  # on the meta device (a size check before loading) there is nothing to scale,
+                # and its reduction kernels would import torch._dynamo: ~1.4 s of a cold from_pretrained
+                with torch.no_grad():  # same pre-activation scale as the dense layer's units
+                    fan_in = mask.sum(1, keepdim=True)
+                    self.fc1.weight.mul_(mask * (config.code_dim / fan_in).sqrt())
             self.fc1.weight.register_hook(self._mask_gradient)
             self.register_load_state_dict_post_hook(_remask_after_load)
 
