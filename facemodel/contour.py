@@ -29,10 +29,11 @@ import torch
 from .landmarks import LandmarkSet, landmark_positions, landmark_set
 
 __all__ = ["JAW", "contour_lines", "contour_candidates", "choose_contour", "contour_specs", "contour_landmarks",
-           "CONTOUR_ROUNDS"]
+           "CONTOUR_ROUNDS", "CONTOUR_SET_NAME"]
 
 JAW = tuple(range(17))  # 0-based iBUG jaw points
 CONTOUR_ROUNDS = 3  # fits of a 2D contour-aware fit: fixed jaw first, then two re-assignments
+CONTOUR_SET_NAME = "ibug68-contour"  # the landmark set of a contour round's fit (its jaw points on the silhouette)
 MAX_CANDIDATES = 40
 _PLANE_MM, _INSIDE_MM, _OUTSIDE_MM, _BEHIND_MM, _BIN_MM = 3.0, 45.0, 8.0, 50.0, 3.0
 

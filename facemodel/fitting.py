@@ -2468,7 +2468,7 @@ def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, mak
     """Re-fit each face with its jaw points moved to the silhouette of the last fit (see
     :mod:`facemodel.contour`), warm-started from its codes; ``regs`` (B,): each face's weight of
     the model prior (``noise_px``), else ``kw``'s."""
-    from .contour import CONTOUR_ROUNDS, choose_contour, contour_specs
+    from .contour import CONTOUR_ROUNDS, CONTOUR_SET_NAME, choose_contour
 
     P = points2d if isinstance(points2d, torch.Tensor) else np.asarray(points2d, np.float64)
     P = P[None] if P.ndim == 2 else P  # (checked by the first fit)
@@ -2486,13 +2486,15 @@ def _contour_rounds(model, points2d, res: FitResult, kw: dict, decode: bool, mak
         pinhole = getattr(res, "focal_length", None) is not None
         choice = choose_contour(model, cand, res.rotation.double().cpu().numpy(),
                                 res.translation.double().cpu().numpy() if pinhole else None)  # fmt: skip
-        specs = contour_specs(model, choice, _landmarks(model, "ibug68"))  # the cached set
         rows = np.where(choice >= 0, 68 + choice, np.arange(17))  # (B, 17) rows of the jaw points in the union
+        rows = np.concatenate([rows, np.broadcast_to(np.arange(17, 68), (len(rows), 51))], 1)  # (B, 68)
+        # each face's set: its rows of the validated union (the points contour_specs gives, without re-validating them)
+        specs = [union.subset(r, name=CONTOUR_SET_NAME) for r in rows]
         kr = kw if rnd == CONTOUR_ROUNDS - 1 else {**kw, "loss": "l2", "max_iters": kw["max_iters"] or _MIDDLE_ITERS}
         per_face = (lambda b: kr) if regs is None else (lambda b: {**kr, "reg": float(regs[b]), "prior": "model"})
         parts = [_fit(model, P[b : b + 1], make_pm(b, res), landmarks=specs[b], init=res.codes[b : b + 1], decode=False,
                       weights=None if w is None else (w if w.ndim == 1 else w[b : b + 1]),
-                      _union=(union, np.concatenate([rows[b], np.arange(17, 68)])), **per_face(b))
+                      _union=(union, rows[b]), **per_face(b))
                  for b in range(P.shape[0])]  # fmt: skip
         res = _cat_results(parts)
         iters += res.iterations

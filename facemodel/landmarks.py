@@ -147,10 +147,23 @@ class LandmarkSet:
         return self
 
     def subset(self, index: Any, name: str | None = None) -> "LandmarkSet":
-        """The landmarks ``index`` (a slice, indices or a boolean mask) of this set."""
+        """The landmarks ``index`` (a slice, indices or a boolean mask) of this set.
+
+        Rows of a validated set are valid, so only the count is checked (a 2D fit's contour
+        rounds take two subsets per face)."""
         if not isinstance(index, slice):
-            index = torch.as_tensor(np.asarray(index))
-        return LandmarkSet(name or f"{self.name}[subset]", self.vertex_indices[index], self.barycentrics[index])
+            arr = np.asarray(index)
+            if arr.size and arr.dtype.kind not in "biu":
+                raise LandmarkError(f"a landmark subset takes a slice, integer indices or a boolean mask, got dtype {arr.dtype}")
+            index = torch.as_tensor(arr.astype(np.int64) if arr.size == 0 else arr)
+        idx, bary = self.vertex_indices[index], self.barycentrics[index]
+        if idx.ndim != 2 or idx.shape[0] == 0:
+            raise LandmarkError(f"a landmark subset needs at least one landmark, got {tuple(idx.shape)} rows")
+        out = object.__new__(LandmarkSet)
+        for key, value in (("name", name or f"{self.name}[subset]"), ("vertex_indices", idx.contiguous()),
+                           ("barycentrics", bary.contiguous())):  # fmt: skip
+            object.__setattr__(out, key, value)
+        return out
 
     def positions(self, vertices: torch.Tensor) -> torch.Tensor:
         """Same as :func:`landmark_positions` ``(vertices, self)``."""

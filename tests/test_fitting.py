@@ -99,6 +99,18 @@ def test_register_landmarks(model):
         register_landmarks("ibug68", [1])
 
 
+def test_landmark_subset(model):
+    lmk = landmark_set(model, "ibug68")
+    sub = lmk.subset([30, 8, 36], name="three")
+    assert sub.name == "three" and len(sub) == 3
+    assert sub.vertex_indices[:, 0].tolist() == model.landmarks[[30, 8, 36]].tolist()
+    assert lmk.subset(slice(17, 68)).name == "ibug68[subset]" and len(lmk.subset(np.arange(68) >= 60)) == 8
+    v = model(torch.randn(2, 85)).detach()
+    assert torch.equal(landmark_positions(v, sub), v[:, model.landmarks[[30, 8, 36]]])
+    with pytest.raises(LandmarkError, match="at least one landmark"):
+        lmk.subset([])
+
+
 @pytest.mark.parametrize(
     ("spec", "match"),
     [

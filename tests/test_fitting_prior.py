@@ -179,6 +179,24 @@ def test_contour_fit_survives_60_degrees_of_yaw(released):
     assert len(specs) == 3 and specs[0][0].shape == (68, 3)
 
 
+def test_contour_round_sets_are_the_contour_specs(released):
+    """A contour round's landmark set is a choice of rows of the iBUG-68 + candidates union: the
+    same points as :func:`contour_specs` builds (and validates) from the choice."""
+    from facemodel.contour import CONTOUR_SET_NAME, contour_specs
+    from facemodel.fitting import _contour_union
+
+    union = _contour_union(released)
+    n = len(contour_candidates(released))
+    choice = np.random.default_rng(0).integers(-1, n, size=(4, 17))
+    rows = np.concatenate([np.where(choice >= 0, 68 + choice, np.arange(17)), np.tile(np.arange(17, 68), (4, 1))], 1)
+    for c, r in zip(contour_specs(released, choice), rows):
+        sub = union.subset(r, name=CONTOUR_SET_NAME)
+        assert np.array_equal(sub.vertex_indices.numpy(), c[0]) and np.array_equal(sub.barycentrics.numpy(), c[1])
+    faces = released.sample(1, seed=3)
+    x = faces.vertices[:, released.landmarks, :2].double().numpy() * 1.5
+    assert fit_landmarks_2d(released, x.astype(np.float32)).landmark_set.name == CONTOUR_SET_NAME
+
+
 def test_contour_flag_is_checked(released):
     with pytest.raises(FittingError, match="contour"):
         fit_landmarks_2d(released, np.zeros((68, 2)) + np.arange(68)[:, None], contour="yes")
