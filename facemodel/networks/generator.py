@@ -170,7 +170,7 @@ class Generator(nn.Module):
 
     def weights_stamp(self) -> tuple:
         """A cheap key that changes whenever a weight is replaced or written in place."""
-        return tuple((p.data_ptr(), p._version, p.dtype, str(p.device)) for p in self.parameters()) + (
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters()) + (
             float(self.scale),
             float(self.act.negative_slope),
         )
