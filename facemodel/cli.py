@@ -36,7 +36,7 @@ def _cmd_build_ict(args: argparse.Namespace) -> int:
         source = ICTSource(args.source)
     config = ICTDatasetConfig(
         seed=args.seed, size=args.size, identities=args.identities, offsets_dtype=args.dtype,
-        tracker_fraction=args.tracker_fraction, split_base=args.split_base,
+        tracker_fraction=args.tracker_fraction, split_base=args.split_base, static_fraction=args.static_fraction,
     )
     manifest = build_ict_dataset(source, args.out, config, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {manifest.num_meshes} meshes of {manifest.num_identities} identities to {args.out}")
@@ -536,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split-base", type=int, default=None, metavar="N",
                    help="grow an N-identity build (same seed): its identities keep their train/val/test split, so a run "
                         "on it can continue here without having trained on this build's val/test identities")
+    b.add_argument("--static-fraction", type=float, default=0.08, metavar="F",
+                   help="fraction of identities with static scans (default 0.08); the labelled meshes they do not "
+                        "fill (7 %% of the build) come as emotion sequences, 25 frames each: 0.024 keeps a 1,000-identity "
+                        "build's emotion share at the 300-identity build's (docs/training.md, session 25)")
     b.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage of vertex offsets")
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     b.add_argument("--quiet", action="store_true", help="no progress bar")

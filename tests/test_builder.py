@@ -269,3 +269,27 @@ def test_split_base_on_the_command_line(ict, tmp_path, capsys):
                    "--identities", "30", "--split-base", "40", "--quiet"])  # fmt: skip
     assert rc == 2 and "split_base (40) must not exceed the number of identities (30)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_static_fraction_moves_labels_into_emotion_sequences(ict, tmp_path, capsys):
+    """``static_fraction`` (``--static-fraction``): fewer static subjects leave more of the 7 %
+    labelled budget to emotion sequences (25 frames each) on the same identities and splits, so a
+    run can move between the two builds without re-anchoring its identities (session 25)."""
+    from facemodel.cli import main as cli_main
+    from facemodel.data.builder import KINDS
+
+    base = plan_ict_dataset(ICTDatasetConfig(size=6000, identities=100))
+    emo = plan_ict_dataset(ICTDatasetConfig(size=6000, identities=100, static_fraction=0.02))
+    assert np.array_equal(base.identity_weights, emo.identity_weights)
+    assert np.array_equal(base.identity_split, emo.identity_split)
+    count = lambda p, k: int((np.asarray(p.kind) == KINDS.index(k)).sum())  # noqa: E731
+    assert (count(base, "static"), count(emo, "static")) == (8 * 25, 2 * 25)
+    # the labels the static subjects leave, 3 per 25-frame sequence: round((420 - 200) / 3) and round((420 - 50) / 3)
+    assert (count(base, "emotion"), count(emo, "emotion")) == (73 * 25, 123 * 25)
+    frac = lambda p: float((np.asarray(p.expression) >= 0).mean())  # noqa: E731
+    assert abs(frac(emo) - 0.07) < 0.002 and abs(frac(base) - 0.07) < 0.002
+    out = tmp_path / "bad"
+    rc = cli_main(["data", "build-ict", "--source", str(ict.root), "--out", str(out), "--size", "3000",
+                   "--static-fraction", "1.5", "--quiet"])  # fmt: skip
+    assert rc == 2 and "static_fraction" in capsys.readouterr().err
+    assert not out.exists()
