@@ -50,7 +50,7 @@ def main() -> None:
     print("| figure | value |\n|---|---|")
     print(f"| bare generator, {a.n} faces | {bare * 1e3:.1f} ms ({a.n / bare:.0f} faces/s) |")
     print(f"| model.sample({a.n}) | {ours * 1e3:.1f} ms ({a.n / ours:.0f} faces/s), {bare / ours:.2f}x bare |")
-    print(f"| from_pretrained (warm, after import) | {load * 1e3:.0f} ms |")
+    print(f"| from_pretrained, first call after import | {load * 1e3:.0f} ms |")
     print(f"| import facemodel.model + from_pretrained (fresh process) | {float(cold) * 1e3:.0f} ms |")
 
 
