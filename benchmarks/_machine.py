@@ -1,9 +1,14 @@
-"""Shared helper of the benchmark scripts: the CPU's name for the figures' headers."""
+"""Shared helpers of the benchmark scripts: the CPU's name and the weights' version for the figures'
+headers, and the default dataset folder."""
 
 from __future__ import annotations
 
 import platform
 from pathlib import Path
+
+
+#: the ICT 4D build of the release recipe (configs/release.yaml), the scripts' default ``--data``
+DEFAULT_DATA = str(Path.home() / ".cache" / "facemodel" / "ict4d-id1000")
 
 
 def cpu_name() -> str:

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_name  # noqa: E402
+from _machine import DEFAULT_DATA, cpu_name  # noqa: E402
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -140,7 +140,7 @@ def per_shape(model, src, id_weights: np.ndarray, id_codes: torch.Tensor, generi
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", required=True, help="NAME=DIR of models with a blendshape map")
-    p.add_argument("--data", default=os.path.expanduser("~/.cache/facemodel/ict4d-id1000"))
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--ict", default=os.environ.get("FACEMODEL_ICT_DIR", str(Path(__file__).resolve().parents[2] / "shared/data/ict-facekit")))
     p.add_argument("--test-meshes", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)

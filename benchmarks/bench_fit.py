@@ -21,7 +21,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-from _machine import cpu_name, weights_version  # noqa: E402
+from _machine import DEFAULT_DATA, cpu_name, weights_version  # noqa: E402
 
 import argparse
 import os
@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--noise-mm", type=float, default=1.0)
     p.add_argument("--targets", choices=("model", "dataset"), default="model",
                    help="model: meshes decoded at z ~ N(0, I); dataset: meshes of a dataset folder's test split")
-    p.add_argument("--data", default=str(Path.home() / ".cache" / "facemodel" / "ict4d-id1000"), help="dataset for --targets dataset")
+    p.add_argument("--data", default=DEFAULT_DATA, help="dataset for --targets dataset")
     p.add_argument("--reg", type=float, default=None,
                    help="prior weight (default: the fit's default, the model prior; a value: the paper's lambda ||z||^2)")
     p.add_argument("--max-iters", type=int, nargs="*", default=[6, 10], help="Gauss-Newton settings to time")

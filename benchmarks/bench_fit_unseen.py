@@ -36,7 +36,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-from _machine import cpu_name, weights_version  # noqa: E402
+from _machine import DEFAULT_DATA, cpu_name, weights_version  # noqa: E402
 
 import argparse
 import datetime
@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--select", action="store_true")
     ap.add_argument("--regs", type=float, nargs="*", default=[0.1, 0.3, 1, 3, 10, 30])
     ap.add_argument("--linear", action="store_true", help="also fit the linear baselines (needs the ICT 4D dataset)")
-    ap.add_argument("--data", default=str(Path.home() / ".cache" / "facemodel" / "ict4d-id1000"))
+    ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--encode-faces", type=int, default=20)
     ap.add_argument("--test-split", type=int, default=100, metavar="N",
                     help="also fit N meshes of the ICT 4D dataset's test split (--data; identities never trained "

@@ -32,7 +32,7 @@ import datetime
 import time
 
 import bench_eos
-from _machine import cpu_name
+from _machine import DEFAULT_DATA, cpu_name
 from bench_fit_unseen import ICT, ict_faces, procrustes_rmse, project
 
 KEEP = [k for k in range(68) if k not in (60, 64)]
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--yaws", type=float, nargs="*", default=[0, 30, 45, 60])
     ap.add_argument("--photos", action="store_true")
     ap.add_argument("--overlays", default=None, help="write the photo overlays into this folder")
-    ap.add_argument("--data", default=str(_Path.home() / ".cache" / "facemodel" / "ict4d-id1000"),
+    ap.add_argument("--data", default=DEFAULT_DATA,
                     help="ICT 4D dataset: its training split's roughness is the reference of the fits' roughness")
     args = ap.parse_args()
 

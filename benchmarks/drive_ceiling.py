@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_name  # noqa: E402
+from _machine import DEFAULT_DATA, cpu_name  # noqa: E402
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model folder with a blendshape map")
-    p.add_argument("--data", default=os.path.expanduser("~/.cache/facemodel/ict4d-id1000"))
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--ict", default=os.environ.get("FACEMODEL_ICT_DIR", str(Path(__file__).resolve().parents[2] / "shared/data/ict-facekit")))
     p.add_argument("--test-meshes", type=int, default=300)
     p.add_argument("--identity-dims", type=int, default=8)

@@ -21,7 +21,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-from _machine import cpu_name  # noqa: E402
+from _machine import DEFAULT_DATA, cpu_name  # noqa: E402
 
 import argparse
 import datetime
@@ -54,7 +54,7 @@ def data_motion(ds, labels):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(REPO / "weights"))
-    ap.add_argument("--data", default=str(_Path.home() / ".cache" / "facemodel" / "ict4d-id1000"))
+    ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--faces", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
