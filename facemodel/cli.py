@@ -138,7 +138,7 @@ def _label(value: str | None):
 def _cmd_sample(args: argparse.Namespace) -> int:
     model = _load_model(args)
     faces = model.sample(args.n, seed=args.seed, identity=_label(args.identity), expression=_label(args.expression),
-                         truncation=args.truncation)  # fmt: skip
+                         truncation=args.truncation, expression_prior=args.expression_prior)  # fmt: skip
     _write_outputs(faces, args)
     return 0
 
@@ -584,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expression", default=None, help="expression label name or index (default random)")
     p.add_argument("--identity", default=None, help="identity label name or index (default random)")
     p.add_argument("--truncation", type=float, default=None, help="scale random codes by this (0..1)")
+    p.add_argument("--expression-prior", choices=("auto", "blendshapes", "gaussian"), default="auto",
+                   help="random expressions: realistic blendshape weights through the model's map (blendshapes), "
+                        "N(0, I) codes (gaussian), or blendshapes when the model has a map (auto, the default)")  # fmt: skip
     p.set_defaults(func=_cmd_sample)
     p = model_args(sub.add_parser("transfer", help="give target faces the source's expression"))
     p.add_argument("--source", required=True, help="mesh file (template topology), seed:N, or an expression label "

@@ -41,6 +41,9 @@ INFERENCE_DTYPES = (torch.float16,)
 CodeSpec = Union[torch.Tensor, np.ndarray, str, int, Sequence[Union[str, int]], Mapping[str, object], None]
 
 
+#: values of ``FaceModel.sample(expression_prior=...)``
+EXPRESSION_PRIORS = ("auto", "blendshapes", "gaussian")
+
 class FaceModelConfig(BaseModel):
     """``config.json`` of a saved model."""
 
@@ -511,6 +514,43 @@ class FaceModel(nn.Module):
                                        "vertices are not finite); pass codes of the prior's scale (N(0, I))")  # fmt: skip
         return Faces(vertices, codes, self.faces, self.code_slices)
 
+    def _expression_prior(self, prior: str) -> str:
+        """``"blendshapes"`` or ``"gaussian"`` for an ``expression_prior`` argument."""
+        if prior == "auto":
+            return "blendshapes" if self.expression_map is not None else "gaussian"
+        if prior == "blendshapes":
+            self._map()  # NoExpressionMapError naming the fix
+        return prior
+
+    def random_blendshapes(self, n: int = 1, *, seed: int | None = None,
+                           generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+        """(n, 53) random blendshape weights of realistic expressions (ICT order).
+
+        Drawn like the training data's expressions, without reading any data
+        (:func:`facemodel.data.random_expressions.random_expressions`: static emotions, frames of
+        emotion, speech, blink and tracker-like sequences over all 53 shapes, in the release
+        build's proportions; a quarter of the rows near rest). They are what
+        ``sample(expression_prior="blendshapes")`` puts through the blendshape map.
+
+        Args:
+            n: number of rows (1 to ``facemodel._validate.MAX_BATCH``).
+            seed: seed of the draw (or pass a ``torch.Generator``, as for :meth:`sample`).
+
+        Returns:
+            (n, 53) float32 weights in [0, 1] on the CPU, names ``facemodel.blendshapes.ICT_NAMES``.
+        """
+        from ._validate import MAX_BATCH
+        from .data.random_expressions import random_expressions
+
+        n = check_int("n", n, 1, MAX_BATCH)
+        if seed is not None:
+            seed = check_int("seed", seed, -(2**63), 2**64 - 1)
+            generator = torch.Generator().manual_seed(seed)
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise ArgumentTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        return torch.as_tensor(random_expressions(n, rng), dtype=torch.float32)
+
     @torch.no_grad()
     def sample(
         self,
@@ -522,6 +562,7 @@ class FaceModel(nn.Module):
         expression: CodeSpec = None,
         noise: CodeSpec = None,
         truncation: float | None = None,
+        expression_prior: str = "auto",
         **factors: CodeSpec,
     ) -> Faces:
         """Generate ``n`` faces.
@@ -540,10 +581,23 @@ class FaceModel(nn.Module):
                 :meth:`expression_from_blendshapes`); with B frames and ``n == 1``, B faces
                 are made.
             truncation: scale random codes by this factor in [0, 1] (less variety, more
-                typical faces).
+                typical faces); random blendshape weights (``expression_prior``) are scaled
+                by it too (weaker expressions).
+            expression_prior: where random expressions (``expression=None``) come from:
+                ``"blendshapes"``: realistic blendshape weights drawn like the training
+                data's (:meth:`random_blendshapes`: speech, blinks, emotions, tracker-like
+                motion of all 53 shapes) through the blendshape map; ``"gaussian"``:
+                N(0, I) codes, the GAN's training prior (dense mixtures of every shape,
+                which no face tracker produces; sampled faces before 0.8); ``"auto"``
+                (default): ``"blendshapes"`` when the model has a blendshape map, else
+                ``"gaussian"``.
 
         Returns:
             :class:`Faces` with vertices (n, V, 3) in mm.
+
+        Raises:
+            NoExpressionMapError: ``expression_prior="blendshapes"`` on a model without a
+                blendshape map.
 
         Example:
             >>> faces = model.sample(4, seed=0, expression="happiness")
@@ -558,7 +612,12 @@ class FaceModel(nn.Module):
             raise ArgumentTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if truncation is not None:
             truncation = check_float("truncation", truncation, 0.0, 1.0)
+        if expression_prior not in EXPRESSION_PRIORS:
+            raise InvalidArgumentError(f"expression_prior must be one of {EXPRESSION_PRIORS}, got {expression_prior!r}")
         fb = None
+        if generator is None:
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        realistic = expression is None and self._expression_prior(expression_prior) == "blendshapes"
         if isinstance(expression, Mapping):
             expression, fb = self._drive(expression)
             if n == 1:
@@ -568,8 +627,6 @@ class FaceModel(nn.Module):
             elif expression.shape[0] != n:
                 raise InvalidArgumentError(f"the blendshape weights hold {expression.shape[0]} frames but {n} faces were "
                                      "asked for; pass n=1 (one face per frame) or one value per name")  # fmt: skip
-        if generator is None:
-            generator = torch.Generator().manual_seed(seed) if seed is not None else None
         specs = {"identity": identity, "expression": expression, **factors}
         unknown = set(specs) - set(self.code_slices)
         unknown = {k for k in unknown if specs[k] is not None}
@@ -578,6 +635,11 @@ class FaceModel(nn.Module):
         parts = [self.factor_codes(f.name, specs.get(f.name), n, generator=generator, truncation=truncation)
                  for f in self.config.generator.factors]  # fmt: skip
         parts.append(self.factor_codes("noise", noise, n, generator=generator, truncation=truncation))
+        if realistic:  # drawn last: identity and noise codes are those of expression_prior="gaussian"
+            w = self.random_blendshapes(n, generator=generator)
+            codes, fb = self._drive(w if truncation is None else w * truncation)
+            k = [f.name for f in self.config.generator.factors].index("expression")
+            parts[k] = codes.to(parts[k])
         return self._displaced(self.decode(torch.cat(parts, 1)), fb)
 
     def _as_vertices(self, mesh, *, name: str = "mesh") -> torch.Tensor:

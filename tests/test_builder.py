@@ -293,3 +293,64 @@ def test_static_fraction_moves_labels_into_emotion_sequences(ict, tmp_path, caps
                    "--static-fraction", "1.5", "--quiet"])  # fmt: skip
     assert rc == 2 and "static_fraction" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_random_expressions_are_drawn_like_the_release_builds_meshes():
+    """``random_expressions`` (``FaceModel.sample``'s expression prior) follows the builder: its mix is
+    the release build's kind shares, and its rows have the plan's per-shape statistics."""
+    from facemodel.data.expressions import EXPRESSION_MIX
+    from facemodel.data.random_expressions import random_expressions
+
+    cfg = ICTDatasetConfig(size=40_000, identities=1_000, tracker_fraction=0.25, split_base=300)
+    plan = plan_ict_dataset(cfg)
+    kinds = np.asarray(plan.kind)
+    keep = kinds != KINDS.index("novel")
+    for kind, share in EXPRESSION_MIX.items():
+        assert abs(float((kinds[keep] == KINDS.index(kind)).mean()) - share) < 1e-9, kind
+    W = np.stack(plan.blendshapes)
+    R = random_expressions(8000, np.random.default_rng(5))
+    assert R.shape == (8000, len(ICT_BLENDSHAPES)) and R.min() >= 0.0 and R.max() <= 1.0
+    jaw, close = ICT_BLENDSHAPES.index("jawOpen"), ICT_BLENDSHAPES.index("mouthClose")
+    assert (R[:, close] <= R[:, jaw] + 1e-12).all()
+    assert (R > 0.5).any(0).all()  # every shape is drawn strongly somewhere (the tracker frames)
+    assert np.array_equal(R, random_expressions(8000, np.random.default_rng(5)))
+    # each kind's frames, and the mixture, against the plan's meshes of that kind
+    for kind in (*EXPRESSION_MIX, None):
+        X = W[keep] if kind is None else W[kinds == KINDS.index(kind)]
+        Y = R if kind is None else random_expressions(4000, np.random.default_rng(6), mix={kind: 1.0})
+        # per-shape mean and spread (weights 0-1; shapes' means reach 0.08-0.32): sampling noise is ~0.01-0.025
+        assert np.abs(X.mean(0) - Y.mean(0)).max() < 0.025, kind
+        assert np.abs(X.std(0) - Y.std(0)).max() < 0.04, kind
+        assert abs(Y.mean() - X.mean()) < 0.1 * X.mean(), kind
+        active, rest = (lambda A: (A > 0.1).sum(1).mean()), (lambda A: ((A > 0.05).sum(1) == 0).mean())
+        assert abs(active(Y) - active(X)) < 0.1 * active(X), kind
+        assert abs(rest(Y) - rest(X)) < 0.1 * rest(X) + 0.01, kind
+
+
+def test_random_expressions_mix_and_bad_arguments():
+    from facemodel.data.random_expressions import random_expressions
+    from facemodel.errors import InvalidArgumentError
+
+    rng = np.random.default_rng(0)
+    static = random_expressions(300, rng, mix={"static": 1.0})
+    assert len({tuple(np.round(r, 6)) for r in static}) == 300  # jittered samples, never the same twice
+    tracker = random_expressions(300, rng, mix={"tracker": 1.0})
+    gaze = [i for i, name in enumerate(ICT_BLENDSHAPES) if name.startswith("eyeLook")]
+    assert (tracker[:, gaze] > 0.5).any() and not (static[:, gaze] > 0.05).any()  # gaze: tracker motion only
+    assert ((tracker > 0.05).sum(1) == 1).any()  # a sweep's frame: one shape alone
+    assert random_expressions(0, rng).shape == (0, len(ICT_BLENDSHAPES))
+    for bad in ({"smile": 1.0}, {"static": -1.0}, {"static": 0.0}, {"free": float("nan")}):
+        with pytest.raises(InvalidArgumentError, match="mix"):
+            random_expressions(3, rng, mix=bad)
+    with pytest.raises(InvalidArgumentError):
+        random_expressions(3, rng, frames=4)
+
+
+def test_plan_matches_the_recorded_plan():
+    """A refactor pin: a small plan's weights and labels as the builder of 0.7.0 made them (recorded
+    from commit 32c71c5; bit-identical there, compared to float64 round-off here)."""
+    p = plan_ict_dataset(ICTDatasetConfig(seed=2, size=4000, identities=40, tracker_fraction=0.25))
+    W = np.stack(p.blendshapes).astype(np.float64)
+    got = [W.sum(), (W * np.arange(1, 54)).sum(), (W.sum(1) * np.arange(len(W))).sum() / len(W)]
+    np.testing.assert_allclose(got, [9157.023011672329, 228217.8932280778, 4508.522915547753], rtol=1e-9)
+    assert np.bincount(np.asarray(p.expression) + 1).tolist() == [3721, 139, 25, 23, 23, 23, 23, 23]

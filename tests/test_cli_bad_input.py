@@ -68,6 +68,8 @@ def test_sample_bad_values(tmp_path, capsys):
     assert "truncation" in _run(["sample", "--truncation", "3", "--out", out], capsys, tmp_path, outputs=[out])
     assert "at most" in _run(["sample", "-n", str(2**40), "--out", out], capsys, tmp_path, outputs=[out])
     assert "expression" in _run(["sample", "--expression", "joyful", "--out", out], capsys, tmp_path, outputs=[out])
+    assert "--expression-prior" in _run(["sample", "--expression-prior", "uniform", "--out", out], capsys, tmp_path,
+                                        outputs=[out])  # fmt: skip
     assert "export format" in _run(["sample", "--out", tmp_path / "s.fbx"], capsys, tmp_path)
     assert "cannot write" in _run(["sample", "--out", "/proc/x.obj"], capsys, tmp_path)
 

@@ -20,6 +20,22 @@ def test_sample_writes_meshes_and_png(random_model_dir, tmp_path, capsys):
     assert load_mesh(tmp_path / "f_000.ply").vertices.shape == (9409, 3)
     assert main(["sample", "--model", str(random_model_dir), "--expression", "hapy"]) == 2
     assert "did you mean 'happiness'" in capsys.readouterr().err
+    # a model without a blendshape map has no realistic expression prior: a clear error, no file
+    assert main(["sample", "--model", str(random_model_dir), "--expression-prior", "blendshapes",
+                 "--out", str(tmp_path / "g.ply")]) == 2  # fmt: skip
+    assert "blendshape map" in capsys.readouterr().err and not (tmp_path / "g.ply").exists()
+
+
+def test_sample_expression_prior_of_the_released_model(tmp_path):
+    from facemodel import FaceModel
+
+    m = FaceModel.from_pretrained()
+    for prior in ("auto", "gaussian"):
+        assert main(["sample", "--seed", "3", "--expression-prior", prior, "--out", str(tmp_path / f"{prior}.obj")]) == 0
+    auto, gauss = (load_mesh(tmp_path / f"{p}.obj").vertices for p in ("auto", "gaussian"))
+    np.testing.assert_allclose(auto, m.sample(seed=3).vertices[0].numpy(), atol=1e-3)
+    np.testing.assert_allclose(gauss, m.sample(seed=3, expression_prior="gaussian").vertices[0].numpy(), atol=1e-3)
+    assert np.abs(auto - gauss).max() > 0.5
 
 
 def test_transfer_add_encode_fit_render(random_model, random_model_dir, tmp_path, capsys):

@@ -332,3 +332,21 @@ def test_load_or_train_caches_and_checks_the_dataset(small_dataset, ict, quick_n
     assert folder.name.endswith("-quick")
     load_or_train_decoupling_nets(small_dataset, ict, quick=True, cache_dir=tmp_path, retrain=True)
     assert len(calls) == 2
+
+
+def test_adapter_expression_prior(random_model, released):
+    """``FaceModelAdapter(expression_prior=...)``: the report's N(0, I) codes by default, or the
+    expression codes ``FaceModel.sample`` draws by default (realistic weights through the map)."""
+    from facemodel.evaluation.protocol import FaceModelAdapter
+
+    with pytest.raises(EvaluationError, match="blendshape map"):
+        FaceModelAdapter(random_model, expression_prior="blendshapes")
+    with pytest.raises(EvaluationError, match="expression_prior"):
+        FaceModelAdapter(released, expression_prior="auto")
+    gauss = FaceModelAdapter(released).sample_codes(40, generator=torch.Generator().manual_seed(1))
+    real = FaceModelAdapter(released, expression_prior="blendshapes").sample_codes(40, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(real.identity, gauss.identity) and torch.equal(real.noise, gauss.noise)
+    active = [float((released.blendshapes_from_expression(c.expression) > 0.1).sum(1).float().mean()) for c in (real, gauss)]
+    assert active[0] < 0.5 * active[1]  # a few shapes at a time, against dense mixtures
+    sampled = released.sample(40, seed=1)  # the same draws in the same order as sample()
+    assert torch.allclose(real.expression, sampled.expression.float(), atol=1e-6)

@@ -166,3 +166,19 @@ def test_from_pretrained_stays_off_torch_compile_stack():
             "print(sorted(k for k in sys.modules if k.startswith('torch._dynamo')))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_expression_prior_choices_and_a_model_without_a_map(model):
+    from facemodel.errors import InvalidArgumentError
+    from facemodel.model import NoExpressionMapError
+
+    assert model.expression_map is None
+    # "auto" on a model without a blendshape map: N(0, I) codes, as before the option existed
+    assert torch.equal(model.sample(3, seed=2).codes, model.sample(3, seed=2, expression_prior="gaussian").codes)
+    with pytest.raises(NoExpressionMapError, match="blendshape map"):
+        model.sample(2, expression_prior="blendshapes")
+    with pytest.raises(InvalidArgumentError, match="expression_prior"):
+        model.sample(2, expression_prior="realistic")
+    # given expressions ignore the prior
+    assert torch.equal(model.sample(2, seed=2, expression="happiness", expression_prior="blendshapes").codes,
+                       model.sample(2, seed=2, expression="happiness").codes)

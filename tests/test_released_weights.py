@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from facemodel import FaceModel
@@ -85,3 +86,44 @@ def test_tracker_like_weights_round_trip_through_the_code(released):
     with torch.no_grad():
         back = released.blendshapes_from_expression(released.expression_from_blendshapes(w))
     assert float((back - w).abs().mean()) <= 0.02
+
+
+def test_sample_draws_realistic_expressions_through_the_map(released):
+    """``sample()``'s default expression prior: realistic blendshape weights through the map, with
+    the identity and noise codes of ``expression_prior="gaussian"`` for the same seed."""
+    sl = released.code_slices
+    a = released.sample(200, seed=3)
+    g = released.sample(200, seed=3, expression_prior="gaussian")
+    assert torch.equal(a.codes[:, sl["identity"]], g.codes[:, sl["identity"]])
+    assert torch.equal(a.codes[:, sl["noise"]], g.codes[:, sl["noise"]])
+    assert torch.equal(released.sample(200, seed=3, expression_prior="blendshapes").codes, a.codes)
+    # the weights are drawn after the other factors, from the same generator
+    gen = torch.Generator().manual_seed(3)
+    for f in (*released.config.generator.factors, None):
+        torch.randn(200, f.code_dim if f else released.config.generator.noise_dim, generator=gen)
+    w = released.random_blendshapes(200, generator=gen)
+    assert torch.allclose(a.expression, released.expression_from_blendshapes(w), atol=1e-6)
+    # what a user sees: read back, the faces hold a few shapes at a time and a quarter are at rest (as in
+    # the training data: 3.4 shapes above 0.1, 25 % at rest), where N(0, I) codes mix ~16 shapes, never at rest
+    for faces, lo, hi, rest in ((a, 2.0, 5.0, (0.1, 0.4)), (g, 10.0, 53.0, (0.0, 0.02))):
+        r = released.blendshapes_from_expression(faces.expression)
+        assert lo < float((r > 0.1).sum(1).float().mean()) < hi
+        assert rest[0] <= float(((r > 0.05).sum(1) == 0).float().mean()) <= rest[1]
+    # truncation scales the weights towards rest: 0 is the map's rest pose
+    t0 = released.sample(2, seed=4, truncation=0.0)
+    assert torch.allclose(t0.expression, released.expression_from_blendshapes(torch.zeros(53)).expand(2, -1), atol=1e-6)
+
+
+def test_random_blendshapes_are_seeded_weights_in_ict_order(released):
+    from facemodel.blendshapes import ICT_NAMES
+    from facemodel.errors import ArgumentTypeError, InvalidArgumentError
+
+    w = released.random_blendshapes(64, seed=0)
+    assert w.shape == (64, len(ICT_NAMES)) and w.dtype == torch.float32
+    assert float(w.min()) >= 0.0 and float(w.max()) <= 1.0
+    assert torch.equal(w, released.random_blendshapes(64, seed=0))
+    assert not torch.equal(w, released.random_blendshapes(64, seed=1))
+    with pytest.raises(InvalidArgumentError):
+        released.random_blendshapes(0)
+    with pytest.raises(ArgumentTypeError):
+        released.random_blendshapes(2, generator=0)

@@ -1,22 +1,38 @@
-"""Data: the ICT-FaceKit source, the ICT 4D dataset builder, imports and the Dataset."""
+"""Data: the ICT-FaceKit source, the ICT 4D dataset builder, imports and the Dataset.
 
-from .builder import ICTDatasetConfig, ICTFaceGenerator, build_ict_dataset, plan_ict_dataset
-from .dataset import FaceDataset
-from .generic import import_scans
-from .expressions import EXPRESSION_LABELS, ICT_BLENDSHAPES
-from .ict import ICTSource
-from .store import Manifest, read_manifest
+The names below load on first use (PEP 562), so that ``facemodel.data.expressions`` (the
+SDK's random-expression sampler, NumPy only) imports without the builder's dependencies.
+"""
 
-__all__ = [
-    "ICTDatasetConfig",
-    "ICTFaceGenerator",
-    "build_ict_dataset",
-    "plan_ict_dataset",
-    "FaceDataset",
-    "import_scans",
-    "EXPRESSION_LABELS",
-    "ICT_BLENDSHAPES",
-    "ICTSource",
-    "Manifest",
-    "read_manifest",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ICTDatasetConfig": "builder",
+    "ICTFaceGenerator": "builder",
+    "build_ict_dataset": "builder",
+    "plan_ict_dataset": "builder",
+    "FaceDataset": "dataset",
+    "import_scans": "generic",
+    "EXPRESSION_LABELS": "expressions",
+    "ICT_BLENDSHAPES": "expressions",
+    "ICTSource": "ict",
+    "Manifest": "store",
+    "read_manifest": "store",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -44,12 +44,15 @@ from .._fs import atomic_dir
 from ..errors import DatasetFormatError
 from ..geometry.deformation_transfer import DeformationTransfer
 from .expressions import (
+    EMOTIONS,
     EMOTION_PROTOTYPES,
     EXPRESSION_LABELS,
+    FREE_KINDS,
     ICT_BLENDSHAPES,
     NOVEL_COMBINATIONS,
+    STATIC_INTENSITIES,
+    SWEEP_FRAMES,
     ExpressionSampler,
-    constrain,
 )
 from .ict import ICTSource
 from .store import SPLITS, Manifest, write_dataset_files
@@ -59,9 +62,6 @@ __all__ = ["ICTDatasetConfig", "ICTFaceGenerator", "build_ict_dataset", "plan_ic
 log = logging.getLogger(__name__)
 
 KINDS = ("static", "emotion", "free", "novel", "tracker")
-EMOTIONS = tuple(label for label in EXPRESSION_LABELS if label != "neutral")
-STATIC_INTENSITIES = (0.4, 0.6, 0.8, 1.0)
-SWEEP_FRAMES = 10  # frames of one shape's 0 -> peak -> 0 sweep in a tracker sequence
 
 
 class ICTDatasetConfig(BaseModel):
@@ -218,24 +218,15 @@ def plan_ict_dataset(config: ICTDatasetConfig) -> _Plan:
                     plan.add(i, sampler.emotion(label, s), kind="static", label=EXPRESSION_LABELS.index(label))
         if i in emotion_sequences:
             F = config.emotion_frames
-            apex_frame = F // 2
-            t = np.arange(F) / (F - 1)
-            envelope = np.sin(np.pi * t) ** 1.5  # 0 at both ends, 1 at the apex
             for label in emotion_sequences[i]:
-                apex = sampler.emotion(label, float(sampler.rng.uniform(0.7, 1.0)))
-                blinks = sampler.free_sequence(F, "blinks")
-                for f in range(F):
-                    if f in (0, F - 1):
-                        w, lab = sampler.emotion("neutral", 1.0), neutral
-                    else:
-                        w = constrain(envelope[f] * apex + blinks[f] * (f != apex_frame))
-                        lab = EXPRESSION_LABELS.index(label) if f == apex_frame else -1
+                for f, w in enumerate(sampler.emotion_sequence(label, F)):
+                    lab = neutral if f in (0, F - 1) else EXPRESSION_LABELS.index(label) if f == F // 2 else -1
                     plan.add(i, w, kind="emotion", label=lab, seq=seq, frame=f)
                 seq += 1
         remaining = free_per_id[i]
         while remaining > 0:
             F = min(remaining, config.free_sequence_frames)
-            kind = ("speech", "blinks", "mixed")[int(sampler.rng.integers(3))]
+            kind = FREE_KINDS[int(sampler.rng.integers(len(FREE_KINDS)))]
             for f, w in enumerate(sampler.free_sequence(F, kind)):
                 plan.add(i, w, kind="free", seq=seq, frame=f)
             seq += 1

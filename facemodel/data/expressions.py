@@ -23,6 +23,8 @@ __all__ = [
     "AU_TO_BLENDSHAPES",
     "EMOTION_PROTOTYPES",
     "NOVEL_COMBINATIONS",
+    "EXPRESSION_MIX",
+    "EMOTIONS",
     "ExpressionSampler",
     "au_to_weights",
     "constrain",
@@ -86,6 +88,19 @@ NOVEL_COMBINATIONS: dict[str, dict[str, float]] = {
     "half_sneer_R": {"noseSneer_R": 1.0, "mouthUpperUp_R": 1.0, "browDown_R": 0.8, "jawRight": 0.6},
     "funnel_roll_forward": {"mouthFunnel": 1.0, "jawForward": 1.0, "mouthRollUpper": 0.7},
 }  # fmt: skip
+
+EMOTIONS = tuple(label for label in EXPRESSION_LABELS if label != "neutral")
+STATIC_INTENSITIES = (0.4, 0.6, 0.8, 1.0)  # a static subject's scans of each emotion
+SWEEP_FRAMES = 10  # frames of one shape's 0 -> peak -> 0 sweep in a tracker sequence
+FREE_KINDS = ("speech", "blinks", "mixed")
+
+#: Share of each kind of motion among the meshes of the release build of the ICT 4D data
+#: (``facemodel data build-ict``, 1,000 identities, 40,000 meshes, ``tracker_fraction`` 0.25:
+#: 2,000 static scans, 6,675 emotion-sequence frames, 20,125 free-form frames, 10,000 tracker
+#: frames; the test-only ``novel`` kind left out): the mixture
+#: :func:`facemodel.data.random_expressions.random_expressions` draws from.
+EXPRESSION_MIX: dict[str, float] = {"static": 2000 / 38800, "emotion": 6675 / 38800, "free": 20125 / 38800,
+                                    "tracker": 10000 / 38800}  # fmt: skip
 
 _INDEX = {n: i for i, n in enumerate(ICT_BLENDSHAPES)}
 #: AUs used for extra jitter and for free-form motion.
@@ -202,6 +217,24 @@ class ExpressionSampler:
         asym = 1 + 0.1 * self.rng.standard_normal(2)
         return au_to_weights(aus, asymmetry=asym)
 
+    def emotion_sequence(self, label: str, frames: int) -> np.ndarray:
+        """(frames, 53) weights of a neutral -> apex -> neutral sequence of ``label``.
+
+        The apex (frame ``frames // 2``) is :meth:`emotion` at an intensity in [0.7, 1]; the
+        other frames scale it by ``sin(pi t)^1.5`` and blink (:meth:`free_sequence` ``"blinks"``);
+        the first and last frames are samples of ``"neutral"``.
+        """
+        t = np.arange(frames) / (frames - 1)
+        envelope = np.sin(np.pi * t) ** 1.5  # 0 at both ends, 1 at the apex
+        apex = self.emotion(label, float(self.rng.uniform(0.7, 1.0)))
+        blinks = self.free_sequence(frames, "blinks")
+        out = np.empty((frames, len(ICT_BLENDSHAPES)))
+        out[0] = self.emotion("neutral", 1.0)
+        for f in range(1, frames - 1):
+            out[f] = constrain(envelope[f] * apex + blinks[f] * (f != frames // 2))
+        out[-1] = self.emotion("neutral", 1.0)
+        return out
+
     def smooth_curve(self, frames: int, *, rate: float = 0.15) -> np.ndarray:
         """(frames,) smooth random curve in [0, 1] (sum of random sinusoids, rectified)."""
         t = np.arange(frames)
@@ -283,3 +316,4 @@ class ExpressionSampler:
         w[:, _INDEX["eyeBlink_R"]] = np.maximum(w[:, _INDEX["eyeBlink_R"]], blink)
         w += self.rng.uniform(0, 0.03, size=w.shape) * (self.rng.random(w.shape) < 0.05)  # faint noise
         return constrain(w)
+

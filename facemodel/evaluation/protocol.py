@@ -112,11 +112,25 @@ class ShapeModel(abc.ABC):
 
 
 class FaceModelAdapter(ShapeModel):
-    """Our GAN (:class:`facemodel.FaceModel`) behind the :class:`ShapeModel` interface."""
+    """Our GAN (:class:`facemodel.FaceModel`) behind the :class:`ShapeModel` interface.
 
-    def __init__(self, model, name: str = "ours") -> None:
+    Args:
+        model: the :class:`facemodel.FaceModel`.
+        name: the row's name in reports.
+        expression_prior: what :meth:`sample_codes` draws expression codes from:
+            ``"gaussian"`` (default, the paper's protocol: N(0, I), the GAN's training prior)
+            or ``"blendshapes"`` (``FaceModel.sample``'s default: realistic blendshape weights
+            through the blendshape map, :meth:`facemodel.FaceModel.random_blendshapes`).
+    """
+
+    def __init__(self, model, name: str = "ours", *, expression_prior: str = "gaussian") -> None:
+        if expression_prior not in ("gaussian", "blendshapes"):
+            raise EvaluationError(f"expression_prior must be 'gaussian' or 'blendshapes', got {expression_prior!r}")
+        if expression_prior == "blendshapes" and getattr(model, "expression_map", None) is None:
+            raise EvaluationError("expression_prior='blendshapes' needs a model with a blendshape map")
         self.model = model
         self.name = name
+        self.expression_prior = expression_prior
         sl = model.code_slices
         for key in ("identity", "expression"):
             if key not in sl:
@@ -129,6 +143,16 @@ class FaceModelAdapter(ShapeModel):
         self.faces = model.faces.cpu().numpy() if isinstance(model.faces, torch.Tensor) else np.asarray(model.faces)
         self.num_vertices = model.num_vertices
         self._extra = [k for k in sl if k not in ("identity", "expression", "noise")]
+
+    def sample_codes(self, n: int, *, generator: torch.Generator | None = None) -> Codes:
+        """Identity and noise N(0, I); the expression from :attr:`expression_prior`."""
+        codes = super().sample_codes(n, generator=generator)
+        if self.expression_prior == "blendshapes":
+            w = self.model.random_blendshapes(n, generator=generator)
+            with torch.no_grad():
+                e = self.model.expression_from_blendshapes(w)
+            codes.expression = e.detach().to(dtype=codes.expression.dtype, device="cpu")
+        return codes
 
     def full_codes(self, codes: Codes) -> torch.Tensor:
         """(n, D) codes in the generator's layout (other factors, if any, at 0)."""
