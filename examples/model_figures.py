@@ -20,22 +20,15 @@ from facemodel.geometry.render import render_grid, save_png
 from facemodel.model import FaceModel
 
 
-def codes_with(model: FaceModel, n: int, fixed: dict[str, torch.Tensor], g: torch.Generator) -> torch.Tensor:
-    """(n, D) random codes with some factors replaced by given (code_dim,) or (n, code_dim) codes."""
-    cfg = model.config.generator
-    z = torch.randn(n, cfg.code_dim, generator=g)
-    for name, code in fixed.items():
-        z[:, cfg.code_slices()[name]] = code
-    return z
-
-
 @torch.no_grad()
 def figures(model: FaceModel, out: Path, prefix: str, *, rows: int = 2, cols: int = 4, size: int = 512, seed: int = 0,
             gallery_identities: int = 3) -> list[Path]:  # fmt: skip
     """Write the four figures (``rows`` x ``cols`` faces each; the label gallery: every label on
-    ``gallery_identities`` random identities) as ``out/<prefix>_<name>.png``; returns the paths."""
+    ``gallery_identities`` random identities) as ``out/<prefix>_<name>.png``; returns the paths.
+
+    Random codes come from ``model.sample``: its default expression prior (realistic blendshape
+    weights through the map, for models that have one), N(0, I) identity and noise codes."""
     g = torch.Generator().manual_seed(seed)
-    cfg = model.config.generator
     faces = model.faces.numpy()
     paths = []
 
@@ -44,19 +37,20 @@ def figures(model: FaceModel, out: Path, prefix: str, *, rows: int = 2, cols: in
         save_png(render_grid(v.numpy(), faces, size=size, ncols=ncols, labels=labels), path)
         paths.append(path)
 
-    save("samples", model(torch.randn(rows * cols, cfg.code_dim, generator=g)), cols)
+    save("samples", model.sample(rows * cols, generator=g).vertices, cols)
     for factor, name in (("identity", "same_identity"), ("expression", "same_expression")):
-        if factor not in cfg.code_slices():
+        if factor not in model.code_slices:
             continue
-        dim = cfg.factor(factor).code_dim
-        z = torch.cat([codes_with(model, cols, {factor: torch.randn(dim, generator=g)}, g) for _ in range(rows)])
-        save(name, model(z), cols)
+        # each row: one random code of the factor (from the prior), the other factors random per face
+        rows_v = [model.sample(cols, generator=g, **{factor: model.sample(1, generator=g).codes[0, model.code_slices[factor]]})
+                  for _ in range(rows)]  # fmt: skip
+        save(name, torch.cat([f.vertices for f in rows_v]), cols)
     if "expression" in model.config.label_names:
-        names = model.config.label_names["expression"]
-        codes = model.label_codes("expression")
-        z = torch.cat([codes_with(model, len(names), {"expression": codes, "identity": torch.randn(cfg.factor("identity").code_dim, generator=g)}, g)
+        names = list(model.config.label_names["expression"])
+        v = torch.cat([model.sample(len(names), generator=g, expression=names,
+                                    identity=model.sample(1, generator=g).identity[0]).vertices
                        for _ in range(gallery_identities)])  # fmt: skip
-        save("expression_labels", model(z), len(names), labels=names * gallery_identities)
+        save("expression_labels", v, len(names), labels=names * gallery_identities)
     return paths
 
 
