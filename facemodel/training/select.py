@@ -223,8 +223,8 @@ def _val_specificity(path: Path, data: Path, samples: int = 256) -> float:
     rows = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:1000].sort().values.numpy()
     ref = torch.from_numpy(np.asarray(ds.vertices(rows), dtype=np.float32))
     model = FaceModel.from_pretrained(path).eval()
-    with torch.no_grad():
-        v = model.sample(samples, seed=1234).vertices.float()
+    with torch.no_grad():  # N(0, I) codes, as the run's monitor logs them (training/monitor.py)
+        v = model.sample(samples, seed=1234, expression_prior="gaussian").vertices.float()
     return float(specificity(v, ref).mean())
 
 
@@ -240,8 +240,8 @@ def _roughness_probe(data: Path, samples: int = 256):
 
     def of_model(path: Path) -> float:
         model = FaceModel.from_pretrained(path).eval()
-        with torch.no_grad():
-            v = model.sample(samples, seed=1234).vertices.float()
+        with torch.no_grad():  # N(0, I) codes, as the monitor's figures and the in-training limits
+            v = model.sample(samples, seed=1234, expression_prior="gaussian").vertices.float()
         return float(roughness(v, rest, lap).mean())
 
     return data_value, of_model
