@@ -588,7 +588,7 @@ class FaceModel(nn.Module):
                 data's (:meth:`random_blendshapes`: speech, blinks, emotions, tracker-like
                 motion of all 53 shapes) through the blendshape map; ``"gaussian"``:
                 N(0, I) codes, the GAN's training prior (dense mixtures of every shape,
-                which no face tracker produces; sampled faces before 0.8); ``"auto"``
+                which no face tracker produces; what ``sample`` drew in 0.7.0); ``"auto"``
                 (default): ``"blendshapes"`` when the model has a blendshape map, else
                 ``"gaussian"``.
 
