@@ -44,6 +44,7 @@ CodeSpec = Union[torch.Tensor, np.ndarray, str, int, Sequence[Union[str, int]], 
 #: values of ``FaceModel.sample(expression_prior=...)``
 EXPRESSION_PRIORS = ("auto", "blendshapes", "gaussian")
 
+
 class FaceModelConfig(BaseModel):
     """``config.json`` of a saved model."""
 
@@ -534,7 +535,8 @@ class FaceModel(nn.Module):
 
         Args:
             n: number of rows (1 to ``facemodel._validate.MAX_BATCH``).
-            seed: seed of the draw (or pass a ``torch.Generator``, as for :meth:`sample`).
+            seed: seed of the draw (or pass a ``torch.Generator``, which wins over ``seed``, as in
+                :meth:`sample`).
 
         Returns:
             (n, 53) float32 weights in [0, 1] on the CPU, names ``facemodel.blendshapes.ICT_NAMES``.
@@ -543,11 +545,10 @@ class FaceModel(nn.Module):
         from .data.random_expressions import random_expressions
 
         n = check_int("n", n, 1, MAX_BATCH)
-        if seed is not None:
-            seed = check_int("seed", seed, -(2**63), 2**64 - 1)
-            generator = torch.Generator().manual_seed(seed)
-        elif generator is not None and not isinstance(generator, torch.Generator):
+        if generator is not None and not isinstance(generator, torch.Generator):
             raise ArgumentTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if generator is None and seed is not None:  # as in sample(): a generator, when given, wins
+            generator = torch.Generator().manual_seed(check_int("seed", seed, -(2**63), 2**64 - 1))
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
         return torch.as_tensor(random_expressions(n, rng), dtype=torch.float32)
 
