@@ -1,7 +1,8 @@
 """Data: the ICT-FaceKit source, the ICT 4D dataset builder, imports and the Dataset.
 
-The names below load on first use (PEP 562), so that ``facemodel.data.expressions`` (the
-SDK's random-expression sampler, NumPy only) imports without the builder's dependencies.
+The names below load on first use (PEP 562), so that ``facemodel.data.random_expressions`` (the
+SDK's random-expression sampler, NumPy only) and ``facemodel.data.expressions`` import without the
+builder's dependencies.
 """
 
 from __future__ import annotations

@@ -316,4 +316,3 @@ class ExpressionSampler:
         w[:, _INDEX["eyeBlink_R"]] = np.maximum(w[:, _INDEX["eyeBlink_R"]], blink)
         w += self.rng.uniform(0, 0.03, size=w.shape) * (self.rng.random(w.shape) < 0.05)  # faint noise
         return constrain(w)
-
