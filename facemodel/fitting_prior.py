@@ -60,12 +60,13 @@ AUTO = "auto"
 AUTO_LANDMARKS = "ibug68"
 AUTO_MIN_POINTS = 60
 #: (noise per coordinate in mm, the mean :func:`residual_level` of the first fit at that noise):
-#: measured on 200 validation faces (upstream ICT, seed 2027) with the 0.7.0 weights,
-#: ``benchmarks/bench_fit_unseen.py --calibrate-noise`` (docs/benchmarks.md); re-measure when the
-#: weights change (tests/test_fitting_auto_noise.py checks the estimate on other faces)
+#: measured on 200 validation faces (upstream ICT, seed 2027) with the 0.7.0 weights and the
+#: session-27 prior (half realistic expression block), ``benchmarks/bench_fit_unseen.py
+#: --calibrate-noise`` (docs/benchmarks.md); re-measure when the weights or the prior change
+#: (tests/test_fitting_auto_noise.py checks the estimate on other faces)
 NOISE_CALIBRATION = (
     (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
-    (0.6826, 0.7555, 0.9280, 1.1490, 1.3754, 1.7919, 2.1154, 2.5308, 2.7200),
+    (0.6956, 0.7685, 0.9376, 1.1571, 1.3804, 1.7955, 2.1161, 2.5323, 2.7240),
 )
 #: the estimate's upper bound (mm): beyond it the first fit's residuals stop growing with the noise
 AUTO_MAX_NOISE_MM = 5.0
@@ -100,10 +101,11 @@ def noise_from_level(level: np.ndarray, calibration: tuple = NOISE_CALIBRATION) 
 #: same estimate from the first, jaw-free fit (the 51 inner points at ``DEFAULT_REG["2d"]``, residuals
 #: divided by the camera scale: model-space mm per image coordinate). (noise in model-space mm, mean
 #: level): measured on 60 validation faces (upstream ICT, seed 2027) at yaw 0-60 degrees, 1.5 px/mm
-#: (0 / 0.5 / 1 / 2 / 3 / 4 / 6 px), 0.7.0 weights (docs/benchmarks.md "Choosing the 2D weight")
+#: (0 / 0.5 / 1 / 2 / 3 / 4 / 6 px), 0.7.0 weights, the session-27 prior (docs/benchmarks.md
+#: "Choosing the 2D weight")
 NOISE_CALIBRATION_2D = (
     (0.0, 0.3333, 0.6667, 1.3333, 2.0, 2.6667, 4.0),
-    (0.896, 0.964, 1.133, 1.625, 2.099, 2.568, 3.336),
+    (0.919, 0.985, 1.154, 1.639, 2.112, 2.580, 3.347),
 )
 #: the fewest usable inner (non-jaw) points of the 51 for the 2D estimate
 AUTO_MIN_INNER_POINTS_2D = 45

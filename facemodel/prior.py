@@ -7,9 +7,11 @@ faces follows the blendshape map ``to_code`` of tracker weights, a small, shifte
 correlated cloud (the rest pose is not z = 0). :func:`code_prior` builds
 
 - identity and noise blocks: mean 0, identity covariance;
-- the expression block: the mean and covariance of ``to_code(e)`` over random sparse
-  tracker-like weight vectors ``e`` (1-6 of the learned shapes at 0.1-1.0 each, one in ten
-  at rest), plus a small floor (1 % of the mean variance) so that every direction stays
+- the expression block: the mean and covariance of ``to_code(e)`` over random weight vectors
+  ``e``, half of them sparse tracker-like ones (1-6 of the learned shapes at 0.1-1.0 each,
+  one in ten at rest) and half realistic ones drawn like the training data's expressions
+  (:func:`facemodel.data.random_expressions.random_expressions`, what ``FaceModel.sample``
+  draws), plus a small floor (1 % of the mean variance) so that every direction stays
   reachable; N(0, I) for models without a blendshape map.
 
 A fit regularised by ``reg * ||L^-1 (z - mean)||^2`` (``cov = L L^T``) is a MAP estimate
@@ -29,6 +31,11 @@ import torch
 __all__ = ["CodePrior", "code_prior"]
 
 _SAMPLES = 20000
+#: the share of the expression block's weight vectors drawn by ``random_expressions`` (the rest
+#: tracker-like). 0.5 since session 27: against the tracker-like block alone (0.0, before), on
+#: validation faces it fits ICT 4D faces 0.03-0.05 mm closer and keeps upstream ICT faces within
+#: 0.01 mm (docs/benchmarks.md "The fit prior's expression block")
+REALISTIC_SHARE = 0.5
 _FLOOR = 0.01  # variance floor of the expression block, relative to its mean variance
 
 
@@ -97,6 +104,22 @@ def _tracker_weights(names: list[str], learned: np.ndarray, n: int, rng: np.rand
     return W
 
 
+def _expression_weights(names: list[str], learned: np.ndarray, n: int, share: float) -> np.ndarray:
+    """(n, 53) weight vectors behind the expression block: ``round(share n)`` realistic rows
+    (``random_expressions``, restricted to the learned shapes) and the rest tracker-like,
+    from fixed seeds (deterministic)."""
+    from .blendshapes import ICT_NAMES
+    from .data.random_expressions import random_expressions
+
+    k = int(round(share * n))
+    W = _tracker_weights(names, learned, n - k, np.random.default_rng(0))
+    if k:
+        R = random_expressions(k, np.random.default_rng(1))  # ICT order
+        order = [list(ICT_NAMES).index(x) for x in names]
+        W = np.concatenate([W, R[:, order] * learned], axis=0)
+    return W
+
+
 def _build(model: torch.nn.Module) -> CodePrior:
     cfg = model.config.generator
     D = cfg.code_dim
@@ -107,7 +130,7 @@ def _build(model: torch.nn.Module) -> CodePrior:
     if emap is not None and sl is not None:
         names = list(emap.config.names)
         learned = emap.learned_mask.detach().cpu().numpy() > 0
-        W = _tracker_weights(names, learned, _SAMPLES, np.random.default_rng(0))
+        W = _expression_weights(names, learned, _SAMPLES, REALISTIC_SHARE)
         p = next(emap.parameters())
         with torch.no_grad():
             codes = emap.to_code(torch.as_tensor(W, dtype=p.dtype, device=p.device)).double().cpu().numpy()
@@ -116,7 +139,9 @@ def _build(model: torch.nn.Module) -> CodePrior:
         C += _FLOOR * np.trace(C) / len(C) * np.eye(len(C))
         mean[sl] = mu
         cov[sl, sl] = C
-        source = f"expression: to_code of {_SAMPLES} random sparse tracker weights (seed 0)"
+        k = int(round(REALISTIC_SHARE * _SAMPLES))
+        source = (f"expression: to_code of {_SAMPLES} random weight vectors: {_SAMPLES - k} sparse tracker-like "
+                  f"(seed 0), {k} realistic (random_expressions, seed 1)")
     L = np.linalg.cholesky(cov)
     Linv = np.linalg.inv(L)
     norms = np.linalg.norm(np.random.default_rng(1).standard_normal((4096, D)), axis=1)
@@ -130,7 +155,7 @@ _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDic
 def _stamp(model: torch.nn.Module) -> tuple:
     emap = getattr(model, "expression_map", None)
     ps = [] if emap is None else list(emap.parameters())
-    return (id(emap), model.config.generator.code_dim) + tuple((q.data_ptr(), q._version) for q in ps)
+    return (id(emap), model.config.generator.code_dim, REALISTIC_SHARE) + tuple((q.data_ptr(), q._version) for q in ps)
 
 
 def code_prior(model: torch.nn.Module) -> CodePrior:

@@ -42,6 +42,64 @@ def test_prior_is_gaussian_with_the_expected_blocks(released):
     np.testing.assert_allclose(p.color(p.whiten(z)), z, atol=1e-9)
 
 
+def _similarity_rmse(a: np.ndarray, b: np.ndarray) -> float:
+    """(V, 3), (V, 3) -> RMSE (mm) of a after the similarity taking it onto b (Umeyama)."""
+    ma, mb = a.mean(0), b.mean(0)
+    A, Bc = a - ma, b - mb
+    U, S, Vt = np.linalg.svd(Bc.T @ A)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    R = U @ D @ Vt
+    scale = (S * np.diag(D)).sum() / (A**2).sum()
+    return float(np.sqrt(((scale * A @ R.T - Bc) ** 2).sum(1).mean()))
+
+
+def test_prior_expression_block_is_half_tracker_like_half_realistic(released):
+    from facemodel import prior as P
+    from facemodel.data.random_expressions import random_expressions
+
+    emap = released.expression_map
+    names, learned = list(emap.config.names), emap.learned_mask.numpy() > 0
+    W = P._expression_weights(names, learned, 400, 0.5)
+    assert W.shape == (400, 53)
+    tracker, realistic = W[:200], W[200:]
+    # tracker-like rows: 1-6 learned shapes at 0.1-1.0 (plus their L/R partners), or at rest
+    on = (tracker > 0).sum(1)
+    assert on.max() <= 12 and (on == 0).mean() < 0.2 and tracker[tracker > 0].min() >= 0.0
+    np.testing.assert_array_equal(tracker, P._tracker_weights(names, learned, 200, np.random.default_rng(0)))
+    # realistic rows: exactly what sample()'s sampler draws (seed 1), all 53 shapes learned in 0.7.0
+    np.testing.assert_array_equal(realistic, random_expressions(200, np.random.default_rng(1)))
+    np.testing.assert_array_equal(P._expression_weights(names, learned, 400, 0.0),
+                                  P._tracker_weights(names, learned, 400, np.random.default_rng(0)))
+    assert "10000 realistic" in code_prior(released).source
+
+
+def test_prior_follows_its_realistic_share_and_fits_realistic_faces_closer(released, ict, monkeypatch):
+    """The half-realistic expression block (the default) against the tracker-like block alone
+    (the prior until session 27): upstream ICT identities with expressions drawn like the training
+    data's (ICT's own deltas), 1 mm of landmark noise: the default prior fits them closer."""
+    from facemodel import prior as P
+    from facemodel.data.random_expressions import random_expressions
+
+    rng = np.random.default_rng(100)
+    n = 40
+    neutral = ict.identity_mm(rng.standard_normal((n, 100))).astype(np.float64)
+    deltas = ict.expression_shapes_mm[:53].astype(np.float64) - ict.neutral_mm.astype(np.float64)
+    v = neutral + np.einsum("nk,kvc->nvc", random_expressions(n, np.random.default_rng(200)), deltas)
+    lm = landmark_positions(torch.as_tensor(v), released.landmark_set("ibug68")).numpy()
+    pts = (lm + rng.standard_normal(lm.shape)).astype(np.float32)
+
+    def rmse(share):
+        monkeypatch.setattr(P, "REALISTIC_SHARE", share)
+        fit = fit_landmarks(released, pts, noise_mm=1.0)
+        return np.array([_similarity_rmse(a, b) for a, b in zip(fit.vertices.double().numpy(), v)]), code_prior(released)
+
+    old, p_old = rmse(0.0)
+    new, p_new = rmse(0.5)
+    assert p_old is not p_new and not np.allclose(p_old.mean, p_new.mean)  # the cache follows the share
+    assert new.mean() < old.mean() - 0.02, (old.mean(), new.mean())
+    assert (new < old).mean() >= 0.6
+
+
 def test_converged_is_true_on_exact_data(released):
     _, lm = _posed(released, 4, seed=1)
     res = fit_landmarks(released, lm, decode=False)
