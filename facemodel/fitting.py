@@ -1857,7 +1857,7 @@ def _posterior_refit(model, lmk, pm, P, w, z, noise, cp, dtype):
     head_s = _head(model, subset_set, np.dtype(np.float64))
     g, t = model.generator, model.template
     key = (lmk.vertex_indices.numpy().tobytes(), lmk.barycentrics.numpy().tobytes(), SUBSET_STEP, g.weights_stamp(),
-           (t.data_ptr(), t._version), id(cp))  # fmt: skip
+           (t.data_ptr(), t._version), cp.serial)  # fmt: skip
     post = shape_posterior(model, key, lambda c: np.concatenate([head_l.forward(c), head_s.forward(c)], 1),
                            lmk.vertex_indices.shape[0], subset, cp)  # fmt: skip
     Pt, wt = P[todo], w[todo]

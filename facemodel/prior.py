@@ -3,7 +3,7 @@
 The generator's code ``z = [z_identity, z_expression, z_noise]`` is not equally likely
 everywhere: the identity code is the whitened PCA anchor of the training identities (so it
 is ~N(0, I)), the noise code is drawn N(0, I) in training, but the expression code of real
-faces follows the blendshape map ``to_code`` of tracker weights, a small, shifted,
+faces follows the blendshape map ``to_code`` of blendshape weights, a small, shifted,
 correlated cloud (the rest pose is not z = 0). :func:`code_prior` builds
 
 - identity and noise blocks: mean 0, identity covariance;
@@ -22,8 +22,9 @@ see :attr:`CodePrior.typical_range`.
 
 from __future__ import annotations
 
+import itertools
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ import torch
 __all__ = ["CodePrior", "code_prior"]
 
 _SAMPLES = 20000
+_SERIALS = itertools.count()
 #: the share of the expression block's weight vectors drawn by ``random_expressions`` (the rest
 #: tracker-like). 0.5 since session 27: against the tracker-like block alone (0.0, before), on
 #: validation faces it fits ICT 4D faces 0.03-0.05 mm closer and keeps upstream ICT faces within
@@ -51,6 +53,8 @@ class CodePrior:
             Mahalanobis norms of codes drawn from the prior (a fit outside ``[lo, hi]`` is
             less typical than 98 % of the prior's faces).
         source: how the expression block was obtained.
+        serial: a number no other prior of this process has (caches derived from a prior key
+            on it: an ``id()`` can be reused once the prior is freed).
     """
 
     mean: np.ndarray
@@ -58,6 +62,7 @@ class CodePrior:
     chol_inv: np.ndarray
     typical_range: tuple[float, float, float]
     source: str
+    serial: int = field(default_factory=lambda: next(_SERIALS))
 
     @property
     def dim(self) -> int:
