@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=30)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--yaws", type=float, nargs="*", default=[0, 30, 45, 60])
+    ap.add_argument("--pitch", type=float, default=0.0,
+                    help="camera pitch of the synthetic views, degrees (issue 21: up to +-30; bench_fit_unseen.project's sign)")
     ap.add_argument("--photos", action="store_true")
     ap.add_argument("--overlays", default=None, help="write the photo overlays into this folder")
     ap.add_argument("--data", default=DEFAULT_DATA,
@@ -115,12 +117,13 @@ def main() -> None:
     _, x0 = project(v[:1], lm[:1], 0, rng, lines, normals)
     run_pair(model, fitter, x0[0], x0[0], 640, 480)
     if args.yaws:
-        print(f"\n2D, {args.faces} unseen ICT faces (seed {args.seed}), 1.5 px/mm, 1 px noise, 640 x 480")
+        print(f"\n2D, {args.faces} unseen ICT faces (seed {args.seed}), 1.5 px/mm, 1 px noise, 640 x 480, "
+              f"pitch {args.pitch:g} deg")  # fmt: skip
         print("| yaw | ours: NLE | eos: NLE | ours: dense RMSE (mm) | ours: max roughness / data | "
               "ours: plausibility (median) | eos: plausibility (median) | ours: ms / face | eos: ms / face |")  # fmt: skip
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for yaw in args.yaws:
-            lt, ln = project(v, lm, yaw, rng, lines, normals)
+            lt, ln = project(v, lm, yaw, rng, lines, normals, pitch_deg=args.pitch)
             no, ne, to, te, po, pe, verts = [], [], [], [], [], [], []
             for i in range(len(v)):
                 iod = np.linalg.norm(lt[i, 36] - lt[i, 45])
